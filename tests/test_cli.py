@@ -1,0 +1,152 @@
+"""run_squad.py's command line: classic flags, bad combinations, exit codes."""
+
+import shlex
+
+import pytest
+
+import run_squad
+
+# The classic script's 45 flags, each with a value where it takes one.
+CLASSIC_COMMAND = """
+--model_type bert --model_name_or_path m --output_dir out --data_dir d --train_file t.json
+--predict_file p.json --config_name c --tokenizer_name tok --cache_dir cache --version_2_with_negative
+--null_score_diff_threshold -1.5 --max_seq_length 384 --doc_stride 128 --max_query_length 64 --do_train
+--do_eval --evaluate_during_training --do_lower_case --per_gpu_train_batch_size 12
+--per_gpu_eval_batch_size 16 --learning_rate 3e-5 --gradient_accumulation_steps 2 --weight_decay 0.01
+--adam_epsilon 1e-6 --max_grad_norm 1.0 --num_train_epochs 2.0 --max_steps -1 --warmup_steps 10
+--n_best_size 20 --max_answer_length 30 --verbose_logging --lang_id 0 --logging_steps 50 --save_steps 500
+--eval_all_checkpoints --no_cuda --overwrite_output_dir --overwrite_cache --seed 42 --local_rank -1
+--fp16 --fp16_opt_level O2 --server_ip '' --server_port '' --threads 4
+"""
+
+
+def test_every_classic_flag_keeps_its_name_and_value():
+    args = run_squad.parse_args(shlex.split(CLASSIC_COMMAND))
+    assert args.model_type == "bert"
+    assert args.per_gpu_train_batch_size == 12
+    assert args.per_gpu_eval_batch_size == 16
+    assert args.learning_rate == 3e-5
+    assert args.null_score_diff_threshold == -1.5
+    assert args.num_train_epochs == 2.0
+    assert args.fp16 and args.fp16_opt_level == "O2"
+    assert args.version_2_with_negative and args.do_lower_case and args.eval_all_checkpoints
+    assert args.threads == 4 and args.local_rank == -1
+
+
+def test_classic_defaults():
+    args = run_squad.parse_args(["--model_name_or_path", "m", "--output_dir", "o", "--do_eval",
+                                 "--predict_file", "p.json"])
+    assert (args.max_seq_length, args.doc_stride, args.max_query_length) == (384, 128, 64)
+    assert (args.per_gpu_train_batch_size, args.learning_rate, args.num_train_epochs) == (8, 5e-5, 3.0)
+    assert (args.n_best_size, args.max_answer_length, args.null_score_diff_threshold) == (20, 30, 0.0)
+    assert (args.adam_epsilon, args.max_grad_norm, args.weight_decay) == (1e-8, 1.0, 0.0)
+    assert (args.logging_steps, args.save_steps, args.seed, args.warmup_steps) == (50, 50, 42, 0)
+
+
+def test_newer_spellings_are_aliases():
+    args = run_squad.parse_args(shlex.split(
+        "--model_name_or_path m --output_dir o --do_train --train_file t.json "
+        "--per_device_train_batch_size 6 --per_device_eval_batch_size 7 --local-rank 3 --bf16 --warmup_ratio 0.06"))
+    assert args.per_gpu_train_batch_size == 6 and args.per_gpu_eval_batch_size == 7
+    assert args.local_rank == 3 and args.bf16 and args.warmup_ratio == 0.06
+
+
+BASE = "--model_name_or_path m --output_dir o "
+BAD_COMBINATIONS = [
+    (BASE + "--do_train --train_file t --fp16 --bf16", "--fp16 and --bf16 are mutually exclusive"),
+    (BASE + "--do_train", "--do_train needs --train_file"),
+    (BASE + "--do_eval", "--do_eval/--do_predict need --predict_file"),
+    (BASE, "nothing to do"),
+    ("--output_dir o --do_eval --predict_file p", "--model_name_or_path is required"),
+    ("--model_name_or_path m --do_eval --predict_file p", "--output_dir is required"),
+    (BASE + "--do_eval --predict_file p --max_seq_length 64 --max_query_length 64",
+     "--max_seq_length (64) must be larger than --max_query_length (64) + 3"),
+    (BASE + "--do_eval --predict_file p --doc_stride 0", "--doc_stride must be at least 1"),
+    (BASE + "--do_train --train_file t --gradient_accumulation_steps 0", "--gradient_accumulation_steps must be at least 1"),
+    (BASE + "--do_train --train_file t --warmup_ratio 1.5", "--warmup_ratio must be in [0, 1)"),
+    (BASE + "--do_train --train_file t --layerwise_lr_decay 0", "--layerwise_lr_decay must be in (0, 1]"),
+    (BASE + "--do_eval --predict_file p --do_predict", "pass one of them"),
+    (BASE + "--do_eval --predict_file p --resume_from_checkpoint latest", "only makes sense with --do_train"),
+    (BASE + "--do_eval --predict_file p --no_such_flag", "unrecognized arguments: --no_such_flag"),
+    (BASE + "--do_eval --predict_file p --max_seq_length abc", "invalid int value: 'abc'"),
+    (BASE + "--do_train --train_file t --lr_scheduler_type steps", "invalid choice: 'steps'"),
+]
+
+
+@pytest.mark.parametrize("command,message", BAD_COMBINATIONS)
+def test_bad_flags_give_one_line_and_exit_2(command, message, capsys):
+    code = run_squad.main(shlex.split(command))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err
+    assert err.count("\n") == 1 and err.startswith("error: ")
+
+
+def test_missing_files_are_reported_before_any_model_is_loaded(tmp_path, capsys):
+    code = run_squad.main(["--model_name_or_path", str(tmp_path / "no-model"), "--output_dir", str(tmp_path / "o"),
+                           "--do_eval", "--predict_file", str(tmp_path / "missing.json")])
+    assert code == 2
+    assert f"--predict_file {tmp_path / 'missing.json'}: no such file" in capsys.readouterr().err
+
+
+def test_model_type_must_agree_with_config(tmp_path, capsys, tiny_bert_dir, squad_dir):
+    code = run_squad.main(["--model_type", "xlnet", "--model_name_or_path", str(tiny_bert_dir),
+                           "--output_dir", str(tmp_path / "o"), "--do_eval", "--version_2_with_negative",
+                           "--predict_file", str(squad_dir / "dev-v2.0.json")])
+    assert code == 2
+    assert "--model_type xlnet disagrees with the config" in capsys.readouterr().err
+
+
+def test_training_refuses_a_non_empty_output_dir(tmp_path, capsys, tiny_bert_dir, squad_dir):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    code = run_squad.main(["--model_name_or_path", str(tiny_bert_dir), "--output_dir", str(out), "--do_train",
+                           "--version_2_with_negative", "--train_file", str(squad_dir / "train-v2.0.json")])
+    assert code == 2
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert (out / "precious.txt").read_text() == "keep me"
+
+
+def test_parameter_depths_for_layerwise_decay():
+    assert run_squad.parameter_depth("bert.embeddings.word_embeddings.weight", 12) == 0
+    assert run_squad.parameter_depth("bert.encoder.layer.0.attention.self.query.weight", 12) == 1
+    assert run_squad.parameter_depth("roberta.encoder.layer.11.output.dense.bias", 12) == 12
+    assert run_squad.parameter_depth("qa_outputs.weight", 12) == 13
+
+
+def test_layerwise_lr_groups(tiny_bert_dir):
+    from transformers import AutoModelForQuestionAnswering
+
+    model = AutoModelForQuestionAnswering.from_pretrained(tiny_bert_dir)
+    args = run_squad.parse_args(shlex.split(
+        f"--model_name_or_path {tiny_bert_dir} --output_dir o --do_train --train_file t "
+        "--learning_rate 1e-3 --layerwise_lr_decay 0.5 --weight_decay 0.01"))
+    groups = run_squad.optimizer_groups(model, args)
+    by_name = {n: g for g in groups for n in g["names"]}
+    # 2 layers: head at the full rate, layer 1 x0.5, layer 0 x0.25, embeddings x0.125.
+    assert by_name["qa_outputs.weight"]["lr"] == pytest.approx(1e-3)
+    assert by_name["bert.encoder.layer.1.output.dense.weight"]["lr"] == pytest.approx(5e-4)
+    assert by_name["bert.encoder.layer.0.output.dense.weight"]["lr"] == pytest.approx(2.5e-4)
+    assert by_name["bert.embeddings.word_embeddings.weight"]["lr"] == pytest.approx(1.25e-4)
+    assert by_name["bert.encoder.layer.0.output.dense.bias"]["weight_decay"] == 0.0
+    assert by_name["bert.embeddings.LayerNorm.weight"]["weight_decay"] == 0.0
+    assert by_name["bert.encoder.layer.0.output.dense.weight"]["weight_decay"] == 0.01
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_checkpoints_sort_by_step_as_numbers(tmp_path):
+    for step in (100, 20, 3):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / run_squad.TRAINER_STATE).write_bytes(b"")
+    (tmp_path / "checkpoint-7").mkdir()  # incomplete: no trainer state, never listed
+    assert [p.name for p in run_squad.list_checkpoints(tmp_path)] == ["checkpoint-3", "checkpoint-20", "checkpoint-100"]
+
+
+def test_eval_batches_are_the_same_for_any_number_of_processes():
+    import numpy as np
+
+    lengths = np.array([5, 9, 3, 9, 1, 7, 2])
+    batches = run_squad.eval_batches(lengths, 3)
+    assert [b.tolist() for b in batches] == [[4, 6, 2], [0, 5, 1], [3]]

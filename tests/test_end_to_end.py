@@ -1,0 +1,133 @@
+"""Whole runs of run_squad.py on the real SQuAD 2.0 sample with a tiny model (CPU)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import run_squad
+from cli_helpers import REPO, common_flags, free_port, question_ids, run_cli, small_v2_file
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_bert_dir, squad_dir):
+    """One --do_train --do_eval run on the real sample, shared by the checks below."""
+    out = tmp_path_factory.mktemp("trained") / "out"
+    train_file = small_v2_file(squad_dir, out.parent / "train.json", articles=2, questions=400)
+    code = run_squad.main([*common_flags(tiny_bert_dir, out), "--do_train", "--do_eval", "--train_file",
+                           str(train_file), "--predict_file", str(squad_dir / "dev-v2.0.json"),
+                           "--max_steps", "12", "--save_steps", "6", "--evaluate_during_training",
+                           "--eval_steps", "6"])
+    assert code == 0
+    return out, squad_dir / "dev-v2.0.json"
+
+
+def test_train_and_eval_write_every_output_with_every_question(trained):
+    out, dev = trained
+    ids = question_ids(dev)
+    for name in ("predictions_12.json", "nbest_predictions_12.json", "null_odds_12.json",
+                 "predictions_6.json", "eval_results.json", "eval_results.txt", "model.safetensors",
+                 "config.json", "tokenizer.json", "training_args.json"):
+        assert (out / name).is_file(), name
+    predictions = json.loads((out / "predictions_12.json").read_text())
+    nbest = json.loads((out / "nbest_predictions_12.json").read_text())
+    null_odds = json.loads((out / "null_odds_12.json").read_text())
+    assert set(predictions) == set(nbest) == set(null_odds) == ids
+    results = json.loads((out / "eval_results.json").read_text())
+    assert set(results) == {"6", "12"}
+    assert results["12"]["total"] == len(ids) == 888
+    assert list(results["12"])[:3] == ["exact", "f1", "total"]
+    assert "best_f1_thresh" in results["12"]
+    assert (out / "checkpoint-6" / run_squad.TRAINER_STATE).is_file()
+    assert (out / "checkpoint-12" / "model.safetensors").is_file()
+    assert list((out / "runs").iterdir()), "TensorBoard event files"
+    text = (out / "eval_results.txt").read_text().splitlines()
+    assert text[0] == "step = 12" and text[1].startswith("exact = ")
+
+
+def test_saved_model_answers_through_pipeline(trained):
+    from transformers import pipeline
+
+    out, _ = trained
+    qa = pipeline("question-answering", model=str(out), device=-1)
+    context = "The Vistula is the longest river in Poland, flowing through Warsaw."
+    answer = qa(question="What flows through Warsaw?", context=context)
+    assert answer["answer"] in context and answer["start"] < answer["end"]
+
+
+def test_do_predict_on_a_file_without_answers(trained, tmp_path):
+    out, dev = trained
+    data = json.loads(dev.read_text())
+    for article in data["data"]:
+        for paragraph in article["paragraphs"]:
+            for qa in paragraph["qas"]:
+                for key in ("answers", "is_impossible", "plausible_answers"):
+                    qa.pop(key, None)
+    unanswered = tmp_path / "questions.json"
+    unanswered.write_text(json.dumps(data))
+    pred_out = tmp_path / "pred"
+    code = run_squad.main(["--model_name_or_path", str(out), "--output_dir", str(pred_out), "--do_predict",
+                           "--version_2_with_negative", "--predict_file", str(unanswered), "--no_cuda",
+                           "--max_seq_length", "192", "--doc_stride", "64"])
+    assert code == 0
+    predictions = json.loads((pred_out / "predictions_12.json").read_text())
+    assert set(predictions) == question_ids(dev)
+    assert not (pred_out / "eval_results.json").exists()  # nothing to score against
+
+
+def test_eval_all_checkpoints_in_step_order(trained, tmp_path, capsys):
+    out, dev = trained
+    code = run_squad.main(["--model_name_or_path", str(out), "--output_dir", str(out), "--do_eval",
+                           "--eval_all_checkpoints", "--version_2_with_negative", "--predict_file", str(dev),
+                           "--no_cuda", "--max_seq_length", "192", "--doc_stride", "64"])
+    assert code == 0
+    steps = [json.loads(line)["step"] for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert steps == ["6", "12", "12"]
+
+
+def test_torchrun_two_processes_train_and_evaluate_like_one(tiny_bert_dir, squad_dir, tmp_path):
+    train_file = small_v2_file(squad_dir, tmp_path / "train.json", questions=120)
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(free_port()), str(REPO / "run_squad.py"), *common_flags(tiny_bert_dir, out), "--do_train",
+           "--do_eval", "--train_file", str(train_file), "--predict_file", str(squad_dir / "dev-v2.0.json"),
+           "--max_steps", "4", "--save_steps", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert '"step": "4"' in done.stdout
+    single = tmp_path / "single"
+    again = run_cli(["--model_name_or_path", str(out), "--output_dir", str(single), "--do_eval",
+                     "--version_2_with_negative", "--predict_file", str(squad_dir / "dev-v2.0.json"), "--no_cuda",
+                     "--max_seq_length", "192", "--doc_stride", "64", "--per_gpu_eval_batch_size", "16"])
+    assert again.returncode == 0, again.stderr[-3000:]
+    for name in ("predictions_4.json", "nbest_predictions_4.json", "null_odds_4.json"):
+        assert (single / name).read_text() == (out / name).read_text(), name
+
+
+def test_resume_after_a_checkpoint_gives_the_same_weights_and_predictions(tiny_bert_dir, squad_dir, tmp_path):
+    """A run stopped after checkpoint-4 and resumed equals the unbroken 8-step run, bit for bit."""
+    import shutil
+
+    from safetensors.numpy import load_file
+
+    train_file = small_v2_file(squad_dir, tmp_path / "train.json", questions=120)
+    flags = ["--do_train", "--do_eval", "--train_file", str(train_file), "--predict_file",
+             str(small_v2_file(squad_dir, tmp_path / "dev.json", questions=40)), "--max_steps", "8",
+             "--save_steps", "4", "--gradient_accumulation_steps", "2", "--warmup_steps", "2"]
+    unbroken = tmp_path / "unbroken"
+    assert run_squad.main([*common_flags(tiny_bert_dir, unbroken), *flags]) == 0
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    # What a run killed after its first checkpoint leaves behind (the run is deterministic).
+    shutil.copytree(unbroken / "checkpoint-4", resumed / "checkpoint-4")
+    assert run_squad.main([*common_flags(tiny_bert_dir, resumed), *flags, "--resume_from_checkpoint", "latest"]) == 0
+    a, b = load_file(unbroken / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert (a[key] == b[key]).all(), key
+    assert (unbroken / "predictions_8.json").read_text() == (resumed / "predictions_8.json").read_text()

@@ -1,0 +1,200 @@
+"""Interruptions, numeric faults, failed writes and lost workers never cost a run its work."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file
+
+import run_squad
+from cli_helpers import REPO, common_flags, free_port, small_v2_file
+
+pytestmark = pytest.mark.slow
+
+
+def training_flags(squad_dir: Path, tmp_path: Path, steps: int, save_steps: int) -> list[str]:
+    train_file = small_v2_file(squad_dir, tmp_path / "train.json", questions=120)
+    dev_file = small_v2_file(squad_dir, tmp_path / "dev.json", questions=30)
+    return ["--do_train", "--do_eval", "--train_file", str(train_file), "--predict_file", str(dev_file),
+            "--max_steps", str(steps), "--save_steps", str(save_steps), "--logging_steps", "1000"]
+
+
+def start(args: list[str], torchrun: int = 0) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    prefix = [sys.executable]
+    if torchrun:
+        prefix += ["-m", "torch.distributed.run", "--nproc_per_node", str(torchrun), "--master_port",
+                   str(free_port()), "--max-restarts", "1"]
+    return subprocess.Popen([*prefix, str(REPO / "run_squad.py"), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, f"run ended before {path} appeared: {process.stderr.read()[-2000:]}"
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.02)
+
+
+def same_weights(a: Path, b: Path) -> None:
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert np.array_equal(wa[key], wb[key]), key
+
+
+def test_sigterm_checkpoints_and_resumes_to_the_unbroken_result(tiny_bert_dir, squad_dir, tmp_path):
+    flags = training_flags(squad_dir, tmp_path, steps=300, save_steps=20)
+    unbroken = tmp_path / "unbroken"
+    assert run_squad.main([*common_flags(tiny_bert_dir, unbroken), *flags]) == 0
+
+    broken = tmp_path / "broken"
+    process = start([*common_flags(tiny_bert_dir, broken), *flags])
+    wait_for(broken / "checkpoint-20" / run_squad.TRAINER_STATE, process)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 3, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("interrupted: signal 15: stopped at step ")
+    stopped = int(last.split("stopped at step ")[1].split(",")[0])
+    assert 20 <= stopped < 300
+    assert (broken / f"checkpoint-{stopped}" / run_squad.TRAINER_STATE).is_file()
+
+    assert run_squad.main([*common_flags(tiny_bert_dir, broken), *flags, "--resume_from_checkpoint", "latest"]) == 0
+    same_weights(unbroken, broken)
+    assert (unbroken / "predictions_300.json").read_text() == (broken / "predictions_300.json").read_text()
+
+
+def test_kill_9_at_any_moment_leaves_loadable_checkpoints(tiny_bert_dir, squad_dir, tmp_path):
+    flags = training_flags(squad_dir, tmp_path, steps=400, save_steps=1)
+    out = tmp_path / "out"
+    process = start([*common_flags(tiny_bert_dir, out), *flags])
+    wait_for(out / "checkpoint-3" / run_squad.TRAINER_STATE, process)
+    time.sleep(random.uniform(0.0, 0.5))  # somewhere inside a later save, most likely
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    found = run_squad.list_checkpoints(out)
+    assert found, "at least checkpoint-3 survives"
+    for checkpoint in found:
+        state = run_squad.load_trainer_state(checkpoint)
+        assert state["position"]["global_step"] == run_squad.checkpoint_step(checkpoint)
+        load_file(checkpoint / "model.safetensors")
+    # And the run goes on from the newest one.
+    resumed = run_squad.main([*common_flags(tiny_bert_dir, out), *flags[:-4], "--max_steps",
+                              str(run_squad.checkpoint_step(found[-1]) + 2), "--save_steps", "0",
+                              "--resume_from_checkpoint", "latest"])
+    assert resumed == 0
+    assert not list(out.glob(".tmp-*")), "half-written checkpoints are cleaned up"
+
+
+class NanLoss(torch.nn.Module):
+    """Wraps a model and turns the loss of chosen training calls into NaN (a numeric fault)."""
+
+    def __init__(self, module, bad_calls):
+        super().__init__()
+        self.module = module  # `module`, like DDP, so run_squad.unwrap saves the real model
+        self.config = module.config
+        self.bad_calls = bad_calls
+        self.calls = 0
+
+    def forward(self, **inputs):
+        out = self.module(**inputs)
+        if out.loss is not None:
+            self.calls += 1
+            if self.bad_calls is None or self.calls in self.bad_calls:
+                out.loss = out.loss * float("nan")
+        return out
+
+
+def with_nan_loss(monkeypatch, bad_calls):
+    original = run_squad.load_model
+
+    def load(args, config, path=None):
+        return NanLoss(original(args, config, path), bad_calls)
+
+    monkeypatch.setattr(run_squad, "load_model", load)
+
+
+def test_a_nan_step_is_skipped_and_counted(tiny_bert_dir, squad_dir, tmp_path, monkeypatch, caplog):
+    with_nan_loss(monkeypatch, {3})
+    out = tmp_path / "out"
+    flags = training_flags(squad_dir, tmp_path, steps=6, save_steps=0)
+    with caplog.at_level("WARNING"):
+        assert run_squad.main([*common_flags(tiny_bert_dir, out), *flags]) == 0
+    assert "step 3: non-finite loss or gradient, update skipped (1 in a row)" in caplog.text
+    weights = load_file(out / "model.safetensors")
+    assert all(np.isfinite(w).all() for w in weights.values())
+
+
+def test_a_persistent_nan_stops_the_run_naming_the_step(tiny_bert_dir, squad_dir, tmp_path, monkeypatch, capsys):
+    with_nan_loss(monkeypatch, set(range(4, 100)))
+    out = tmp_path / "out"
+    flags = training_flags(squad_dir, tmp_path, steps=50, save_steps=2)
+    code = run_squad.main([*common_flags(tiny_bert_dir, out), *flags, "--max_nonfinite_steps", "3"])
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (f"error: 3 consecutive non-finite steps ending at step 6; last good checkpoint: "
+                   f"{out / 'checkpoint-4'}")
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_one(tiny_bert_dir, squad_dir, tmp_path, monkeypatch, capsys):
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def disk_full_on_second_checkpoint(obj, path, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(28, "No space left on device")
+        return real_save(obj, path, *a, **k)
+
+    monkeypatch.setattr(torch, "save", disk_full_on_second_checkpoint)
+    out = tmp_path / "out"
+    flags = training_flags(squad_dir, tmp_path, steps=6, save_steps=2)
+    code = run_squad.main([*common_flags(tiny_bert_dir, out), *flags])
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (f"error: could not write checkpoint {out / 'checkpoint-4'} (No space left on device); "
+                   f"last good checkpoint: {out / 'checkpoint-2'}")
+    assert [p.name for p in run_squad.list_checkpoints(out)] == ["checkpoint-2"]
+    assert not list(out.glob(".tmp-*"))
+    run_squad.load_trainer_state(out / "checkpoint-2")
+
+
+def test_save_total_limit_keeps_the_newest_and_the_resumed_one(tiny_bert_dir, squad_dir, tmp_path):
+    out = tmp_path / "out"
+    flags = training_flags(squad_dir, tmp_path, steps=6, save_steps=1)
+    assert run_squad.main([*common_flags(tiny_bert_dir, out), *flags, "--save_total_limit", "2"]) == 0
+    assert [p.name for p in run_squad.list_checkpoints(out)] == ["checkpoint-5", "checkpoint-6"]
+    more = [*flags[:-4], "--max_steps", "9", "--save_steps", "1", "--save_total_limit", "1",
+            "--resume_from_checkpoint", str(out / "checkpoint-5")]
+    assert run_squad.main([*common_flags(tiny_bert_dir, out), *more]) == 0
+    assert [p.name for p in run_squad.list_checkpoints(out)] == ["checkpoint-5", "checkpoint-9"]
+
+
+def test_torchrun_restarts_a_lost_worker_and_finishes_like_an_unbroken_run(tiny_bert_dir, squad_dir, tmp_path):
+    flags = training_flags(squad_dir, tmp_path, steps=200, save_steps=10)
+    unbroken, broken = tmp_path / "unbroken", tmp_path / "broken"
+    whole = start([*common_flags(tiny_bert_dir, unbroken), *flags], torchrun=2)
+    _, err = whole.communicate(timeout=600)
+    assert whole.returncode == 0, err[-3000:]
+
+    process = start([*common_flags(tiny_bert_dir, broken), *flags], torchrun=2)
+    wait_for(broken / "checkpoint-20" / run_squad.TRAINER_STATE, process)
+    workers = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+    assert len(workers) == 2, workers
+    os.kill(int(workers[1]), signal.SIGKILL)
+    _, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err[-3000:]
+    assert "resumed from" in err
+    same_weights(unbroken, broken)
+    name = "predictions_200.json"
+    assert json.loads((unbroken / name).read_text()) == json.loads((broken / name).read_text())
