@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW beta1.")
     g.add_argument("--adam_beta2", type=float, default=0.999, help="AdamW beta2.")
     g.add_argument("--adam_epsilon", type=float, default=1e-8, help="AdamW epsilon.")
-    g.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm.")
+    g.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm (0: no clipping).")
     g.add_argument("--num_train_epochs", type=float, default=3.0, help="Number of training epochs (may be fractional).")
     g.add_argument("--max_steps", type=int, default=-1, help="If > 0: total optimizer steps; overrides --num_train_epochs.")
     g.add_argument("--warmup_steps", type=int, default=0, help="Linear warm-up steps.")
@@ -386,8 +386,12 @@ def uses_beam_head(args: argparse.Namespace) -> bool:
 
 def load_model(args: argparse.Namespace, config, path: str | None = None):
     """The QA model for this config: beam head for XLNet/XLM, relative positions for such BERTs."""
+    import torch
+
     path = path or args.model_name_or_path
-    kwargs = {"cache_dir": args.cache_dir or None, "trust_remote_code": args.trust_remote_code}
+    # float32 master weights whatever the checkpoint's dtype: torch.amp computes in half precision.
+    kwargs = {"cache_dir": args.cache_dir or None, "trust_remote_code": args.trust_remote_code,
+              "dtype": torch.float32}
     try:
         if uses_beam_head(args):
             from transformers import XLMForQuestionAnswering, XLNetForQuestionAnswering
@@ -936,7 +940,10 @@ def optimizer_step(args, model, optimizer, scheduler, scaler) -> bool:
 
     if scaler is not None:
         scaler.unscale_(optimizer)
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+    # --max_grad_norm 0 means no clipping (a limit of 0 would zero every gradient); the norm is
+    # still computed for the finiteness test.
+    limit = args.max_grad_norm if args.max_grad_norm > 0 else float("inf")
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), limit)
     finite = bool(torch.isfinite(norm))
     if scaler is not None:
         scaler.step(optimizer)  # skips the update itself when gradients are not finite

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Seed experiment: xlnet-large-cased fine-tuned on SQuAD v2.0, one GPU.
+# Published dev result (classic HuggingFace run_squad.py): F1 84.07, EM 80.42.
+# Settings: batch 2, lr 3e-5, 4 epochs, max_seq_length 384, doc_stride 128, XLNet's beam-search answer
+# head with its answerability classifier.
+#
+# Usage (from anywhere; relative SQUAD_DIR/OUTPUT_DIR are taken from the directory you start in):
+#   SQUAD_DIR=/path/to/squad OUTPUT_DIR=/path/to/out bash scripts/xlnet_large_squad2.sh [more flags]
+# Get the data with scripts/download_squad.sh. Flags given after the script name are appended, so they
+# override the ones below (e.g. --overwrite_output_dir to reuse a folder, --bf16 on Ampere/Hopper GPUs).
+set -euo pipefail
+SQUAD_DIR=${SQUAD_DIR:-./data}
+OUTPUT_DIR=${OUTPUT_DIR:-./runs/xlnet_large_squad2}
+[[ $SQUAD_DIR == /* ]] || SQUAD_DIR=$PWD/${SQUAD_DIR#./}
+[[ $OUTPUT_DIR == /* ]] || OUTPUT_DIR=$PWD/${OUTPUT_DIR#./}
+cd "$(dirname "$0")/.."
+
+python run_squad.py \
+  --model_type xlnet \
+  --model_name_or_path xlnet-large-cased \
+  --do_train \
+  --do_eval \
+  --version_2_with_negative \
+  --train_file "$SQUAD_DIR/train-v2.0.json" \
+  --predict_file "$SQUAD_DIR/dev-v2.0.json" \
+  --per_gpu_train_batch_size 2 \
+  --per_gpu_eval_batch_size 16 \
+  --learning_rate 3e-5 \
+  --num_train_epochs 4.0 \
+  --max_seq_length 384 \
+  --doc_stride 128 \
+  --save_steps 5000 \
+  --save_total_limit 2 \
+  --threads 8 \
+  --output_dir "$OUTPUT_DIR" \
+  "$@"

@@ -1,0 +1,44 @@
+"""Every seed script's command line is accepted by run_squad.py's parser (dry parsing, nothing runs)."""
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+import run_squad
+
+SCRIPTS = sorted(p for p in (Path(__file__).resolve().parents[1] / "scripts").glob("*.sh")
+                 if p.name not in ("demo.sh", "download_squad.sh"))
+
+
+def command_of(script: Path) -> list[str]:
+    """The run_squad.py command of a script: backslash continuations joined, variables given values."""
+    text = script.read_text().replace("\\\n", " ")
+    lines = [line for line in text.splitlines() if "run_squad.py" in line and not line.lstrip().startswith("#")]
+    assert len(lines) == 1, f"{script.name}: expected one run_squad.py command"
+    line = re.sub(r"\$\{(\w+):-([^}]*)\}", r"\2", lines[0])  # ${NPROC:-8} -> 8
+    line = line.replace('"$@"', "")
+    for name, value in (("SQUAD_DIR", "/data"), ("OUTPUT_DIR", "/out")):
+        line = line.replace(f"${name}", value)
+    words = shlex.split(line)
+    return words[words.index("run_squad.py") + 1:]
+
+
+def test_there_is_a_script_per_seed_configuration():
+    assert len(SCRIPTS) == 9
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_seed_script_flags_parse(script):
+    args = run_squad.parse_args(command_of(script))
+    assert args.do_train and args.do_eval
+    assert args.train_file.startswith("/data/") and args.predict_file.startswith("/data/")
+    assert args.version_2_with_negative == ("squad2" in script.name)
+
+
+def test_roberta_recipe_flags():
+    args = run_squad.parse_args(command_of(next(p for p in SCRIPTS if p.name == "roberta_large_squad2.sh")))
+    assert (args.layerwise_lr_decay, args.lr_scheduler_type, args.adam_beta2, args.adam_epsilon) == (
+        0.75, "polynomial", 0.98, 1e-6)
+    assert args.context_first and args.warmup_ratio == 0.06
