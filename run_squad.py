@@ -364,20 +364,11 @@ def load_config_and_tokenizer(args: argparse.Namespace):
         raise InputError(f"--tokenizer_name {args.tokenizer_name or args.model_name_or_path}: cannot load a tokenizer ({first_line(exc)})") from exc
     if not getattr(tokenizer, "is_fast", False):
         raise InputError(f"{args.tokenizer_name or args.model_name_or_path}: a fast tokenizer (tokenizer.json) is required for character offsets")
-    check_lower_case(args, tokenizer)
+    import utils_squad
+
+    # Casing through the tokenizer's normalizer, never by lower-casing text: offsets stay exact.
+    tokenizer = utils_squad.apply_do_lower_case(tokenizer, args.do_lower_case)
     return config, tokenizer
-
-
-def check_lower_case(args: argparse.Namespace, tokenizer) -> None:
-    """The tokenizer's own normalizer decides casing; the text is never lower-cased by us (offsets).
-
-    --do_lower_case is kept for old scripts: we only warn when it disagrees with the tokenizer.
-    """
-    lowers = tokenizer.tokenize("ABC DEF") == tokenizer.tokenize("abc def")
-    if args.do_lower_case and not lowers:
-        logger.warning("--do_lower_case given but the tokenizer is cased; the tokenizer's casing is used")
-    if not args.do_lower_case and lowers:
-        logger.info("the tokenizer lower-cases its input (uncased model); --do_lower_case not needed")
 
 
 def uses_beam_head(args: argparse.Namespace) -> bool:
@@ -480,8 +471,12 @@ def read_examples(args, path: Path, is_training: bool, require_answers: bool):
 
     examples, report = utils_squad.read_squad_examples(
         path, version_2_with_negative=args.version_2_with_negative, is_training=is_training,
-        skip_bad_answers=args.skip_bad_answers, require_answers=require_answers,
+        skip_bad_answers=args.skip_bad_answers,
     )
+    if require_answers and not args.version_2_with_negative and not all(e.answers for e in examples):
+        missing = next(e.qas_id for e in examples if not e.answers)
+        raise InputError(f"{path}: question {missing}: no answers to score against (use --do_predict "
+                         "for predictions only, or --version_2_with_negative for SQuAD 2.0 data)")
     logger.info("%s: %d questions (%s)", path, len(examples), report)
     return examples
 

@@ -1,0 +1,959 @@
+"""Read SQuAD data, turn it into sliding-window features for any fast tokenizer, cache and batch them.
+
+Data flow: file --read_squad_examples--> SquadExample list --convert_examples_to_features-->
+SquadFeatures (ragged numpy arrays) --length_grouped_batches + collate--> padded torch tensors.
+
+Windows follow the classic (Google BERT / classic HuggingFace) rule: the question is truncated to
+``max_query_length`` tokens, each window holds ``max_seq_length - len(question) - specials`` context
+tokens and consecutive windows start ``doc_stride`` context tokens apart.  This is NOT the fast
+tokenizer's overlap ``stride`` (run_qa.py), which gives a different feature set for the same number.
+
+torch is imported lazily inside ``collate`` so that squad_metrics.py can import this module cheaply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+# Bump when the feature layout or the featurization algorithm changes: old caches then never load.
+FEATURES_FORMAT_VERSION = 3
+# How far (in characters, either side) a mis-placed answer_start is searched for its text.
+ANSWER_REPAIR_WINDOW = 20
+# Python objects of a parsed JSON file take roughly this many times the file size in memory.
+JSON_MEMORY_FACTOR = 12
+# Examples per unit of work: bounds intermediate memory and is the multiprocessing chunk size.
+CHUNK_EXAMPLES = 2048
+
+
+# --------------------------------------------------------------------------------------------
+# Records
+# --------------------------------------------------------------------------------------------
+class SquadDataError(ValueError):
+    """Bad input data; str() is one line: 'FILE: record: problem'."""
+
+
+@dataclass
+class SquadExample:
+    qas_id: str
+    question: str
+    context: str
+    answers: list[dict]  # every gold answer {"text", "answer_start"} (char offset, repaired)
+    is_impossible: bool
+    title: str = ""
+
+    @property
+    def answer_char_span(self) -> tuple[int, int] | None:
+        """(start, end_exclusive) of the first gold answer, or None when there is none."""
+        if self.is_impossible or not self.answers:
+            return None
+        start = self.answers[0]["answer_start"]
+        return start, start + len(self.answers[0]["text"])
+
+
+@dataclass
+class ReadReport:
+    path: str = ""
+    format: str = ""  # "squad-json" | "jsonl"
+    questions: int = 0  # examples returned
+    answerable: int = 0
+    impossible: int = 0
+    repaired: int = 0  # answers whose answer_start was moved to where their text really is
+    skipped: int = 0  # questions dropped with skip_bad_answers=True
+    skipped_ids: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FeatureSettings:
+    max_seq_length: int = 384
+    doc_stride: int = 128
+    max_query_length: int = 64
+    context_first: bool = False
+    is_training: bool = False
+
+
+# --------------------------------------------------------------------------------------------
+# Reading and validation
+# --------------------------------------------------------------------------------------------
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), else None when it cannot be told."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_file_size(path, max_bytes: int | None = None) -> int:
+    """Refuse, before reading, a data file whose parsed form would not fit in memory.
+
+    max_bytes defaults to the available memory; the estimate is JSON_MEMORY_FACTOR x file size.
+    Returns the file size in bytes.
+    """
+    size = os.path.getsize(path)
+    limit = max_bytes if max_bytes is not None else available_memory_bytes()
+    need = size * JSON_MEMORY_FACTOR
+    if limit is not None and need > limit:
+        raise SquadDataError(
+            f"{path}: file is {size / 2**20:.0f} MB; reading it needs about {need / 2**20:.0f} MB "
+            f"but only {limit / 2**20:.0f} MB is available (split the file)"
+        )
+    return size
+
+
+def _load_text(path) -> str:
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise SquadDataError(f"{path}: cannot read file: {exc.strerror or exc}") from None
+    try:
+        # utf-8-sig: a BOM at the start of the file is not part of the JSON.
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SquadDataError(f"{path}: not UTF-8 (invalid byte at offset {exc.start})") from None
+
+
+def _parse_json_or_lines(path, text: str) -> tuple[str, object]:
+    """('squad-json', obj) or ('jsonl', [(line_no, obj), ...]); decided by the content."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        whole_error = exc
+    else:
+        if isinstance(obj, dict) and "context" in obj and "data" not in obj:
+            return "jsonl", [(1, obj)]  # a one-line JSON Lines file
+        return "squad-json", obj
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if len(lines) < 2 or not lines[0][1].lstrip().startswith("{"):
+        raise SquadDataError(
+            f"{path}: not JSON: {whole_error.msg} at line {whole_error.lineno} column {whole_error.colno}"
+        )
+    records = []
+    for line_no, line in lines:
+        try:
+            records.append((line_no, json.loads(line)))
+        except json.JSONDecodeError as exc:
+            raise SquadDataError(f"{path}: line {line_no}: not JSON: {exc.msg} at column {exc.colno}") from None
+    return "jsonl", records
+
+
+def _require(path, where: str, obj, key: str, kind: type | tuple[type, ...]):
+    if not isinstance(obj, dict):
+        raise SquadDataError(f"{path}: {where}: expected an object, got {type(obj).__name__}")
+    if key not in obj:
+        raise SquadDataError(f"{path}: {where}: missing key '{key}'")
+    value = obj[key]
+    if not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise SquadDataError(f"{path}: {where}.{key}: expected {names}, got {type(value).__name__}")
+    return value
+
+
+def _find_near(context: str, text: str, start: int) -> int:
+    """Start of the occurrence of text nearest to start within ANSWER_REPAIR_WINDOW, or -1."""
+    lo = max(0, start - ANSWER_REPAIR_WINDOW)
+    hi = min(len(context), start + len(text) + ANSWER_REPAIR_WINDOW)
+    best, pos = -1, context.find(text, lo, hi)
+    while pos != -1:
+        if best == -1 or abs(pos - start) < abs(best - start):
+            best = pos
+        pos = context.find(text, pos + 1, hi)
+    return best
+
+
+def _check_answer(path, qid: str, context: str, text, start) -> tuple[dict, bool]:
+    """Validated (maybe repaired) answer and whether it was repaired; SquadDataError if hopeless."""
+    if not isinstance(text, str):
+        raise SquadDataError(f"{path}: question {qid}: answer text: expected str, got {type(text).__name__}")
+    if not isinstance(start, int) or isinstance(start, bool):
+        raise SquadDataError(
+            f"{path}: question {qid}: answer_start: expected int, got {type(start).__name__}"
+        )
+    if not text.strip():
+        raise SquadDataError(f"{path}: question {qid}: empty answer text")
+    if start < 0 or start >= len(context):
+        raise SquadDataError(
+            f"{path}: question {qid}: answer_start {start} outside the context (length {len(context)})"
+        )
+    if context.startswith(text, start):
+        return {"text": text, "answer_start": start}, False
+    # Offsets shifted by whitespace, punctuation or a BOM: the same text (or stripped of spaces) nearby.
+    for candidate in (text, text.strip()):
+        pos = _find_near(context, candidate, start)
+        if pos != -1:
+            return {"text": candidate, "answer_start": pos}, True
+    raise SquadDataError(
+        f"{path}: question {qid}: answer text {text[:40]!r} not found at answer_start {start} "
+        f"nor within {ANSWER_REPAIR_WINDOW} characters (use --skip_bad_answers to drop such questions)"
+    )
+
+
+class _Collector:
+    """Builds examples from raw records with the checks shared by both file layouts."""
+
+    def __init__(self, path, version_2_with_negative: bool, is_training: bool, skip_bad_answers: bool):
+        self.path, self.v2, self.training, self.skip = path, version_2_with_negative, is_training, skip_bad_answers
+        self.examples: list[SquadExample] = []
+        self.seen: dict[str, str] = {}
+        self.report = ReadReport(path=str(path))
+
+    def add(self, where: str, qid, question, context: str, answers_raw, impossible_flag, title: str):
+        path = self.path
+        if not isinstance(qid, str) or not qid:
+            raise SquadDataError(f"{path}: {where}.id: expected a non-empty str, got {qid!r}")
+        if qid in self.seen:
+            raise SquadDataError(f"{path}: question {qid}: duplicate id (first at {self.seen[qid]}, again at {where})")
+        self.seen[qid] = where
+        if not isinstance(question, str):
+            raise SquadDataError(f"{path}: question {qid}: question: expected str, got {type(question).__name__}")
+        if not question.strip():
+            raise SquadDataError(f"{path}: question {qid}: empty question")
+        if not isinstance(impossible_flag, bool):
+            raise SquadDataError(f"{path}: question {qid}: is_impossible: expected bool")
+        impossible = impossible_flag or (not answers_raw and (self.training or self.v2))
+        if impossible and not self.v2:
+            raise SquadDataError(
+                f"{path}: question {qid}: unanswerable question (is_impossible or no answers) in data "
+                "read without --version_2_with_negative; pass --version_2_with_negative for SQuAD 2.0 data"
+            )
+        answers, repaired = [], 0
+        if not impossible:
+            try:
+                for text, start in answers_raw:
+                    answer, was_repaired = _check_answer(path, qid, context, text, start)
+                    answers.append(answer)
+                    repaired += was_repaired
+            except SquadDataError:
+                if not self.skip:
+                    raise
+                self.report.skipped += 1
+                self.report.skipped_ids.append(qid)
+                return
+        self.report.repaired += repaired
+        self.examples.append(SquadExample(qid, question, context, answers, impossible, title))
+
+    def finish(self) -> tuple[list[SquadExample], ReadReport]:
+        report = self.report
+        if not self.examples and not report.skipped:
+            raise SquadDataError(f"{self.path}: no questions found")
+        if not self.examples:
+            raise SquadDataError(f"{self.path}: every question was skipped ({report.skipped} bad answers)")
+        report.questions = len(self.examples)
+        report.impossible = sum(e.is_impossible for e in self.examples)
+        report.answerable = report.questions - report.impossible
+        return self.examples, report
+
+
+def _check_context(path, where: str, context: str) -> None:
+    if not context.strip():
+        raise SquadDataError(f"{path}: {where}: empty context")
+
+
+def _read_squad_json(path, obj, collector: _Collector) -> None:
+    if not isinstance(obj, dict):
+        raise SquadDataError(f"{path}: top level: expected an object with 'data', got {type(obj).__name__}")
+    data = _require(path, "top level", obj, "data", list)
+    for a, article in enumerate(data):
+        where_a = f"data[{a}]"
+        paragraphs = _require(path, where_a, article, "paragraphs", list)
+        title = article.get("title", "")
+        title = title if isinstance(title, str) else str(title)
+        for p, paragraph in enumerate(paragraphs):
+            where_p = f"{where_a}.paragraphs[{p}]"
+            context = _require(path, where_p, paragraph, "context", str)
+            qas = _require(path, where_p, paragraph, "qas", list)
+            _check_context(path, where_p, context)
+            for q, qa in enumerate(qas):
+                where_q = f"{where_p}.qas[{q}]"
+                qid = _require(path, where_q, qa, "id", str)
+                question = _require(path, where_q, qa, "question", str)
+                impossible = qa.get("is_impossible", False)
+                if impossible or (not collector.training and "answers" not in qa):
+                    answers = qa.get("answers", [])  # prediction-only data may carry no answers
+                else:
+                    answers = _require(path, where_q, qa, "answers", list)
+                if not isinstance(answers, list):
+                    raise SquadDataError(f"{path}: question {qid}: answers: expected list")
+                pairs = []
+                for answer in answers:
+                    if not isinstance(answer, dict) or "text" not in answer or "answer_start" not in answer:
+                        raise SquadDataError(f"{path}: question {qid}: answer without 'text'/'answer_start'")
+                    pairs.append((answer["text"], answer["answer_start"]))
+                collector.add(where_q, qid, question, context, [] if impossible else pairs, impossible, title)
+
+
+def _read_jsonl(path, records, collector: _Collector) -> None:
+    for line_no, rec in records:
+        where = f"line {line_no}"
+        qid = _require(path, where, rec, "id", str)
+        context = _require(path, where, rec, "context", str)
+        question = _require(path, where, rec, "question", str)
+        answers = _require(path, where, rec, "answers", dict)
+        texts = _require(path, f"question {qid}: answers", answers, "text", list)
+        starts = _require(path, f"question {qid}: answers", answers, "answer_start", list)
+        if len(texts) != len(starts):
+            raise SquadDataError(f"{path}: question {qid}: answers.text and answers.answer_start differ in length")
+        _check_context(path, f"question {qid}", context)
+        title = rec.get("title", "")
+        collector.add(where, qid, question, context, list(zip(texts, starts, strict=True)), False,
+                      title if isinstance(title, str) else str(title))
+
+
+def read_squad_examples(path, version_2_with_negative: bool, is_training: bool,
+                        skip_bad_answers: bool = False, max_bytes: int | None = None):
+    """SQuAD v1.1/v2.0 JSON or HuggingFace JSON Lines (chosen by content) -> (examples, ReadReport).
+
+    Every gold answer is kept (evaluation needs them all); training uses the first.  Raises
+    SquadDataError with a one-line message for anything malformed.
+    """
+    check_file_size(path, max_bytes)
+    fmt, obj = _parse_json_or_lines(path, _load_text(path))
+    collector = _Collector(path, version_2_with_negative, is_training, skip_bad_answers)
+    if fmt == "squad-json":
+        _read_squad_json(path, obj, collector)
+    else:
+        _read_jsonl(path, obj, collector)
+    examples, report = collector.finish()
+    report.format = fmt
+    logger.info("Read %d questions (%d answerable, %d unanswerable) from %s [%s]",
+                report.questions, report.answerable, report.impossible, path, fmt)
+    if report.repaired:
+        logger.warning("%s: repaired answer_start of %d answers (text found within %d characters)",
+                       path, report.repaired, ANSWER_REPAIR_WINDOW)
+    if report.skipped:
+        logger.warning("%s: skipped %d questions whose answer text is not in the context (first: %s)",
+                       path, report.skipped, ", ".join(report.skipped_ids[:5]))
+    return examples, report
+
+
+# --------------------------------------------------------------------------------------------
+# Features
+# --------------------------------------------------------------------------------------------
+_FLAT_FIELDS = ("input_ids", "token_type_ids", "p_mask", "offsets", "max_context")
+_FEATURE_FIELDS = ("example_index", "cls_index", "start_positions", "end_positions", "is_impossible")
+
+
+@dataclass
+class SquadFeatures:
+    """All features as ragged (CSR) arrays: feature i is flat[feature_start[i]:feature_start[i+1]]."""
+
+    input_ids: np.ndarray  # int32 [T]
+    token_type_ids: np.ndarray  # int8 [T]
+    p_mask: np.ndarray  # int8 [T]; 1 = cannot be in an answer, 0 = context token, CLS forced 0
+    offsets: np.ndarray  # int32 [T, 2]; char span in example.context for context tokens, -1 otherwise
+    max_context: np.ndarray  # bool [T]; context token is in its max-context window
+    feature_start: np.ndarray  # int64 [N+1]
+    example_index: np.ndarray  # int32 [N]
+    cls_index: np.ndarray  # int32 [N], unpadded position
+    start_positions: np.ndarray  # int32 [N], unpadded; cls_index when no answer in the window
+    end_positions: np.ndarray  # int32 [N]
+    is_impossible: np.ndarray  # int8 [N]; 1 when labelled at CLS
+    padding_side: str = "right"
+    pad_token_id: int = 0
+    pad_token_type_id: int = 0
+
+    def __len__(self) -> int:
+        return len(self.feature_start) - 1
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.feature_start)
+
+    def token_slice(self, i: int) -> slice:
+        return slice(int(self.feature_start[i]), int(self.feature_start[i + 1]))
+
+    def select(self, idx) -> SquadFeatures:
+        """Features idx (in that order) as a new SquadFeatures; example_index is unchanged."""
+        idx = np.asarray(idx, dtype=np.int64)
+        lengths = self.lengths()[idx]
+        starts = np.zeros(len(idx) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=starts[1:])
+        flat = _ragged_gather_index(self.feature_start[idx], lengths, int(starts[-1]))
+        kwargs = {name: getattr(self, name)[flat] for name in _FLAT_FIELDS}
+        kwargs.update({name: getattr(self, name)[idx] for name in _FEATURE_FIELDS})
+        return SquadFeatures(feature_start=starts, padding_side=self.padding_side, pad_token_id=self.pad_token_id,
+                             pad_token_type_id=self.pad_token_type_id, **kwargs)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {name: getattr(self, name) for name in (*_FLAT_FIELDS, "feature_start", *_FEATURE_FIELDS)}
+        out["meta"] = np.array(json.dumps({"padding_side": self.padding_side, "pad_token_id": self.pad_token_id,
+                                           "pad_token_type_id": self.pad_token_type_id}))
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays) -> SquadFeatures:
+        meta = json.loads(str(arrays["meta"]))
+        names = (*_FLAT_FIELDS, "feature_start", *_FEATURE_FIELDS)
+        return cls(**{name: np.asarray(arrays[name]) for name in names}, **meta)
+
+
+def _ragged_gather_index(starts: np.ndarray, lengths: np.ndarray, total: int) -> np.ndarray:
+    """Flat indices of the concatenated slices [starts[k], starts[k]+lengths[k])."""
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    out_starts = np.cumsum(lengths) - lengths
+    return np.repeat(starts - out_starts, lengths) + np.arange(total, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class PairTemplate:
+    """The tokenizer's own layout of a (first, second) pair, derived once by encoding a probe pair.
+
+    items: ("S", token_id, type_id) for a special token, ("A", type_id) / ("B", type_id) for the
+    first / second sequence.  BERT: S A S B S; RoBERTa: S A S S B S; XLNet: A S B S S(cls, type 2).
+    """
+
+    items: tuple
+    cls_position_from_end: int | None  # XLNet puts CLS last: position counted from the end
+    cls_position: int  # position from the start when the CLS precedes both sequences
+    num_special: int
+    second_offset_specials: int  # specials before sequence B
+
+    def cls_index(self, length: int) -> int:
+        if self.cls_position_from_end is not None:
+            return length - 1 - self.cls_position_from_end
+        return self.cls_position
+
+
+def derive_pair_template(backend, cls_token_id: int | None) -> PairTemplate:
+    """Read the pair template off an encoding of a probe pair (works for any post-processor)."""
+    enc = backend.encode("a", "b", add_special_tokens=True)
+    items = []
+    for tok_id, type_id, seq, mask in zip(enc.ids, enc.type_ids, enc.sequence_ids, enc.attention_mask, strict=True):
+        if not mask:
+            continue  # padding, should the backend have it switched on
+        if seq is None:
+            items.append(("S", tok_id, type_id))
+        else:
+            name = "A" if seq == 0 else "B"
+            if not items or items[-1][0] != name:
+                items.append((name, type_id))
+    if [it[0] for it in items if it[0] != "S"] != ["A", "B"]:
+        raise ValueError(f"cannot derive the pair template of this tokenizer: {items}")
+    specials = [i for i, it in enumerate(items) if it[0] == "S"]
+    cls_items = [i for i in specials if items[i][1] == cls_token_id]
+    b_at = next(i for i, it in enumerate(items) if it[0] == "B")
+    a_at = next(i for i, it in enumerate(items) if it[0] == "A")
+    cls_from_end, cls_pos = None, 0
+    if cls_items:
+        at = cls_items[0]
+        if at < a_at:
+            cls_pos = at  # the two sequences follow it: a fixed position
+        else:
+            cls_from_end = len(items) - 1 - at  # after sequences: all items after are specials
+    else:
+        logger.warning("tokenizer has no CLS token in its pair template; using position 0 as no-answer")
+    return PairTemplate(tuple(items), cls_from_end, cls_pos, len(specials),
+                        sum(1 for it in items[:b_at] if it[0] == "S"))
+
+
+def _whitespace_codepoints() -> np.ndarray:
+    return np.array([c for c in range(0x3100) if chr(c).isspace()] + [0xFEFF], dtype=np.int32)
+
+
+_WS = _whitespace_codepoints()
+
+
+def trim_offsets_whitespace(context: str, offsets: np.ndarray) -> np.ndarray:
+    """Offsets without leading/trailing whitespace (byte-level BPE and Metaspace include the space)."""
+    if len(offsets) == 0:
+        return offsets
+    codes = np.frombuffer(context.encode("utf-32-le"), dtype=np.int32)
+    is_ws = np.isin(codes, _WS)
+    if not is_ws.any():
+        return offsets
+    n = len(codes)
+    pos = np.arange(n + 1, dtype=np.int64)
+    # next_non_ws[i]: first non-whitespace position >= i (n if none)
+    marks = np.where(np.append(~is_ws, True), pos, n)
+    next_non_ws = np.minimum.accumulate(marks[::-1])[::-1]
+    # end_after_last_non_ws[e]: 1 + last non-whitespace position < e (0 if none)
+    ends = np.where(np.insert(~is_ws, 0, False), pos, 0)
+    prev_end = np.maximum.accumulate(ends)
+    start = np.minimum(next_non_ws[offsets[:, 0]], offsets[:, 1])
+    end = np.maximum(prev_end[offsets[:, 1]], start)
+    return np.stack([start, end], axis=1).astype(np.int32)
+
+
+def _window_starts(n_tokens: int, window: int, doc_stride: int) -> list[tuple[int, int]]:
+    """Classic (start, length) of each window; at least one (possibly empty) window."""
+    spans, start = [], 0
+    while True:
+        length = min(n_tokens - start, window)
+        spans.append((start, length))
+        if start + length >= n_tokens:
+            return spans
+        start += min(length, doc_stride)
+
+
+def _max_context_owner(n_tokens: int, spans) -> np.ndarray:
+    """Index of the window where each context token has the most context (first window on ties)."""
+    best = np.full(n_tokens, -np.inf)
+    owner = np.zeros(n_tokens, dtype=np.int32)
+    for w, (start, length) in enumerate(spans):
+        pos = np.arange(start, start + length)
+        score = np.minimum(pos - start, start + length - 1 - pos) + 0.01 * length
+        better = score > best[start:start + length]
+        best[start:start + length][better] = score[better]
+        owner[start:start + length][better] = w
+    return owner
+
+
+def _answer_token_span(ex: SquadExample, offsets: np.ndarray) -> tuple[int, int] | None:
+    """Context token span (inclusive) covering the first gold answer, via character offsets."""
+    span = ex.answer_char_span
+    if span is None or len(offsets) == 0:
+        return None
+    s_char, e_char = span
+    tok_start = int(np.searchsorted(offsets[:, 1], s_char, side="right"))  # first token ending after s_char
+    tok_end = int(np.searchsorted(offsets[:, 0], e_char, side="left")) - 1  # last token starting before e_char
+    if tok_start >= len(offsets) or tok_end < tok_start:
+        return None
+    return tok_start, tok_end
+
+
+@dataclass
+class _Spec:
+    """What a worker needs to featurize: picklable, no transformers objects."""
+
+    backend_json: str
+    template: PairTemplate
+    settings: FeatureSettings
+    padding_side: str
+    pad_token_id: int
+    pad_token_type_id: int
+
+
+def _make_backend(backend_json: str):
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(backend_json)
+    backend.no_truncation()
+    backend.no_padding()
+    return backend
+
+
+class _FeatureBuilder:
+    """Accumulates per-window pieces of one chunk of examples and concatenates them once."""
+
+    def __init__(self, spec: _Spec):
+        self.spec = spec
+        self.ids, self.types, self.pmask, self.offs, self.maxctx, self.lengths = [], [], [], [], [], []
+        self.example_index, self.cls_index, self.starts, self.ends, self.impossible = [], [], [], [], []
+
+    def add_window(self, ex_index, q_ids, c_ids, c_offs, c_maxctx, answer_span_in_window):
+        spec, tmpl = self.spec, self.spec.template
+        first_is_ctx = spec.settings.context_first
+        n_q, n_c = len(q_ids), len(c_ids)
+        for item in tmpl.items:
+            kind = item[0]
+            if kind == "S":
+                self._piece(np.array([item[1]], np.int32), item[2], 1, None, 1)
+            elif (kind == "A") == first_is_ctx:
+                self._piece(c_ids, item[1], 0, c_offs, n_c, c_maxctx)
+            else:
+                self._piece(q_ids, item[1], 1, None, n_q)
+        length = n_q + n_c + tmpl.num_special
+        cls = tmpl.cls_index(length)
+        ctx_pos = self._context_position(n_q)
+        if answer_span_in_window is None:
+            start = end = cls
+        else:
+            start, end = ctx_pos + answer_span_in_window[0], ctx_pos + answer_span_in_window[1]
+        self.lengths.append(length)
+        self.example_index.append(ex_index)
+        self.cls_index.append(cls)
+        self.starts.append(start)
+        self.ends.append(end)
+        self.impossible.append(start == cls)
+
+    def _context_position(self, n_q: int) -> int:
+        """Unpadded position of the first context token in a window."""
+        pos = 0
+        for item in self.spec.template.items:
+            if item[0] == "S":
+                pos += 1
+            elif (item[0] == "A") == self.spec.settings.context_first:
+                return pos
+            else:
+                pos += n_q
+        return pos
+
+    def _piece(self, ids, type_id, pmask, offs, n, maxctx=None):
+        self.ids.append(ids)
+        self.types.append(np.full(n, type_id, np.int8))
+        self.pmask.append(np.full(n, pmask, np.int8))
+        self.offs.append(offs if offs is not None else np.full((n, 2), -1, np.int32))
+        self.maxctx.append(maxctx if maxctx is not None else np.zeros(n, np.bool_))
+
+    def finish(self) -> SquadFeatures:
+        spec = self.spec
+        feature_start = np.zeros(len(self.lengths) + 1, dtype=np.int64)
+        np.cumsum(self.lengths, out=feature_start[1:])
+        cls_index = np.array(self.cls_index, dtype=np.int32)
+        p_mask = _concat(self.pmask, np.int8)
+        p_mask[feature_start[:-1] + cls_index] = 0  # the CLS token is the no-answer target
+        return SquadFeatures(
+            input_ids=_concat(self.ids, np.int32), token_type_ids=_concat(self.types, np.int8), p_mask=p_mask,
+            offsets=_concat(self.offs, np.int32).reshape(-1, 2), max_context=_concat(self.maxctx, np.bool_),
+            feature_start=feature_start, example_index=np.array(self.example_index, dtype=np.int32),
+            cls_index=cls_index, start_positions=np.array(self.starts, dtype=np.int32),
+            end_positions=np.array(self.ends, dtype=np.int32), is_impossible=np.array(self.impossible, np.int8),
+            padding_side=spec.padding_side, pad_token_id=spec.pad_token_id, pad_token_type_id=spec.pad_token_type_id,
+        )
+
+
+def _concat(pieces, dtype) -> np.ndarray:
+    return np.concatenate(pieces).astype(dtype, copy=False) if pieces else np.zeros(0, dtype)
+
+
+def _tokenize_contexts(backend, contexts: list[str]):
+    """(ids, trimmed offsets) per distinct context, tokenized once without special tokens."""
+    out = []
+    for context, enc in zip(contexts, backend.encode_batch(contexts, add_special_tokens=False), strict=True):
+        ids = np.asarray(enc.ids, dtype=np.int32)
+        offs = np.asarray(enc.offsets, dtype=np.int32).reshape(-1, 2)
+        out.append((ids, trim_offsets_whitespace(context, offs)))
+    return out
+
+
+def _featurize_chunk(spec: _Spec, examples: Sequence[SquadExample], first_index: int, backend=None):
+    """Features of examples[...] whose example_index starts at first_index."""
+    backend = backend or _make_backend(spec.backend_json)
+    settings = spec.settings
+    context_ids: dict[str, int] = {}
+    for ex in examples:
+        context_ids.setdefault(ex.context, len(context_ids))
+    contexts = _tokenize_contexts(backend, list(context_ids))
+    questions = backend.encode_batch([ex.question.lstrip() for ex in examples], add_special_tokens=False)
+    builder = _FeatureBuilder(spec)
+    for k, (ex, q_enc) in enumerate(zip(examples, questions, strict=True)):
+        q_ids = np.asarray(q_enc.ids[: settings.max_query_length], dtype=np.int32)
+        c_ids, c_offs = contexts[context_ids[ex.context]]
+        window = settings.max_seq_length - len(q_ids) - spec.template.num_special
+        spans = _window_starts(len(c_ids), window, settings.doc_stride)
+        owner = _max_context_owner(len(c_ids), spans)
+        answer = _answer_token_span(ex, c_offs) if settings.is_training else None
+        for w, (start, length) in enumerate(spans):
+            end = start + length
+            in_window = None
+            if answer is not None and answer[0] >= start and answer[1] < end:
+                in_window = (answer[0] - start, answer[1] - start)
+            builder.add_window(first_index + k, q_ids, c_ids[start:end], c_offs[start:end],
+                               owner[start:end] == w, in_window)
+    return builder.finish()
+
+
+def labelled_answer_texts(features: SquadFeatures, examples: Sequence[SquadExample]) -> list[str | None]:
+    """Per feature the context text its (start, end) label covers, None when labelled at CLS."""
+    texts: list[str | None] = []
+    for i in range(len(features)):
+        if features.is_impossible[i]:
+            texts.append(None)
+            continue
+        base = int(features.feature_start[i])
+        start = features.offsets[base + features.start_positions[i], 0]
+        end = features.offsets[base + features.end_positions[i], 1]
+        texts.append(examples[features.example_index[i]].context[start:end])
+    return texts
+
+
+def concat_features(parts: Sequence[SquadFeatures]) -> SquadFeatures:
+    """One SquadFeatures from several (example_index values are kept as they are)."""
+    first = parts[0]
+    lengths = np.concatenate([p.lengths() for p in parts])
+    feature_start = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=feature_start[1:])
+    kwargs = {name: np.concatenate([getattr(p, name) for p in parts]) for name in (*_FLAT_FIELDS, *_FEATURE_FIELDS)}
+    return SquadFeatures(feature_start=feature_start, padding_side=first.padding_side,
+                         pad_token_id=first.pad_token_id, pad_token_type_id=first.pad_token_type_id, **kwargs)
+
+
+def _check_settings(settings: FeatureSettings, template: PairTemplate) -> None:
+    # Google's check: a window must be able to hold at least one context token after a full question.
+    if settings.max_seq_length <= settings.max_query_length + template.num_special:
+        raise ValueError(
+            f"max_seq_length ({settings.max_seq_length}) must exceed max_query_length "
+            f"({settings.max_query_length}) + {template.num_special} special tokens"
+        )
+    if settings.doc_stride < 1 or settings.max_query_length < 1:
+        raise ValueError("doc_stride and max_query_length must be positive")
+
+
+def feature_spec(tokenizer, settings: FeatureSettings) -> _Spec:
+    """Everything about the tokenizer the featurizer needs, checked once."""
+    if not getattr(tokenizer, "is_fast", False) or not hasattr(tokenizer, "backend_tokenizer"):
+        raise ValueError(f"{type(tokenizer).__name__} is not a fast tokenizer; character offsets are required")
+    backend_json = tokenizer.backend_tokenizer.to_str()
+    template = derive_pair_template(_make_backend(backend_json), tokenizer.cls_token_id)
+    _check_settings(settings, template)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return _Spec(backend_json, template, settings, tokenizer.padding_side, int(pad_id),
+                 int(getattr(tokenizer, "pad_token_type_id", 0) or 0))
+
+
+_WORKER: dict = {}
+
+
+def _worker_init(spec: _Spec) -> None:
+    # Each worker is one process on one core: the Rust thread pool would only oversubscribe.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    # The spec (with the tokenizer JSON) travels once per worker, not once per chunk.
+    _WORKER["spec"], _WORKER["backend"] = spec, _make_backend(spec.backend_json)
+
+
+def _worker_run(args):
+    examples, first_index = args
+    return _featurize_chunk(_WORKER["spec"], examples, first_index, _WORKER["backend"])
+
+
+def convert_examples_to_features(examples: Sequence[SquadExample], tokenizer, settings: FeatureSettings,
+                                 threads: int = 1) -> SquadFeatures:
+    """Sliding-window features of all examples (classic window rule, max-context flags, labels)."""
+    spec = feature_spec(tokenizer, settings)
+    chunks = [(i, examples[i:i + CHUNK_EXAMPLES]) for i in range(0, len(examples), CHUNK_EXAMPLES)]
+    if threads > 1 and len(chunks) > 1:
+        import multiprocessing
+
+        # spawn, not fork: forking after the Rust thread pool has run can deadlock.
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(min(threads, len(chunks)), initializer=_worker_init, initargs=(spec,)) as pool:
+            parts = pool.map(_worker_run, [(chunk, first) for first, chunk in chunks], chunksize=1)
+    else:
+        backend = _make_backend(spec.backend_json)
+        parts = [_featurize_chunk(spec, chunk, first, backend) for first, chunk in chunks]
+    if not parts:
+        raise ValueError("no examples to featurize")
+    features = concat_features(parts)
+    labelled = int((features.is_impossible == 0).sum())
+    logger.info("Built %d features from %d examples (%d with an answer span in the window)",
+                len(features), len(examples), labelled)
+    return features
+
+
+# --------------------------------------------------------------------------------------------
+# Cache
+# --------------------------------------------------------------------------------------------
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tokenizer_identity(tokenizer) -> dict:
+    """What makes two tokenizers featurize alike: class, vocabulary, pipeline JSON, padding side."""
+    backend_json = tokenizer.backend_tokenizer.to_str()
+    return {
+        "class": type(tokenizer).__name__,
+        "vocab_size": len(tokenizer),
+        "backend_sha256": hashlib.sha256(backend_json.encode("utf-8")).hexdigest(),
+        "padding_side": tokenizer.padding_side,
+    }
+
+
+def examples_digest(examples: Sequence[SquadExample]) -> str:
+    """Covers reader flags (v2, skipped/repaired answers) that the file hash alone does not."""
+    digest = hashlib.sha256()
+    for ex in examples:
+        span = ex.answer_char_span
+        digest.update(f"{ex.qas_id}\x00{int(ex.is_impossible)}\x00{span}\x00{len(ex.context)}\n".encode())
+    return digest.hexdigest()
+
+
+def features_cache_key(data_path, examples, tokenizer, settings: FeatureSettings) -> str:
+    payload = {
+        "format_version": FEATURES_FORMAT_VERSION,
+        "data_sha256": file_sha256(data_path),
+        "examples": examples_digest(examples),
+        "tokenizer": tokenizer_identity(tokenizer),
+        "settings": asdict(settings),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def cache_path_for(cache_dir, data_path, settings: FeatureSettings, key: str) -> Path:
+    split = "train" if settings.is_training else "eval"
+    return Path(cache_dir) / f"cached_{Path(data_path).stem}_{split}_{key[:20]}.npz"
+
+
+def save_features(path, features: SquadFeatures, key: str) -> None:
+    """Write to a temporary name in the same folder, then rename: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, cache_key=np.array(key), **features.arrays())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _verify(features: SquadFeatures, n_examples: int) -> None:
+    n, t = len(features), int(features.feature_start[-1])
+    if features.feature_start[0] != 0 or np.any(np.diff(features.feature_start) < 0):
+        raise ValueError("feature_start is not increasing")
+    for name in _FLAT_FIELDS:
+        if len(getattr(features, name)) != t:
+            raise ValueError(f"{name} has the wrong length")
+    for name in _FEATURE_FIELDS:
+        if len(getattr(features, name)) != n:
+            raise ValueError(f"{name} has the wrong length")
+    if n and (features.example_index.max() >= n_examples or features.example_index.min() < 0):
+        raise ValueError("example_index out of range")
+
+
+def load_features(path, key: str, n_examples: int) -> SquadFeatures | None:
+    """Features from a cache file, or None when missing, for another key, truncated or corrupt."""
+    if not Path(path).is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if str(data["cache_key"]) != key:
+                return None
+            arrays = {name: data[name] for name in data.files}  # reading checks each member's CRC
+        features = SquadFeatures.from_arrays(arrays)
+        _verify(features, n_examples)
+        return features
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        logger.warning("Ignoring unreadable feature cache %s (%s); rebuilding", path, exc)
+        return None
+
+
+def load_or_build_features(data_path, examples, tokenizer, settings: FeatureSettings, cache_dir,
+                           overwrite_cache: bool = False, threads: int = 1) -> SquadFeatures:
+    """Cached features keyed by data content, examples, tokenizer identity, settings and format."""
+    if cache_dir is None:
+        return convert_examples_to_features(examples, tokenizer, settings, threads)
+    key = features_cache_key(data_path, examples, tokenizer, settings)
+    path = cache_path_for(cache_dir, data_path, settings, key)
+    if not overwrite_cache:
+        features = load_features(path, key, len(examples))
+        if features is not None:
+            logger.info("Loaded %d features for %d examples from cache %s", len(features), len(examples), path)
+            return features
+    features = convert_examples_to_features(examples, tokenizer, settings, threads)
+    save_features(path, features, key)
+    logger.info("Saved features to cache %s", path)
+    return features
+
+
+# --------------------------------------------------------------------------------------------
+# Batching
+# --------------------------------------------------------------------------------------------
+def length_grouped_batches(lengths, batch_size: int, shuffle: bool, seed: int, drop_last: bool = False,
+                           mega_batch_mult: int = 50) -> list[np.ndarray]:
+    """Batches of feature indices whose lengths are similar, so dynamic padding wastes little.
+
+    shuffle=True (training): random permutation by seed, chunks of mega_batch_mult*batch_size sorted
+    by length, split into batches, batch order shuffled.  shuffle=False (evaluation): all features
+    sorted by length (descending, stable).  Either way the caller must use the returned indices to
+    place outputs back; the order is NOT the feature order.
+    """
+    lengths = np.asarray(lengths)
+    n = len(lengths)
+    if shuffle:
+        rng = np.random.default_rng(seed)
+        perm = rng.permutation(n)
+        mega = max(1, mega_batch_mult) * batch_size
+        order = np.concatenate([chunk[np.argsort(-lengths[chunk], kind="stable")]
+                                for chunk in np.array_split(perm, range(mega, n, mega))]) if n else perm
+    else:
+        order = np.argsort(-lengths, kind="stable")
+    batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    if drop_last and batches and len(batches[-1]) < batch_size:
+        batches.pop()
+    if shuffle:
+        rng.shuffle(batches)
+    return batches
+
+
+def collate(features: SquadFeatures, indices, with_labels: bool, pad_to_multiple_of: int = 8) -> dict:
+    """Tensors for features[indices], padded to the longest (rounded up) on the tokenizer's side.
+
+    Positions (start/end/cls_index) are shifted by the left padding; "left_pad" tells by how much.
+    """
+    import torch
+
+    indices = np.asarray(indices, dtype=np.int64)
+    lengths = features.lengths()[indices]
+    width = int(lengths.max()) if len(indices) else 0
+    if pad_to_multiple_of and width % pad_to_multiple_of:
+        width += pad_to_multiple_of - width % pad_to_multiple_of
+    rows = len(indices)
+    left = features.padding_side == "left"
+    left_pad = (width - lengths) if left else np.zeros(rows, dtype=np.int64)
+    input_ids = np.full((rows, width), features.pad_token_id, dtype=np.int64)
+    token_type_ids = np.full((rows, width), features.pad_token_type_id, dtype=np.int64)
+    attention_mask = np.zeros((rows, width), dtype=np.int64)
+    p_mask = np.ones((rows, width), dtype=np.float32)
+    # Scatter all rows at once: flat source positions -> (row, column) in the padded batch.
+    total = int(lengths.sum())
+    src = _ragged_gather_index(features.feature_start[indices], lengths, total)
+    row = np.repeat(np.arange(rows), lengths)
+    col = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths) + np.repeat(left_pad, lengths)
+    input_ids[row, col] = features.input_ids[src]
+    token_type_ids[row, col] = features.token_type_ids[src]
+    attention_mask[row, col] = 1
+    p_mask[row, col] = features.p_mask[src]
+    batch = {
+        "input_ids": torch.from_numpy(input_ids),
+        "attention_mask": torch.from_numpy(attention_mask),
+        "token_type_ids": torch.from_numpy(token_type_ids),
+        "cls_index": torch.from_numpy(features.cls_index[indices].astype(np.int64) + left_pad),
+        "p_mask": torch.from_numpy(p_mask),
+        "left_pad": torch.from_numpy(left_pad.astype(np.int64)),
+    }
+    if with_labels:
+        batch["start_positions"] = torch.from_numpy(features.start_positions[indices].astype(np.int64) + left_pad)
+        batch["end_positions"] = torch.from_numpy(features.end_positions[indices].astype(np.int64) + left_pad)
+        batch["is_impossible"] = torch.from_numpy(features.is_impossible[indices].astype(np.float32))
+    return batch
+
+
+# --------------------------------------------------------------------------------------------
+# Lower-casing
+# --------------------------------------------------------------------------------------------
+def tokenizer_lowercases(tokenizer) -> bool:
+    normalizer = tokenizer.backend_tokenizer.normalizer
+    return normalizer is not None and normalizer.normalize_str("AbC") == "abc"
+
+
+def apply_do_lower_case(tokenizer, do_lower_case: bool):
+    """Honour --do_lower_case through the tokenizer's normalizer, never by lowercasing the text.
+
+    The normalizer keeps its alignment to the original characters, so offsets stay exact and the
+    text is lowercased once.  For an uncased tokenizer without the flag nothing changes (its
+    vocabulary has no capitals); for a cased tokenizer with the flag a Lowercase step is prepended
+    to its normalizer, with a warning, since that vocabulary was trained on cased text.
+    """
+    lowers = tokenizer_lowercases(tokenizer)
+    if do_lower_case and not lowers:
+        from tokenizers import normalizers
+
+        backend = tokenizer.backend_tokenizer
+        current = backend.normalizer
+        steps = [normalizers.Lowercase()] + ([current] if current is not None else [])
+        backend.normalizer = normalizers.Sequence(steps)
+        logger.warning("--do_lower_case given for a cased tokenizer (%s): lower-casing its input",
+                       type(tokenizer).__name__)
+    elif not do_lower_case and lowers:
+        logger.info("tokenizer %s lower-cases its input itself (uncased vocabulary)", type(tokenizer).__name__)
+    return tokenizer
