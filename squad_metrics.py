@@ -1,0 +1,922 @@
+"""Official SQuAD scoring (v1.1 and v2.0), the no-answer threshold sweep, and answer decoding.
+
+Scoring reproduces the official evaluation scripts' arithmetic exactly (same operations in the
+same order), so every float equals theirs to the last digit whenever every question has a
+prediction. Decoding turns start/end logits (or the XLNet/XLM beam head's outputs) into answers
+with numpy over all features at once; only the final n-best assembly loops over examples.
+
+This module imports neither torch nor transformers: it is also a standalone command, a drop-in
+for the official ``evaluate-v2.0.py`` (and for v1.1 data, ``evaluate-v1.1.py``)::
+
+    python squad_metrics.py DATA.json PRED.json [--na-prob-file F] [--na-prob-thresh T]
+                            [--out-file F] [--out-image-dir D] [--verbose]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import re
+import string
+import sys
+import uuid
+from collections import Counter, OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+# Null odds when an example has no valid span at all: the answer is "" whatever the threshold.
+# 1e6 is the "large and positive" starting null score of the classic decoder; a finite value keeps
+# null_odds files standard JSON (no Infinity).
+NO_SPAN_NULL_ODDS = 1.0e6
+
+
+class ScoringInputError(ValueError):
+    """Bad scorer input; str() is one line naming the file (or argument), the record and the problem."""
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic writes (used by every module of the project)
+# --------------------------------------------------------------------------------------------
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write text to a temporary file in the same folder, then rename it over ``path``.
+
+    A reader never sees a half-written file, and an interrupted run leaves the old file intact.
+    The temporary file is opened normally (not via mkstemp) so the result gets umask permissions.
+    """
+    path = os.fspath(path)
+    tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "x", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 4) -> None:
+    """json.dumps(obj, indent=indent) plus a newline (the classic prediction file layout), atomically."""
+    write_text_atomic(path, json.dumps(obj, indent=indent) + "\n")
+
+
+# --------------------------------------------------------------------------------------------
+# Answer normalization and per-answer metrics (official definitions)
+# --------------------------------------------------------------------------------------------
+
+# Only ASCII punctuation is removed, as in the official scripts: "«" or "—" stay in the answer.
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+
+
+def normalize_answer(s: str) -> str:
+    """Lower-case, drop ASCII punctuation, replace articles a/an/the by a space, collapse whitespace."""
+    text = s.lower().translate(_PUNCTUATION)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+def get_tokens(s: str) -> list[str]:
+    """Tokens of the normalized answer (v2.0 definition: an empty input has no tokens)."""
+    if not s:
+        return []
+    return normalize_answer(s).split()
+
+
+def compute_exact(a_gold: str, a_pred: str) -> int:
+    """1 when the normalized strings are equal, else 0."""
+    return int(normalize_answer(a_gold) == normalize_answer(a_pred))
+
+
+def _f1_from_tokens(gold_toks: list[str], pred_toks: list[str]) -> int | float:
+    # Same operations and return types as the official v2.0 script (ints for 0/1 special cases).
+    if len(gold_toks) == 0 or len(pred_toks) == 0:
+        return int(gold_toks == pred_toks)
+    common = Counter(gold_toks) & Counter(pred_toks)
+    num_same = sum(common.values())
+    if num_same == 0:
+        return 0
+    precision = 1.0 * num_same / len(pred_toks)
+    recall = 1.0 * num_same / len(gold_toks)
+    return (2 * precision * recall) / (precision + recall)
+
+
+def compute_f1(a_gold: str, a_pred: str) -> int | float:
+    """Token F1 of the v2.0 script: 1 if both sides are empty, 0 if only one is."""
+    return _f1_from_tokens(get_tokens(a_gold), get_tokens(a_pred))
+
+
+def _f1_v1(prediction: str, ground_truth: str) -> int | float:
+    # v1.1 has no empty-answer rule: two empty answers share no token and score 0.
+    pred_toks = normalize_answer(prediction).split()
+    gold_toks = normalize_answer(ground_truth).split()
+    common = Counter(pred_toks) & Counter(gold_toks)
+    num_same = sum(common.values())
+    if num_same == 0:
+        return 0
+    precision = 1.0 * num_same / len(pred_toks)
+    recall = 1.0 * num_same / len(gold_toks)
+    return (2 * precision * recall) / (precision + recall)
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring a prediction set
+# --------------------------------------------------------------------------------------------
+
+
+def get_raw_scores(gold_answers: Mapping[str, Sequence[str]], preds: Mapping[str, str]) -> tuple[dict, dict]:
+    """Per-question EM and F1 (v2.0 rules), in data order, for questions that have a prediction.
+
+    Gold answers that normalize to "" are dropped and [""] is used when none remain, so an
+    unanswerable question scores 1 only for an empty prediction.
+    """
+    exact_scores: dict[str, int] = {}
+    f1_scores: dict[str, int | float] = {}
+    for qid, answers in gold_answers.items():
+        if qid not in preds:
+            continue
+        golds = [a for a in answers if normalize_answer(a)] or [""]
+        pred = preds[qid]
+        # Normalize the prediction once (the official script does it per gold; the result is the same).
+        pred_norm = normalize_answer(pred)
+        pred_toks = pred_norm.split()
+        exact_scores[qid] = max(int(normalize_answer(g) == pred_norm) for g in golds)
+        f1_scores[qid] = max(_f1_from_tokens(get_tokens(g), pred_toks) for g in golds)
+    return exact_scores, f1_scores
+
+
+def apply_no_ans_threshold(scores: Mapping[str, float], na_probs: Mapping[str, float],
+                           qid_to_has_ans: Mapping[str, bool], na_prob_thresh: float) -> dict:
+    """Score a question as if the prediction were empty when its no-answer value exceeds the threshold."""
+    new_scores = {}
+    for qid, s in scores.items():
+        if na_probs.get(qid, 0.0) > na_prob_thresh:
+            new_scores[qid] = float(not qid_to_has_ans[qid])
+        else:
+            new_scores[qid] = s
+    return new_scores
+
+
+def make_eval_dict(exact_scores: Mapping, f1_scores: Mapping, qid_list: Sequence[str]) -> OrderedDict:
+    """exact / f1 / total over qid_list; a question without a score (no prediction) adds 0 but counts."""
+    total = len(qid_list)
+    return OrderedDict([
+        ("exact", 100.0 * sum(exact_scores[k] for k in qid_list if k in exact_scores) / total),
+        ("f1", 100.0 * sum(f1_scores[k] for k in qid_list if k in f1_scores) / total),
+        ("total", total),
+    ])
+
+
+def merge_eval(main_eval: OrderedDict, new_eval: Mapping, prefix: str) -> None:
+    for k in new_eval:
+        main_eval[f"{prefix}_{k}"] = new_eval[k]
+
+
+def find_best_thresh(preds: Mapping[str, str], scores: Mapping, na_probs: Mapping[str, float],
+                     qid_to_has_ans: Mapping[str, bool], total: int) -> tuple[float, float]:
+    """Best score over no-answer thresholds, and the threshold reaching it (official algorithm).
+
+    Start from answering "no answer" everywhere, then lower the bar one question at a time in
+    ascending no-answer order (ties in the order of ``na_probs``, as the official stable sort).
+    A question without a prediction scores 0 whatever the threshold, so it is left out of both the
+    starting score and the walk; with every prediction present this is the official computation.
+    """
+    cur_score = sum(1 for qid in scores if not qid_to_has_ans[qid])
+    best_score = cur_score
+    best_thresh = 0.0
+    for qid in sorted(na_probs, key=lambda k: na_probs[k]):
+        if qid not in scores:
+            continue
+        if qid_to_has_ans[qid]:
+            diff = scores[qid]
+        else:
+            diff = -1 if preds[qid] else 0
+        cur_score += diff
+        # Strictly greater: on ties the earliest (lowest) threshold wins.
+        if cur_score > best_score:
+            best_score = cur_score
+            best_thresh = na_probs[qid]
+    return 100.0 * best_score / total, best_thresh
+
+
+def make_precision_recall_eval(scores: Mapping, na_probs: Mapping[str, float], num_true_pos: int,
+                               qid_to_has_ans: Mapping[str, bool]) -> tuple[float, list, list]:
+    """Average precision (0-100) of ranking by no-answer value, with the curve's points."""
+    qid_list = [k for k in sorted(na_probs, key=lambda k: na_probs[k]) if k in qid_to_has_ans]
+    true_pos = 0.0
+    precisions = [1.0]
+    recalls = [0.0]
+    avg_prec = 0.0
+    for i, qid in enumerate(qid_list):
+        if qid_to_has_ans[qid]:
+            true_pos += scores.get(qid, 0)
+        cur_p = true_pos / float(i + 1)
+        cur_r = true_pos / float(num_true_pos)
+        # A threshold can only sit between two different values.
+        if i == len(qid_list) - 1 or na_probs[qid] != na_probs[qid_list[i + 1]]:
+            avg_prec += cur_p * (cur_r - recalls[-1])
+            precisions.append(cur_p)
+            recalls.append(cur_r)
+    return 100.0 * avg_prec, precisions, recalls
+
+
+def _import_matplotlib():
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as e:
+        raise ScoringInputError("--out-image-dir: matplotlib is not installed (pip install matplotlib)") from e
+    return Figure
+
+
+def _save_figure(fig, path: str) -> None:
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def plot_pr_curve(precisions: list, recalls: list, out_image: str, title: str) -> None:
+    # A Figure object, not pyplot: no global state or GUI backend is touched inside a library call.
+    fig = _import_matplotlib()()
+    ax = fig.subplots()
+    ax.step(recalls, precisions, color="b", alpha=0.2, where="post")
+    ax.fill_between(recalls, precisions, step="post", alpha=0.2, color="b")
+    ax.set_xlabel("Recall")
+    ax.set_ylabel("Precision")
+    ax.set_xlim([0.0, 1.05])
+    ax.set_ylim([0.0, 1.05])
+    ax.set_title(title)
+    _save_figure(fig, out_image)
+
+
+def histogram_na_prob(na_probs: Mapping[str, float], qid_list: Sequence[str], image_dir: str, name: str) -> None:
+    if not qid_list:
+        return
+    x = [na_probs[k] for k in qid_list if k in na_probs]
+    if not x:
+        return
+    fig = _import_matplotlib()()
+    ax = fig.subplots()
+    ax.hist(x, weights=np.ones(len(x)) / float(len(x)), bins=20, range=(0.0, 1.0))
+    ax.set_xlabel("Model probability of no-answer")
+    ax.set_ylabel("Proportion of dataset")
+    ax.set_title(f"Histogram of no-answer probability: {name}")
+    _save_figure(fig, os.path.join(image_dir, f"na_prob_hist_{name}.png"))
+
+
+def run_precision_recall_analysis(main_eval: OrderedDict, exact_raw: Mapping, f1_raw: Mapping,
+                                  na_probs: Mapping[str, float], qid_to_has_ans: Mapping[str, bool],
+                                  out_image_dir: str) -> None:
+    """Add pr_exact_ap, pr_f1_ap, pr_oracle_ap and write the three PR curves as PNG."""
+    _import_matplotlib()  # fail before any work when plotting is impossible
+    os.makedirs(out_image_dir, exist_ok=True)
+    num_true_pos = sum(1 for v in qid_to_has_ans.values() if v)
+    if num_true_pos == 0:
+        return
+    oracle_scores = {k: float(v) for k, v in qid_to_has_ans.items()}
+    curves = [
+        ("pr_exact", exact_raw, "Precision-Recall curve for Exact Match score"),
+        ("pr_f1", f1_raw, "Precision-Recall curve for F1 score"),
+        ("pr_oracle", oracle_scores, "Oracle Precision-Recall curve (binary task of HasAns vs. NoAns)"),
+    ]
+    for name, scores, title in curves:
+        ap, precisions, recalls = make_precision_recall_eval(scores, na_probs, num_true_pos, qid_to_has_ans)
+        plot_pr_curve(precisions, recalls, os.path.join(out_image_dir, f"{name}.png"), title)
+        main_eval[f"{name}_ap"] = ap
+
+
+def prediction_coverage(gold_answers: Mapping[str, Any], preds: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """(question ids without a prediction, prediction ids that are not questions of the data)."""
+    missing = [qid for qid in gold_answers if qid not in preds]
+    unknown = [qid for qid in preds if qid not in gold_answers]
+    return missing, unknown
+
+
+def _log_coverage(gold_answers: Mapping, preds: Mapping) -> None:
+    missing, unknown = prediction_coverage(gold_answers, preds)
+    if missing:
+        logger.warning("%d of %d questions have no prediction and score 0 (first: %s)",
+                       len(missing), len(gold_answers), missing[0])
+    if unknown:
+        logger.warning("%d prediction ids are not questions of the data and are not scored (first: %s)",
+                       len(unknown), unknown[0])
+
+
+def _check_na_probs(na_probs: Mapping[str, float], preds: Mapping[str, str], gold_answers: Mapping) -> None:
+    # The official script crashes with a KeyError here; say which question lacks a value instead.
+    lacking = [qid for qid in gold_answers if qid in preds and qid not in na_probs]
+    if lacking:
+        raise ScoringInputError(f"na_probs: no value for {len(lacking)} predicted question(s), first {lacking[0]!r}")
+
+
+def _evaluate_v1(gold_answers: Mapping[str, Sequence[str]], preds: Mapping[str, str]) -> OrderedDict:
+    # The v1.1 script's running sums (+=, not sum()) and max over every gold answer as given.
+    f1 = exact_match = total = 0
+    for qid, golds in gold_answers.items():
+        total += 1
+        if qid not in preds or not golds:
+            continue
+        pred = preds[qid]
+        exact_match += max(normalize_answer(pred) == normalize_answer(g) for g in golds)
+        f1 += max(_f1_v1(pred, g) for g in golds)
+    return OrderedDict([("exact_match", 100.0 * exact_match / total), ("f1", 100.0 * f1 / total)])
+
+
+def squad_evaluate(gold_answers: Mapping[str, Sequence[str]], preds: Mapping[str, str],
+                   na_probs: Mapping[str, float] | None = None, na_prob_thresh: float = 1.0,
+                   version_2: bool = True, out_image_dir: str | None = None) -> OrderedDict:
+    """Official SQuAD scores.
+
+    gold_answers maps every question id (in data order) to its gold answer texts, [] when
+    unanswerable. version_2=True: the v2.0 script's keys and order (exact, f1, total, HasAns_*,
+    NoAns_*, and with na_probs best_exact, best_exact_thresh, best_f1, best_f1_thresh, and with
+    na_probs and out_image_dir pr_exact_ap, pr_f1_ap, pr_oracle_ap plus PNG plots).
+    version_2=False: the v1.1 script's {exact_match, f1}. Questions without a prediction score 0
+    and count in the totals; prediction ids not in the data are ignored (both logged).
+    """
+    if not gold_answers:
+        raise ScoringInputError("gold_answers: no questions to score")
+    _log_coverage(gold_answers, preds)
+    if not version_2:
+        return _evaluate_v1(gold_answers, preds)
+    if na_probs is not None:
+        _check_na_probs(na_probs, preds, gold_answers)
+    qid_to_has_ans = {qid: bool(answers) for qid, answers in gold_answers.items()}
+    has_ans_qids = [k for k, v in qid_to_has_ans.items() if v]
+    no_ans_qids = [k for k, v in qid_to_has_ans.items() if not v]
+    exact_raw, f1_raw = get_raw_scores(gold_answers, preds)
+    # Without a no-answer file every value is 0.0, as the official default, so nothing is thresholded.
+    thresh_probs = na_probs if na_probs is not None else {}
+    exact_thresh = apply_no_ans_threshold(exact_raw, thresh_probs, qid_to_has_ans, na_prob_thresh)
+    f1_thresh = apply_no_ans_threshold(f1_raw, thresh_probs, qid_to_has_ans, na_prob_thresh)
+    out_eval = make_eval_dict(exact_thresh, f1_thresh, list(gold_answers))
+    if has_ans_qids:
+        merge_eval(out_eval, make_eval_dict(exact_thresh, f1_thresh, has_ans_qids), "HasAns")
+    if no_ans_qids:
+        merge_eval(out_eval, make_eval_dict(exact_thresh, f1_thresh, no_ans_qids), "NoAns")
+    if na_probs is not None:
+        total = len(gold_answers)
+        best_exact, exact_t = find_best_thresh(preds, exact_raw, na_probs, qid_to_has_ans, total)
+        best_f1, f1_t = find_best_thresh(preds, f1_raw, na_probs, qid_to_has_ans, total)
+        out_eval["best_exact"] = best_exact
+        out_eval["best_exact_thresh"] = exact_t
+        out_eval["best_f1"] = best_f1
+        out_eval["best_f1_thresh"] = f1_t
+        if out_image_dir:
+            run_precision_recall_analysis(out_eval, exact_raw, f1_raw, na_probs, qid_to_has_ans, out_image_dir)
+            histogram_na_prob(na_probs, has_ans_qids, out_image_dir, "hasAns")
+            histogram_na_prob(na_probs, no_ans_qids, out_image_dir, "noAns")
+    return out_eval
+
+
+def gold_answers_from_examples(examples: Iterable[Any]) -> OrderedDict[str, list[str]]:
+    """{qas_id: [answer texts]} from SquadExample-like objects ([] for unanswerable ones)."""
+    gold: OrderedDict[str, list[str]] = OrderedDict()
+    for ex in examples:
+        gold[ex.qas_id] = [] if getattr(ex, "is_impossible", False) else [a["text"] for a in ex.answers]
+    return gold
+
+
+# --------------------------------------------------------------------------------------------
+# Reading and validating the CLI's files
+# --------------------------------------------------------------------------------------------
+
+
+def _load_json(path: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError as e:
+        raise ScoringInputError(f"{path}: no such file") from e
+    except IsADirectoryError as e:
+        raise ScoringInputError(f"{path}: is a folder, not a file") from e
+    except UnicodeDecodeError as e:
+        raise ScoringInputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+    except json.JSONDecodeError as e:
+        raise ScoringInputError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from e
+    except OSError as e:
+        raise ScoringInputError(f"{path}: cannot read ({e.strerror})") from e
+
+
+def _expect(cond: bool, path: str, where: str, problem: str) -> None:
+    if not cond:
+        raise ScoringInputError(f"{path}: {where}: {problem}")
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def parse_squad_dataset(dataset_json: Any, path: str = "data") -> tuple[OrderedDict[str, list[str]], bool]:
+    """(gold answers in data order, is_version_2) from a SQuAD JSON object; checks its layout.
+
+    Version 2.0 when any question has an ``is_impossible`` field or no answers, or the version
+    field says 2; otherwise 1.1 (scored like the v1.1 script).
+    """
+    _expect(isinstance(dataset_json, dict) and isinstance(dataset_json.get("data"), list), path, "top level",
+            'not SQuAD data (expected an object with a "data" list)')
+    gold: OrderedDict[str, list[str]] = OrderedDict()
+    saw_v2_field = False
+    for a_i, article in enumerate(dataset_json["data"]):
+        where = f"data[{a_i}]"
+        _expect(isinstance(article, dict) and isinstance(article.get("paragraphs"), list), path, where,
+                'expected an object with a "paragraphs" list')
+        for p_i, paragraph in enumerate(article["paragraphs"]):
+            where = f"data[{a_i}].paragraphs[{p_i}]"
+            _expect(isinstance(paragraph, dict) and isinstance(paragraph.get("qas"), list), path, where,
+                    'expected an object with a "qas" list')
+            for q_i, qa in enumerate(paragraph["qas"]):
+                where = f"data[{a_i}].paragraphs[{p_i}].qas[{q_i}]"
+                _expect(isinstance(qa, dict) and isinstance(qa.get("id"), str), path, where,
+                        'expected an object with a string "id"')
+                where = f"question {qa['id']!r}"
+                _expect(isinstance(qa.get("answers"), list), path, where, 'expected an "answers" list')
+                texts = []
+                for ans in qa["answers"]:
+                    _expect(isinstance(ans, dict) and isinstance(ans.get("text"), str), path, where,
+                            'every answer must be an object with a string "text"')
+                    texts.append(ans["text"])
+                saw_v2_field = saw_v2_field or "is_impossible" in qa
+                gold[qa["id"]] = texts
+    _expect(bool(gold), path, "data", "no questions")
+    version = str(dataset_json.get("version", ""))
+    version_2 = saw_v2_field or any(not t for t in gold.values()) or version.lstrip("v").startswith("2")
+    return gold, version_2
+
+
+def parse_predictions(preds: Any, path: str = "predictions") -> dict[str, str]:
+    _expect(isinstance(preds, dict), path, "top level",
+            f"expected an object mapping question id to answer text, got {_type_name(preds)}")
+    for qid, text in preds.items():
+        _expect(isinstance(text, str), path, f"question {qid!r}", f"answer must be a string, got {_type_name(text)}")
+    return preds
+
+
+def parse_na_probs(na_probs: Any, path: str = "na_probs") -> dict[str, float]:
+    _expect(isinstance(na_probs, dict), path, "top level",
+            f"expected an object mapping question id to a number, got {_type_name(na_probs)}")
+    for qid, value in na_probs.items():
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+        _expect(ok, path, f"question {qid!r}", f"no-answer value must be a number, got {value!r}")
+    return na_probs
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding start/end logits
+# --------------------------------------------------------------------------------------------
+
+
+def _as_array(name: str, value: Any, dtype, shape_tail: tuple = ()) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.ndim != 1 + len(shape_tail) or arr.shape[1:] != shape_tail:
+        raise ValueError(f"features.{name}: expected shape [n{', ' if shape_tail else ''}"
+                         f"{', '.join(map(str, shape_tail))}], got {list(arr.shape)}")
+    return arr.astype(dtype, copy=False)
+
+
+class _Tokens:
+    """Validated flat views of the duck-typed features the decoders need."""
+
+    def __init__(self, features: Any, n_examples: int):
+        self.feature_start = _as_array("feature_start", features.feature_start, np.int64)
+        if len(self.feature_start) < 1 or self.feature_start[0] != 0 or np.any(np.diff(self.feature_start) < 0):
+            raise ValueError("features.feature_start: must start at 0 and never decrease")
+        self.n_features = len(self.feature_start) - 1
+        self.n_tokens = int(self.feature_start[-1])
+        self.lengths = np.diff(self.feature_start)
+        p_mask = _as_array("p_mask", features.p_mask, np.int8)
+        offsets = _as_array("offsets", features.offsets, np.int64, (2,))
+        max_context = _as_array("max_context", features.max_context, bool)
+        self.example_index = _as_array("example_index", features.example_index, np.int64)
+        for name, arr, size in [("p_mask", p_mask, self.n_tokens), ("offsets", offsets, self.n_tokens),
+                                ("max_context", max_context, self.n_tokens),
+                                ("example_index", self.example_index, self.n_features)]:
+            if len(arr) != size:
+                raise ValueError(f"features.{name}: length {len(arr)}, expected {size}")
+        if self.n_features and (self.example_index.min() < 0 or self.example_index.max() >= n_examples):
+            raise ValueError(f"features.example_index: values must lie in [0, {n_examples}) (the examples given)")
+        self.offsets = offsets
+        # Only context tokens can be part of an answer: question, special tokens and CLS have no offsets.
+        self.is_context = (p_mask == 0) & (offsets[:, 0] >= 0) & (offsets[:, 1] >= 0)
+        self.can_start = self.is_context & max_context
+
+    def flat_index(self, local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Flat positions of per-feature positions [N, k], and whether each lies inside its feature."""
+        inside = (local >= 0) & (local < self.lengths[:, None])
+        flat = np.where(inside, self.feature_start[:-1, None] + local, 0)
+        return flat, inside
+
+    def cls_flat(self, features: Any) -> np.ndarray:
+        cls_index = _as_array("cls_index", features.cls_index, np.int64)
+        if len(cls_index) != self.n_features:
+            raise ValueError(f"features.cls_index: length {len(cls_index)}, expected {self.n_features}")
+        if np.any((cls_index < 0) | (cls_index >= self.lengths)):
+            raise ValueError("features.cls_index: a CLS position lies outside its feature")
+        return self.feature_start[:-1] + cls_index
+
+
+def _finite_logits(name: str, values: Any, size: int, feature_start: np.ndarray | None = None) -> np.ndarray:
+    """float64 copy of the model outputs; NaN/inf is a model or precision fault, never an empty answer."""
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.shape[:1] != (size,):
+        raise ValueError(f"{name}: expected {size} rows (one per token or feature), got shape {list(arr.shape)}")
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        first = np.unravel_index(int(np.argmax(bad)), arr.shape)
+        where = f"position {tuple(int(i) for i in first)}"
+        if feature_start is not None:
+            feat = int(np.searchsorted(feature_start, first[0], side="right") - 1)
+            where = f"flat position {int(first[0])} (feature {feat})"
+        raise ValueError(f"{name}: {int(bad.sum())} non-finite value(s) (NaN or inf), first {arr[first]} at "
+                         f"{where}; the model output is broken (overflow in fp16, diverged training?)")
+    return arr
+
+
+def _padded(values: np.ndarray, tokens: _Tokens) -> np.ndarray:
+    """[N, max_len] matrix of per-feature values, -inf where a feature is shorter."""
+    width = int(tokens.lengths.max())
+    out = np.full((tokens.n_features, width), -np.inf)
+    rows = np.repeat(np.arange(tokens.n_features), tokens.lengths)
+    cols = np.arange(tokens.n_tokens) - np.repeat(tokens.feature_start[:-1], tokens.lengths)
+    out[rows, cols] = values
+    return out
+
+
+def _top_k(padded: np.ndarray, k: int) -> np.ndarray:
+    """Per row the k largest positions, ordered by value descending, ties by position ascending.
+
+    That is the classic `sorted(enumerate(logits), reverse=True)[:k]` order. np.partition finds the
+    k-th value; entries tied with it are taken lowest position first, so the set is deterministic.
+    """
+    n, width = padded.shape
+    kth = np.partition(padded, width - k, axis=1)[:, width - k][:, None]
+    above = padded > kth
+    ties = padded == kth
+    take = above | (ties & (np.cumsum(ties, axis=1) <= (k - above.sum(axis=1))[:, None]))
+    cols = np.nonzero(take)[1].reshape(n, k)
+    order = np.argsort(-np.take_along_axis(padded, cols, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(cols, order, axis=1)
+
+
+class _Candidates:
+    """Valid answer spans of all features, sorted per example by score, then the classic tie order."""
+
+    def __init__(self, tokens: _Tokens, example: np.ndarray, start: np.ndarray, end: np.ndarray,
+                 start_score: np.ndarray, end_score: np.ndarray, tie: np.ndarray, n_examples: int):
+        score = start_score + end_score
+        # lexsort: last key is primary. `tie` encodes the classic loop order (feature, then start
+        # rank, then end rank) which its stable sort keeps among equal scores.
+        order = np.lexsort((tie, -score, example))
+        self.char_start = tokens.offsets[start[order], 0]
+        self.char_end = tokens.offsets[end[order], 1]
+        self.start_score, self.end_score, self.score = start_score[order], end_score[order], score[order]
+        self.bounds = np.searchsorted(example[order], np.arange(n_examples + 1))
+
+    @classmethod
+    def empty(cls, tokens: _Tokens, n_examples: int) -> _Candidates:
+        none_i, none_f = np.zeros(0, np.int64), np.zeros(0)
+        return cls(tokens, none_i, none_i, none_i, none_f, none_f, none_i, n_examples)
+
+    def rows(self, lo: int, hi: int, chunk: int):
+        """(char_start, char_end, start_score, end_score, score) as Python values, best first.
+
+        Converted in chunks: an example usually needs only its first n_best_size candidates.
+        """
+        for a in range(lo, hi, chunk):
+            b = min(hi, a + chunk)
+            yield from zip(self.char_start[a:b].tolist(), self.char_end[a:b].tolist(),
+                           self.start_score[a:b].tolist(), self.end_score[a:b].tolist(), self.score[a:b].tolist(), strict=True)
+
+
+def _span_candidates(tokens: _Tokens, start: np.ndarray, end: np.ndarray, n_best_size: int,
+                     max_answer_length: int, n_examples: int) -> _Candidates:
+    """All (start, end) pairs among each feature's top-n starts and ends that are valid answers.
+
+    Broadcast masks over [N, k, k] replace the classic double loop over start x end indexes.
+    """
+    k = min(n_best_size, int(tokens.lengths.max()))
+    starts = _top_k(_padded(start, tokens), k)
+    ends = _top_k(_padded(end, tokens), k)
+    s_flat, s_in = tokens.flat_index(starts)
+    e_flat, e_in = tokens.flat_index(ends)
+    start_ok = s_in & tokens.can_start[s_flat]
+    end_ok = e_in & tokens.is_context[e_flat]
+    length = ends[:, None, :] - starts[:, :, None] + 1
+    valid = start_ok[:, :, None] & end_ok[:, None, :] & (length >= 1) & (length <= max_answer_length)
+    feat, i, j = np.nonzero(valid)
+    s, e = s_flat[feat, i], e_flat[feat, j]
+    tie = (feat * k + i) * k + j
+    return _Candidates(tokens, tokens.example_index[feat], s, e, start[s], end[e], tie, n_examples)
+
+
+def _null_per_example(tokens: _Tokens, null_start: np.ndarray, null_end: np.ndarray, n_examples: int):
+    """Per example the feature with the smallest null score (first one on ties, as the classic `<`).
+
+    Returns (feature index or -1 when the example has no feature, its start value, its end value).
+    """
+    null = null_start + null_end
+    order = np.lexsort((np.arange(tokens.n_features), null, tokens.example_index))
+    ex_sorted = tokens.example_index[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = ex_sorted[1:] != ex_sorted[:-1]
+    best = np.full(n_examples, -1, dtype=np.int64)
+    best[ex_sorted[first]] = order[first]
+    if not len(null):
+        return best, np.zeros(n_examples), np.zeros(n_examples)
+    safe = np.maximum(best, 0)  # examples without features read feature 0; callers check best >= 0
+    return best, null_start[safe], null_end[safe]
+
+
+def _nbest_texts(context: str, cands: _Candidates, ex: int, n_best_size: int,
+                 null: tuple[float, float, float] | None) -> tuple[list[tuple[str, float, float]], tuple | None]:
+    """The first n_best_size distinct answer texts of an example, and its best non-empty span.
+
+    ``null`` = (score, start value, end value) competes for a slot like the classic null candidate,
+    which is appended last, so it ranks after spans of equal score.
+    Returns ([(text, start value, end value)], best non-null (text, start value, end value) or None).
+    """
+    entries: list[tuple[str, float, float]] = []
+    seen: set[str] = set()
+    best_non_null = None
+    null_pending = null is not None
+    for a, b, s, e, score in cands.rows(int(cands.bounds[ex]), int(cands.bounds[ex + 1]), 2 * n_best_size + 8):
+        if null_pending and null[0] > score:
+            null_pending = False
+            if len(entries) < n_best_size and "" not in seen:
+                seen.add("")
+                entries.append(("", null[1], null[2]))
+        full = len(entries) >= n_best_size
+        # Keep walking past a full n-best only to find the best non-empty span (v2 null odds).
+        if full and best_non_null is not None:
+            return entries, best_non_null
+        text = context[a:b]
+        if best_non_null is None and text:
+            best_non_null = (text, s, e)
+        if not full and text not in seen:
+            seen.add(text)
+            entries.append((text, s, e))
+    if null_pending and len(entries) < n_best_size and "" not in seen:
+        entries.append(("", null[1], null[2]))
+    return entries, best_non_null
+
+
+def _softmax(scores: list[float]) -> list[float]:
+    top = max(scores)
+    exps = [math.exp(s - top) for s in scores]
+    total = sum(exps)
+    return [x / total for x in exps]
+
+
+def _nbest_json(entries: list[tuple[str, float, float]], start_key: str, end_key: str) -> list[dict]:
+    probs = _softmax([s + e for _, s, e in entries])
+    return [{"text": text, "probability": p, start_key: float(s), end_key: float(e)}
+            for (text, s, e), p in zip(entries, probs, strict=True)]
+
+
+def _warn_featureless(examples: Sequence[Any], has_feature: np.ndarray) -> None:
+    missing = np.flatnonzero(~has_feature)
+    if len(missing):
+        logger.warning("%d example(s) have no features and get an empty answer (first: %s)",
+                       len(missing), examples[int(missing[0])].qas_id)
+
+
+def compute_predictions_logits(examples: Sequence[Any], features: Any, start_logits: Any, end_logits: Any,
+                               n_best_size: int = 20, max_answer_length: int = 30,
+                               version_2_with_negative: bool = False, null_score_diff_threshold: float = 0.0):
+    """Answers, n-best lists and null odds from start/end logits (classic rules, offset-based text).
+
+    start_logits / end_logits are flat [T] arrays aligned with the features' flat token arrays.
+    Per feature the top n_best_size starts and ends are paired; a pair is kept when both are
+    context tokens, the start is in its max-context window, start <= end and the span has at most
+    max_answer_length tokens. Answers are exact substrings of the context. The n-best holds the
+    first n_best_size distinct texts by start+end logit with softmax probabilities.
+    v2: the null score is the smallest start[CLS]+end[CLS] over the example's features and competes
+    in the n-best ("" is always present); null_odds = null score - best span's start - end, and ""
+    is predicted when it exceeds null_score_diff_threshold.
+    Where no valid span exists the answer is "" (not the classic "empty" placeholder), and the v2
+    null odds are NO_SPAN_NULL_ODDS.
+    Returns (predictions, nbest, null_odds) OrderedDicts keyed by qas_id, in example order
+    (null_odds is empty for v1).
+    """
+    if n_best_size < 1 or max_answer_length < 1:
+        raise ValueError("n_best_size and max_answer_length must be at least 1")
+    tokens = _Tokens(features, len(examples))
+    start = _finite_logits("start_logits", start_logits, tokens.n_tokens, tokens.feature_start)
+    end = _finite_logits("end_logits", end_logits, tokens.n_tokens, tokens.feature_start)
+    if start.ndim != 1 or end.ndim != 1:
+        raise ValueError("start_logits / end_logits: expected flat 1-D arrays of per-token logits")
+    cls_flat = tokens.cls_flat(features)
+    null_feat, null_start, null_end = _null_per_example(tokens, start[cls_flat], end[cls_flat], len(examples))
+    if tokens.n_tokens:
+        cands = _span_candidates(tokens, start, end, n_best_size, max_answer_length, len(examples))
+    else:
+        cands = _Candidates.empty(tokens, len(examples))
+    _warn_featureless(examples, null_feat >= 0)
+
+    predictions: OrderedDict[str, str] = OrderedDict()
+    all_nbest: OrderedDict[str, list[dict]] = OrderedDict()
+    null_odds: OrderedDict[str, float] = OrderedDict()
+    for ex_i, example in enumerate(examples):
+        qid = example.qas_id
+        null_s, null_e = (float(null_start[ex_i]), float(null_end[ex_i])) if null_feat[ex_i] >= 0 else (0.0, 0.0)
+        null_score = null_s + null_e
+        null = (null_score, null_s, null_e) if version_2_with_negative and null_feat[ex_i] >= 0 else None
+        entries, best_non_null = _nbest_texts(example.context, cands, ex_i, n_best_size, null)
+        if (version_2_with_negative and all(text for text, _, _ in entries)) or not entries:
+            entries.append(("", null_s, null_e))
+        all_nbest[qid] = _nbest_json(entries, "start_logit", "end_logit")
+        if not version_2_with_negative:
+            predictions[qid] = entries[0][0]
+        elif best_non_null is None:
+            predictions[qid] = ""
+            null_odds[qid] = NO_SPAN_NULL_ODDS
+        else:
+            # The classic subtraction order, so null odds equal its values bit for bit.
+            score_diff = null_score - best_non_null[1] - best_non_null[2]
+            null_odds[qid] = score_diff
+            predictions[qid] = "" if score_diff > null_score_diff_threshold else best_non_null[0]
+    return predictions, all_nbest, null_odds
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding the XLNet / XLM beam-search head
+# --------------------------------------------------------------------------------------------
+
+
+def _beam_array(name: str, values: Any, shape: tuple[int, int], dtype) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.shape != shape:
+        raise ValueError(f"{name}: expected shape {list(shape)}, got {list(arr.shape)}")
+    return arr.astype(dtype, copy=False)
+
+
+def _beam_candidates(tokens: _Tokens, start_lp, start_idx, end_lp, end_idx, end_n_top: int,
+                     max_answer_length: int, n_examples: int) -> _Candidates:
+    """Valid spans of the beam head: start i pairs with ends i*end_n_top .. i*end_n_top+end_n_top-1."""
+    # Column c = i * end_n_top + j of the end arrays pairs with start i = c // end_n_top.
+    starts = np.repeat(start_idx, end_n_top, axis=1)
+    starts_lp = np.repeat(start_lp, end_n_top, axis=1)
+    s_flat, s_in = tokens.flat_index(starts)
+    e_flat, e_in = tokens.flat_index(end_idx)
+    length = end_idx - starts + 1
+    valid = (s_in & tokens.can_start[s_flat] & e_in & tokens.is_context[e_flat]
+             & (length >= 1) & (length <= max_answer_length))
+    feat, col = np.nonzero(valid)
+    return _Candidates(tokens, tokens.example_index[feat], s_flat[feat, col], e_flat[feat, col],
+                       starts_lp[feat, col], end_lp[feat, col], feat * end_idx.shape[1] + col, n_examples)
+
+
+def compute_predictions_log_probs(examples: Sequence[Any], features: Any, start_top_log_probs: Any,
+                                  start_top_index: Any, end_top_log_probs: Any, end_top_index: Any,
+                                  cls_logits: Any, n_best_size: int = 20, max_answer_length: int = 30,
+                                  start_n_top: int = 5, end_n_top: int = 5):
+    """Answers from the XLNet/XLM beam head (classic rules, offset-based text).
+
+    Shapes: start_* [N, start_n_top], end_* [N, start_n_top * end_n_top], cls_logits [N]; indexes
+    are unpadded token positions within each feature. The answer is always the best valid span
+    ("" only when none is valid); null_odds is the smallest cls_logits over the example's features,
+    and the no-answer decision is left to the threshold sweep. n-best entries carry the classic
+    keys text, probability, start_log_prob, end_log_prob.
+    """
+    if n_best_size < 1 or max_answer_length < 1:
+        raise ValueError("n_best_size and max_answer_length must be at least 1")
+    tokens = _Tokens(features, len(examples))
+    n = tokens.n_features
+    s_shape, e_shape = (n, start_n_top), (n, start_n_top * end_n_top)
+    start_lp = _finite_logits("start_top_log_probs", _beam_array("start_top_log_probs", start_top_log_probs,
+                                                                   s_shape, np.float64), n)
+    end_lp = _finite_logits("end_top_log_probs", _beam_array("end_top_log_probs", end_top_log_probs,
+                                                               e_shape, np.float64), n)
+    cls = _finite_logits("cls_logits", np.asarray(cls_logits).reshape(-1), n)
+    start_idx = _beam_array("start_top_index", start_top_index, s_shape, np.int64)
+    end_idx = _beam_array("end_top_index", end_top_index, e_shape, np.int64)
+    if n:
+        cands = _beam_candidates(tokens, start_lp, start_idx, end_lp, end_idx, end_n_top,
+                                 max_answer_length, len(examples))
+    else:
+        cands = _Candidates.empty(tokens, len(examples))
+    null_feat, null_cls, _ = _null_per_example(tokens, cls, np.zeros(n), len(examples))
+    _warn_featureless(examples, null_feat >= 0)
+
+    predictions: OrderedDict[str, str] = OrderedDict()
+    all_nbest: OrderedDict[str, list[dict]] = OrderedDict()
+    null_odds: OrderedDict[str, float] = OrderedDict()
+    for ex_i, example in enumerate(examples):
+        qid = example.qas_id
+        entries, _ = _nbest_texts(example.context, cands, ex_i, n_best_size, None)
+        if not entries:
+            entries = [("", -1e6, -1e6)]  # the classic's "no valid span" entry
+        all_nbest[qid] = _nbest_json(entries, "start_log_prob", "end_log_prob")
+        predictions[qid] = entries[0][0]
+        null_odds[qid] = float(null_cls[ex_i]) if null_feat[ex_i] >= 0 else NO_SPAN_NULL_ODDS
+    return predictions, all_nbest, null_odds
+
+
+def write_prediction_files(output_dir: str | os.PathLike, prefix: str, predictions: Mapping[str, str],
+                           nbest: Mapping[str, list], null_odds: Mapping[str, float] | None) -> dict[str, str]:
+    """Write predictions_<prefix>.json, nbest_predictions_<prefix>.json and (when given)
+    null_odds_<prefix>.json, JSON with indent 4 as the classic script, each atomically.
+    An empty prefix gives predictions.json etc. Returns {"predictions"|"nbest"|"null_odds": path}.
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    suffix = f"_{prefix}" if prefix else ""
+    files = {"predictions": (f"predictions{suffix}.json", predictions),
+             "nbest": (f"nbest_predictions{suffix}.json", nbest)}
+    if null_odds is not None:
+        files["null_odds"] = (f"null_odds{suffix}.json", null_odds)
+    paths = {}
+    for key, (name, obj) in files.items():
+        paths[key] = os.path.join(os.fspath(output_dir), name)
+        write_json_atomic(paths[key], obj, indent=4)
+    return paths
+
+
+# --------------------------------------------------------------------------------------------
+# Command line (drop-in for the official evaluate-v2.0.py)
+# --------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Official evaluation for SQuAD version 2.0 (and 1.1 data, detected from its content).")
+    parser.add_argument("data_file", metavar="data.json", help="Input data JSON file.")
+    parser.add_argument("pred_file", metavar="pred.json", help="Model predictions.")
+    parser.add_argument("--out-file", "-o", metavar="eval.json",
+                        help="Write accuracy metrics to file (default is stdout).")
+    parser.add_argument("--na-prob-file", "-n", metavar="na_prob.json",
+                        help="Model estimates of probability of no answer.")
+    parser.add_argument("--na-prob-thresh", "-t", type=float, default=1.0,
+                        help='Predict "" if no-answer probability exceeds this (default = 1.0).')
+    parser.add_argument("--out-image-dir", "-p", metavar="out_images", default=None,
+                        help="Save precision-recall curves to directory.")
+    parser.add_argument("--verbose", "-v", action="store_true", help="Report what was read on stderr.")
+    return parser.parse_args(argv)
+
+
+def _evaluate_files(opts: argparse.Namespace) -> tuple[OrderedDict, bool]:
+    gold, version_2 = parse_squad_dataset(_load_json(opts.data_file), opts.data_file)
+    preds = parse_predictions(_load_json(opts.pred_file), opts.pred_file)
+    na_probs = None
+    if opts.na_prob_file and version_2:
+        na_probs = parse_na_probs(_load_json(opts.na_prob_file), opts.na_prob_file)
+        lacking = [qid for qid in gold if qid in preds and qid not in na_probs]
+        if lacking:
+            raise ScoringInputError(f"{opts.na_prob_file}: question {lacking[0]!r}: no no-answer value "
+                                    f"({len(lacking)} predicted question(s) lack one)")
+    elif opts.na_prob_file:
+        logger.warning("%s is SQuAD 1.1 data: --na-prob-file is ignored", opts.data_file)
+    if opts.verbose:
+        n_no_ans = sum(1 for answers in gold.values() if not answers)
+        logger.warning("%s: %d questions (%d unanswerable), scored as SQuAD %s; %s: %d predictions",
+                       opts.data_file, len(gold), n_no_ans, "2.0" if version_2 else "1.1",
+                       opts.pred_file, len(preds))
+    if opts.out_image_dir and na_probs is not None:
+        _import_matplotlib()  # fail with one line before scoring
+    out = squad_evaluate(gold, preds, na_probs, opts.na_prob_thresh, version_2,
+                         out_image_dir=opts.out_image_dir if na_probs is not None else None)
+    return out, version_2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    opts = parse_args(argv)
+    # Warnings (missing predictions, unknown ids) go to stderr as plain lines; stdout stays the JSON.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        out, version_2 = _evaluate_files(opts)
+        # The official scripts: v2.0 prints indent=2 or writes json.dump to --out-file; v1.1 prints one line.
+        text = json.dumps(out, indent=2) if version_2 else json.dumps(dict(out))
+        if opts.out_file:
+            write_text_atomic(opts.out_file, json.dumps(out))
+        else:
+            print(text)
+    except ScoringInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: {e.filename or ''}: {e.strerror}", file=sys.stderr)
+        return 2
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
