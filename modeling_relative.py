@@ -97,7 +97,9 @@ class RelativeBertEmbeddings(BertEmbeddings):
         self.position_embeddings.weight.requires_grad_(False)
 
     def forward(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
-                past_key_values_length: int = 0) -> torch.Tensor:
+                **cache_offsets) -> torch.Tensor:
+        # cache_offsets: the past length under whatever name this transformers 5.x release passes it
+        # (past_key_values_length, cache_length); it only shifts absolute positions, which we never add.
         if inputs_embeds is None:
             inputs_embeds = self.word_embeddings(input_ids)
         if token_type_ids is None:
@@ -134,8 +136,9 @@ class RelativeBertSelfAttention(BertSelfAttention):
         return query_scores, torch.einsum("bhrd,lrd->bhlr", key, embedding)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                past_key_values=None, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-        if past_key_values is not None:
+                past_key_values=None, cache=None, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        # transformers 5.x renamed past_key_values to cache; an encoder gets neither.
+        if past_key_values is not None or cache is not None:
             raise RelativePositionError("relative position attention does not support a key/value cache")
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.attention_head_size)
