@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--context_first", action="store_true", help="Put the passage before the question (RoBERTa recipe).")
     g.add_argument("--skip_bad_answers", action="store_true", help="Skip training questions whose answer cannot be found (counted and reported).")
     g.add_argument("--overwrite_cache", action="store_true", help="Rebuild the cached features.")
+    g.add_argument("--features_cache_dir", default=None, help="Where features are cached (default $RUN_SQUAD_CACHE or ~/.cache/run_squad/features).")
     g.add_argument("--threads", type=int, default=1, help="Processes used to build features.")
     g.add_argument("--lang_id", type=int, default=0, help="XLM language id for the `langs` input.")
 
@@ -286,7 +287,8 @@ def setup_runtime(args: argparse.Namespace) -> Runtime:
         if use_cuda:
             torch.cuda.set_device(max(local_rank, 0))
         backend = "nccl" if use_cuda else "gloo"
-        torch.distributed.init_process_group(backend=backend)
+        store, rank, world_size = process_group_store()
+        torch.distributed.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size)
         rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
     else:
         rank, world_size = 0, 1
@@ -295,6 +297,20 @@ def setup_runtime(args: argparse.Namespace) -> Runtime:
     else:
         device = torch.device("cpu")
     return Runtime(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def process_group_store():
+    """The env:// rendezvous store, its keys prefixed with torchrun's restart count.
+
+    torchrun's static rendezvous (--master_port, the default) keeps one TCPStore across restarts and
+    torch adds no per-attempt prefix, so a restarted worker can read a dead peer's address from the
+    previous attempt and fail with "Connection refused" (seen under --max-restarts on gloo).
+    """
+    import torch
+
+    store, rank, world_size = next(torch.distributed.rendezvous("env://"))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return torch.distributed.PrefixStore(f"run_squad/attempt-{attempt}/", store), rank, world_size
 
 
 def setup_logging(args: argparse.Namespace, rank: int) -> None:
@@ -477,17 +493,29 @@ def read_examples(args, path: Path, is_training: bool, require_answers: bool):
         missing = next(e.qas_id for e in examples if not e.answers)
         raise InputError(f"{path}: question {missing}: no answers to score against (use --do_predict "
                          "for predictions only, or --version_2_with_negative for SQuAD 2.0 data)")
-    logger.info("%s: %d questions (%s)", path, len(examples), report)
+    logger.info("%s: %d questions, %d repaired answer offsets, %d skipped", path, len(examples),
+                report.repaired, report.skipped)
     return examples
+
+
+def features_cache_dir(args) -> Path:
+    """Features are cached per user, not beside the data: data folders are often shared or read-only.
+
+    Cache names are content and settings hashes, so sweeps with other output folders reuse them safely.
+    """
+    if args.features_cache_dir:
+        return Path(args.features_cache_dir)
+    if os.environ.get("RUN_SQUAD_CACHE"):
+        return Path(os.environ["RUN_SQUAD_CACHE"])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "run_squad" / "features"
 
 
 def build_features(args, rt: Runtime, tokenizer, path: Path, examples, is_training: bool):
     """Featurize through the on-disk cache; rank 0 builds it while the other ranks wait."""
     import utils_squad
 
-    cache_dir = Path(args.cache_dir) if args.cache_dir else path.parent
-    if not os.access(cache_dir, os.W_OK):
-        cache_dir = Path(args.output_dir) / "feature_cache"
+    cache_dir = features_cache_dir(args)
     if rt.is_main:
         cache_dir.mkdir(parents=True, exist_ok=True)
     else:

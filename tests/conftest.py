@@ -11,6 +11,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_feature_cache(tmp_path_factory):
+    """Runs in tests (in-process and subprocesses) cache features in a temporary folder, not ~/.cache."""
+    os.environ["RUN_SQUAD_CACHE"] = str(tmp_path_factory.mktemp("feature-cache"))
+
+
 def _default_squad_dir() -> Path:
     return REPO.parent / "shared" / "data" / "squad2"
 

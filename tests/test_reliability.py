@@ -37,6 +37,11 @@ def start(args: list[str], torchrun: int = 0) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
 
 
+def finish(process: subprocess.Popen) -> None:
+    _, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err[-3000:]
+
+
 def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -54,8 +59,9 @@ def same_weights(a: Path, b: Path) -> None:
 
 def test_sigterm_checkpoints_and_resumes_to_the_unbroken_result(tiny_bert_dir, squad_dir, tmp_path):
     flags = training_flags(squad_dir, tmp_path, steps=300, save_steps=20)
+    # Every run in a subprocess with the same thread count: float sums depend on it.
     unbroken = tmp_path / "unbroken"
-    assert run_squad.main([*common_flags(tiny_bert_dir, unbroken), *flags]) == 0
+    finish(start([*common_flags(tiny_bert_dir, unbroken), *flags]))
 
     broken = tmp_path / "broken"
     process = start([*common_flags(tiny_bert_dir, broken), *flags])
@@ -69,7 +75,7 @@ def test_sigterm_checkpoints_and_resumes_to_the_unbroken_result(tiny_bert_dir, s
     assert 20 <= stopped < 300
     assert (broken / f"checkpoint-{stopped}" / run_squad.TRAINER_STATE).is_file()
 
-    assert run_squad.main([*common_flags(tiny_bert_dir, broken), *flags, "--resume_from_checkpoint", "latest"]) == 0
+    finish(start([*common_flags(tiny_bert_dir, broken), *flags, "--resume_from_checkpoint", "latest"]))
     same_weights(unbroken, broken)
     assert (unbroken / "predictions_300.json").read_text() == (broken / "predictions_300.json").read_text()
 
@@ -124,13 +130,14 @@ def with_nan_loss(monkeypatch, bad_calls):
     monkeypatch.setattr(run_squad, "load_model", load)
 
 
-def test_a_nan_step_is_skipped_and_counted(tiny_bert_dir, squad_dir, tmp_path, monkeypatch, caplog):
+def test_a_nan_step_is_skipped_and_counted(tiny_bert_dir, squad_dir, tmp_path, monkeypatch, capsys):
     with_nan_loss(monkeypatch, {3})
     out = tmp_path / "out"
     flags = training_flags(squad_dir, tmp_path, steps=6, save_steps=0)
-    with caplog.at_level("WARNING"):
-        assert run_squad.main([*common_flags(tiny_bert_dir, out), *flags]) == 0
-    assert "step 3: non-finite loss or gradient, update skipped (1 in a row)" in caplog.text
+    assert run_squad.main([*common_flags(tiny_bert_dir, out), *flags, "--logging_steps", "6"]) == 0
+    err = capsys.readouterr().err
+    assert "step 3: non-finite loss or gradient, update skipped (1 in a row)" in err
+    assert "1 non-finite steps skipped" in err  # and counted in the step-6 log line
     weights = load_file(out / "model.safetensors")
     assert all(np.isfinite(w).all() for w in weights.values())
 
@@ -183,9 +190,7 @@ def test_save_total_limit_keeps_the_newest_and_the_resumed_one(tiny_bert_dir, sq
 def test_torchrun_restarts_a_lost_worker_and_finishes_like_an_unbroken_run(tiny_bert_dir, squad_dir, tmp_path):
     flags = training_flags(squad_dir, tmp_path, steps=200, save_steps=10)
     unbroken, broken = tmp_path / "unbroken", tmp_path / "broken"
-    whole = start([*common_flags(tiny_bert_dir, unbroken), *flags], torchrun=2)
-    _, err = whole.communicate(timeout=600)
-    assert whole.returncode == 0, err[-3000:]
+    finish(start([*common_flags(tiny_bert_dir, unbroken), *flags], torchrun=2))
 
     process = start([*common_flags(tiny_bert_dir, broken), *flags], torchrun=2)
     wait_for(broken / "checkpoint-20" / run_squad.TRAINER_STATE, process)
