@@ -24,8 +24,8 @@ import string
 import sys
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import IO, Any
 
 import numpy as np
 
@@ -46,24 +46,33 @@ class ScoringInputError(ValueError):
 # --------------------------------------------------------------------------------------------
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write text to a temporary file in the same folder, then rename it over ``path``.
+def _write_atomic(path: str | os.PathLike, write: Callable[[IO], Any], binary: bool = False) -> None:
+    """Run ``write(file)`` on a temporary file in the same folder, then rename it over ``path``.
 
     A reader never sees a half-written file, and an interrupted run leaves the old file intact.
     The temporary file is opened normally (not via mkstemp) so the result gets umask permissions.
+    An OSError about the temporary file is re-raised naming ``path``: the user never chose the
+    temporary name, so "./.x.<uuid>.tmp: Is a directory" would point at nothing they know.
     """
     path = os.fspath(path)
     tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
     try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            f.write(text)
+        with open(tmp, "xb") if binary else open(tmp, "x", encoding="utf-8") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError) and e.filename == tmp:
+            raise OSError(e.errno, e.strerror, path) from e
         raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write text atomically (see _write_atomic); an OSError names ``path``."""
+    _write_atomic(path, lambda f: f.write(text))
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 4) -> None:
@@ -99,10 +108,9 @@ def compute_exact(a_gold: str, a_pred: str) -> int:
     return int(normalize_answer(a_gold) == normalize_answer(a_pred))
 
 
-def _f1_from_tokens(gold_toks: list[str], pred_toks: list[str]) -> int | float:
-    # Same operations and return types as the official v2.0 script (ints for 0/1 special cases).
-    if len(gold_toks) == 0 or len(pred_toks) == 0:
-        return int(gold_toks == pred_toks)
+def _overlap_f1(gold_toks: list[str], pred_toks: list[str]) -> int | float:
+    # The token-overlap F1 both official scripts share: 0 when no token is common (also when a side
+    # is empty), else 2PR/(P+R) with the same operations, so floats equal theirs bit for bit.
     common = Counter(gold_toks) & Counter(pred_toks)
     num_same = sum(common.values())
     if num_same == 0:
@@ -112,6 +120,13 @@ def _f1_from_tokens(gold_toks: list[str], pred_toks: list[str]) -> int | float:
     return (2 * precision * recall) / (precision + recall)
 
 
+def _f1_from_tokens(gold_toks: list[str], pred_toks: list[str]) -> int | float:
+    # v2.0 adds the empty-answer rule (an int, as the official script): 1 if both sides are empty, else 0.
+    if len(gold_toks) == 0 or len(pred_toks) == 0:
+        return int(gold_toks == pred_toks)
+    return _overlap_f1(gold_toks, pred_toks)
+
+
 def compute_f1(a_gold: str, a_pred: str) -> int | float:
     """Token F1 of the v2.0 script: 1 if both sides are empty, 0 if only one is."""
     return _f1_from_tokens(get_tokens(a_gold), get_tokens(a_pred))
@@ -119,15 +134,7 @@ def compute_f1(a_gold: str, a_pred: str) -> int | float:
 
 def _f1_v1(prediction: str, ground_truth: str) -> int | float:
     # v1.1 has no empty-answer rule: two empty answers share no token and score 0.
-    pred_toks = normalize_answer(prediction).split()
-    gold_toks = normalize_answer(ground_truth).split()
-    common = Counter(pred_toks) & Counter(gold_toks)
-    num_same = sum(common.values())
-    if num_same == 0:
-        return 0
-    precision = 1.0 * num_same / len(pred_toks)
-    recall = 1.0 * num_same / len(gold_toks)
-    return (2 * precision * recall) / (precision + recall)
+    return _overlap_f1(normalize_answer(ground_truth).split(), normalize_answer(prediction).split())
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,6 +239,7 @@ def make_precision_recall_eval(scores: Mapping, na_probs: Mapping[str, float], n
 
 
 def _import_matplotlib():
+    """matplotlib's Figure class (matplotlib is optional: only --out-image-dir needs it)."""
     try:
         from matplotlib.figure import Figure
     except ImportError as e:
@@ -240,18 +248,12 @@ def _import_matplotlib():
 
 
 def _save_figure(fig, path: str) -> None:
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    _write_atomic(path, lambda f: fig.savefig(f, format="png"), binary=True)
 
 
-def plot_pr_curve(precisions: list, recalls: list, out_image: str, title: str) -> None:
+def plot_pr_curve(precisions: list, recalls: list, out_image: str, title: str, *, figure_cls) -> None:
     # A Figure object, not pyplot: no global state or GUI backend is touched inside a library call.
-    fig = _import_matplotlib()()
+    fig = figure_cls()
     ax = fig.subplots()
     ax.step(recalls, precisions, color="b", alpha=0.2, where="post")
     ax.fill_between(recalls, precisions, step="post", alpha=0.2, color="b")
@@ -263,16 +265,42 @@ def plot_pr_curve(precisions: list, recalls: list, out_image: str, title: str) -
     _save_figure(fig, out_image)
 
 
-def histogram_na_prob(na_probs: Mapping[str, float], qid_list: Sequence[str], image_dir: str, name: str) -> None:
-    if not qid_list:
-        return
+def _histogram_range(values: Sequence[float]) -> tuple[float, float]:
+    """The histogram's x range: the official fixed (0, 1) when every value lies in [0, 1], else the data's.
+
+    run_squad's null odds are logit differences (any real number), which on 0-1 bins would fall
+    almost all outside the plot. The data's range leaves out non-finite values and
+    NO_SPAN_NULL_ODDS (the value of examples without any valid span): one such sentinel would
+    squash every other value into the first bin. Values outside the range still count in the
+    proportions, they are just not drawn.
+    """
+    arr = np.asarray(values, dtype=np.float64)
+    if np.all((arr >= 0.0) & (arr <= 1.0)):
+        return 0.0, 1.0
+    shown = arr[np.isfinite(arr) & (arr != NO_SPAN_NULL_ODDS)]
+    if not shown.size:
+        shown = arr[np.isfinite(arr)]
+    if not shown.size:
+        return 0.0, 1.0
+    return float(shown.min()), float(shown.max())
+
+
+def histogram_na_prob(na_probs: Mapping[str, float], qid_list: Sequence[str], image_dir: str, name: str,
+                      *, figure_cls) -> None:
+    """na_prob_hist_<name>.png: proportion of qid_list per no-answer value, in 20 bins.
+
+    The x range is the official script's fixed 0-1 when every value lies in [0, 1]; otherwise
+    (run_squad's null odds are logit differences, any real number) it is the data's own range,
+    labelled "No-answer value (data range)" (see _histogram_range).
+    """
     x = [na_probs[k] for k in qid_list if k in na_probs]
     if not x:
         return
-    fig = _import_matplotlib()()
+    lo, hi = _histogram_range(x)
+    fig = figure_cls()
     ax = fig.subplots()
-    ax.hist(x, weights=np.ones(len(x)) / float(len(x)), bins=20, range=(0.0, 1.0))
-    ax.set_xlabel("Model probability of no-answer")
+    ax.hist(x, weights=np.ones(len(x)) / float(len(x)), bins=20, range=(lo, hi))
+    ax.set_xlabel("Model probability of no-answer" if (lo, hi) == (0.0, 1.0) else "No-answer value (data range)")
     ax.set_ylabel("Proportion of dataset")
     ax.set_title(f"Histogram of no-answer probability: {name}")
     _save_figure(fig, os.path.join(image_dir, f"na_prob_hist_{name}.png"))
@@ -280,9 +308,8 @@ def histogram_na_prob(na_probs: Mapping[str, float], qid_list: Sequence[str], im
 
 def run_precision_recall_analysis(main_eval: OrderedDict, exact_raw: Mapping, f1_raw: Mapping,
                                   na_probs: Mapping[str, float], qid_to_has_ans: Mapping[str, bool],
-                                  out_image_dir: str) -> None:
+                                  out_image_dir: str, *, figure_cls) -> None:
     """Add pr_exact_ap, pr_f1_ap, pr_oracle_ap and write the three PR curves as PNG."""
-    _import_matplotlib()  # fail before any work when plotting is impossible
     os.makedirs(out_image_dir, exist_ok=True)
     num_true_pos = sum(1 for v in qid_to_has_ans.values() if v)
     if num_true_pos == 0:
@@ -295,38 +322,54 @@ def run_precision_recall_analysis(main_eval: OrderedDict, exact_raw: Mapping, f1
     ]
     for name, scores, title in curves:
         ap, precisions, recalls = make_precision_recall_eval(scores, na_probs, num_true_pos, qid_to_has_ans)
-        plot_pr_curve(precisions, recalls, os.path.join(out_image_dir, f"{name}.png"), title)
+        plot_pr_curve(precisions, recalls, os.path.join(out_image_dir, f"{name}.png"), title, figure_cls=figure_cls)
         main_eval[f"{name}_ap"] = ap
 
 
-def prediction_coverage(gold_answers: Mapping[str, Any], preds: Mapping[str, Any]) -> tuple[list[str], list[str]]:
-    """(question ids without a prediction, prediction ids that are not questions of the data)."""
-    missing = [qid for qid in gold_answers if qid not in preds]
-    unknown = [qid for qid in preds if qid not in gold_answers]
+def prediction_coverage(question_ids: Iterable[str], preds: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """(question ids without a prediction, one per data entry; prediction ids that are not questions)."""
+    qids = list(question_ids)
+    known = set(qids)
+    missing = [qid for qid in qids if qid not in preds]
+    unknown = [qid for qid in preds if qid not in known]
     return missing, unknown
 
 
-def _log_coverage(gold_answers: Mapping, preds: Mapping) -> None:
-    missing, unknown = prediction_coverage(gold_answers, preds)
+def _log_coverage(question_ids: Sequence[str], preds: Mapping) -> None:
+    missing, unknown = prediction_coverage(question_ids, preds)
     if missing:
         logger.warning("%d of %d questions have no prediction and score 0 (first: %s)",
-                       len(missing), len(gold_answers), missing[0])
+                       len(missing), len(question_ids), missing[0])
     if unknown:
         logger.warning("%d prediction ids are not questions of the data and are not scored (first: %s)",
                        len(unknown), unknown[0])
 
 
-def _check_na_probs(na_probs: Mapping[str, float], preds: Mapping[str, str], gold_answers: Mapping) -> None:
-    # The official script crashes with a KeyError here; say which question lacks a value instead.
-    lacking = [qid for qid in gold_answers if qid in preds and qid not in na_probs]
+def _check_na_probs(na_probs: Mapping[str, float], preds: Mapping[str, str], question_ids: Iterable[str],
+                   source: str = "na_probs") -> None:
+    """Every predicted question needs a no-answer value; ``source`` names the file in the error.
+
+    The official script crashes with a KeyError here; say which question lacks a value instead.
+    """
+    lacking = [qid for qid in dict.fromkeys(question_ids) if qid in preds and qid not in na_probs]
     if lacking:
-        raise ScoringInputError(f"na_probs: no value for {len(lacking)} predicted question(s), first {lacking[0]!r}")
+        raise ScoringInputError(f"{source}: question {lacking[0]!r}: no no-answer value "
+                                f"({len(lacking)} predicted question(s) lack one)")
 
 
-def _evaluate_v1(gold_answers: Mapping[str, Sequence[str]], preds: Mapping[str, str]) -> OrderedDict:
-    # The v1.1 script's running sums (+=, not sum()) and max over every gold answer as given.
+def _question_entries(gold_answers: Mapping[str, Sequence[str]] | Iterable[tuple[str, Sequence[str]]]
+                      ) -> list[tuple[str, Sequence[str]]]:
+    # A mapping holds one entry per id; a data file's entry list may repeat an id.
+    if isinstance(gold_answers, Mapping):
+        return list(gold_answers.items())
+    return [(qid, answers) for qid, answers in gold_answers]
+
+
+def _evaluate_v1(entries: Sequence[tuple[str, Sequence[str]]], preds: Mapping[str, str]) -> OrderedDict:
+    # The v1.1 script: every data entry counts and is scored against its own gold answers (a repeated
+    # id too), with running sums (+=, not sum()) and max over every gold answer as given.
     f1 = exact_match = total = 0
-    for qid, golds in gold_answers.items():
+    for qid, golds in entries:
         total += 1
         if qid not in preds or not golds:
             continue
@@ -336,50 +379,61 @@ def _evaluate_v1(gold_answers: Mapping[str, Sequence[str]], preds: Mapping[str, 
     return OrderedDict([("exact_match", 100.0 * exact_match / total), ("f1", 100.0 * f1 / total)])
 
 
-def squad_evaluate(gold_answers: Mapping[str, Sequence[str]], preds: Mapping[str, str],
-                   na_probs: Mapping[str, float] | None = None, na_prob_thresh: float = 1.0,
-                   version_2: bool = True, out_image_dir: str | None = None) -> OrderedDict:
+def squad_evaluate(gold_answers: Mapping[str, Sequence[str]] | Iterable[tuple[str, Sequence[str]]],
+                   preds: Mapping[str, str], na_probs: Mapping[str, float] | None = None,
+                   na_prob_thresh: float = 1.0, version_2: bool = True,
+                   out_image_dir: str | None = None) -> OrderedDict:
     """Official SQuAD scores.
 
     gold_answers maps every question id (in data order) to its gold answer texts, [] when
-    unanswerable. version_2=True: the v2.0 script's keys and order (exact, f1, total, HasAns_*,
+    unanswerable; or it is the data file's question entries as (id, answer texts) pairs in file
+    order, repeated ids included (parse_squad_questions). A repeated id is scored as each official
+    script does: v1.1 scores every entry against its own answers and counts each in the total;
+    v2.0 keys its scores by id, so the id counts once, at its first place, with its last entry's
+    answers. version_2=True: the v2.0 script's keys and order (exact, f1, total, HasAns_*,
     NoAns_*, and with na_probs best_exact, best_exact_thresh, best_f1, best_f1_thresh, and with
     na_probs and out_image_dir pr_exact_ap, pr_f1_ap, pr_oracle_ap plus PNG plots).
     version_2=False: the v1.1 script's {exact_match, f1}. Questions without a prediction score 0
     and count in the totals; prediction ids not in the data are ignored (both logged).
     """
-    if not gold_answers:
+    entries = _question_entries(gold_answers)
+    if not entries:
         raise ScoringInputError("gold_answers: no questions to score")
-    _log_coverage(gold_answers, preds)
+    # Imported once, here: a missing matplotlib fails before any work.
+    figure_cls = _import_matplotlib() if version_2 and na_probs is not None and out_image_dir else None
     if not version_2:
-        return _evaluate_v1(gold_answers, preds)
+        _log_coverage([qid for qid, _ in entries], preds)
+        return _evaluate_v1(entries, preds)
+    gold = OrderedDict(entries)  # the v2.0 script's dicts: first place, last entry's answers
+    _log_coverage(list(gold), preds)
     if na_probs is not None:
-        _check_na_probs(na_probs, preds, gold_answers)
-    qid_to_has_ans = {qid: bool(answers) for qid, answers in gold_answers.items()}
+        _check_na_probs(na_probs, preds, gold)
+    qid_to_has_ans = {qid: bool(answers) for qid, answers in gold.items()}
     has_ans_qids = [k for k, v in qid_to_has_ans.items() if v]
     no_ans_qids = [k for k, v in qid_to_has_ans.items() if not v]
-    exact_raw, f1_raw = get_raw_scores(gold_answers, preds)
+    exact_raw, f1_raw = get_raw_scores(gold, preds)
     # Without a no-answer file every value is 0.0, as the official default, so nothing is thresholded.
     thresh_probs = na_probs if na_probs is not None else {}
     exact_thresh = apply_no_ans_threshold(exact_raw, thresh_probs, qid_to_has_ans, na_prob_thresh)
     f1_thresh = apply_no_ans_threshold(f1_raw, thresh_probs, qid_to_has_ans, na_prob_thresh)
-    out_eval = make_eval_dict(exact_thresh, f1_thresh, list(gold_answers))
+    out_eval = make_eval_dict(exact_thresh, f1_thresh, list(gold))
     if has_ans_qids:
         merge_eval(out_eval, make_eval_dict(exact_thresh, f1_thresh, has_ans_qids), "HasAns")
     if no_ans_qids:
         merge_eval(out_eval, make_eval_dict(exact_thresh, f1_thresh, no_ans_qids), "NoAns")
     if na_probs is not None:
-        total = len(gold_answers)
+        total = len(gold)
         best_exact, exact_t = find_best_thresh(preds, exact_raw, na_probs, qid_to_has_ans, total)
         best_f1, f1_t = find_best_thresh(preds, f1_raw, na_probs, qid_to_has_ans, total)
         out_eval["best_exact"] = best_exact
         out_eval["best_exact_thresh"] = exact_t
         out_eval["best_f1"] = best_f1
         out_eval["best_f1_thresh"] = f1_t
-        if out_image_dir:
-            run_precision_recall_analysis(out_eval, exact_raw, f1_raw, na_probs, qid_to_has_ans, out_image_dir)
-            histogram_na_prob(na_probs, has_ans_qids, out_image_dir, "hasAns")
-            histogram_na_prob(na_probs, no_ans_qids, out_image_dir, "noAns")
+        if figure_cls is not None:
+            run_precision_recall_analysis(out_eval, exact_raw, f1_raw, na_probs, qid_to_has_ans, out_image_dir,
+                                          figure_cls=figure_cls)
+            histogram_na_prob(na_probs, has_ans_qids, out_image_dir, "hasAns", figure_cls=figure_cls)
+            histogram_na_prob(na_probs, no_ans_qids, out_image_dir, "noAns", figure_cls=figure_cls)
     return out_eval
 
 
@@ -421,15 +475,16 @@ def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def parse_squad_dataset(dataset_json: Any, path: str = "data") -> tuple[OrderedDict[str, list[str]], bool]:
-    """(gold answers in data order, is_version_2) from a SQuAD JSON object; checks its layout.
+def parse_squad_questions(dataset_json: Any, path: str = "data") -> tuple[list[tuple[str, list[str]]], bool]:
+    """(every question entry as (id, answer texts) in file order, is_version_2); checks the layout.
 
-    Version 2.0 when any question has an ``is_impossible`` field or no answers, or the version
-    field says 2; otherwise 1.1 (scored like the v1.1 script).
+    Repeated ids are kept, one entry each: the v1.1 script scores every entry (squad_evaluate
+    accepts this list). Version 2.0 when any question has an ``is_impossible`` field or no
+    answers, or the version field says 2; otherwise 1.1 (scored like the v1.1 script).
     """
     _expect(isinstance(dataset_json, dict) and isinstance(dataset_json.get("data"), list), path, "top level",
             'not SQuAD data (expected an object with a "data" list)')
-    gold: OrderedDict[str, list[str]] = OrderedDict()
+    entries: list[tuple[str, list[str]]] = []
     saw_v2_field = False
     for a_i, article in enumerate(dataset_json["data"]):
         where = f"data[{a_i}]"
@@ -451,11 +506,20 @@ def parse_squad_dataset(dataset_json: Any, path: str = "data") -> tuple[OrderedD
                             'every answer must be an object with a string "text"')
                     texts.append(ans["text"])
                 saw_v2_field = saw_v2_field or "is_impossible" in qa
-                gold[qa["id"]] = texts
-    _expect(bool(gold), path, "data", "no questions")
+                entries.append((qa["id"], texts))
+    _expect(bool(entries), path, "data", "no questions")
     version = str(dataset_json.get("version", ""))
-    version_2 = saw_v2_field or any(not t for t in gold.values()) or version.lstrip("v").startswith("2")
-    return gold, version_2
+    version_2 = saw_v2_field or any(not t for _, t in entries) or version.lstrip("v").startswith("2")
+    return entries, version_2
+
+
+def parse_squad_dataset(dataset_json: Any, path: str = "data") -> tuple[OrderedDict[str, list[str]], bool]:
+    """(gold answers by id in data order, is_version_2); see parse_squad_questions.
+
+    A repeated id keeps its first place and its last entry's answers, as the v2.0 script's dicts.
+    """
+    entries, version_2 = parse_squad_questions(dataset_json, path)
+    return OrderedDict(entries), version_2
 
 
 def parse_predictions(preds: Any, path: str = "predictions") -> dict[str, str]:
@@ -510,8 +574,13 @@ class _Tokens:
         if self.n_features and (self.example_index.min() < 0 or self.example_index.max() >= n_examples):
             raise ValueError(f"features.example_index: values must lie in [0, {n_examples}) (the examples given)")
         self.offsets = offsets
-        # Only context tokens can be part of an answer: question, special tokens and CLS have no offsets.
+        self.cls_flat = self._cls_flat(features)
+        # Only context tokens can be part of an answer: question and special tokens have no offsets.
         self.is_context = (p_mask == 0) & (offsets[:, 0] >= 0) & (offsets[:, 1] >= 0)
+        # CLS is excluded by position too: p_mask is 0 there (the no-answer target), and a tokenizer
+        # may give it offsets (0, 0) (XLNet puts it at the end), which would make spans ending at CLS
+        # decode to "" or to a slice running backwards.
+        self.is_context[self.cls_flat] = False
         self.can_start = self.is_context & max_context
 
     def flat_index(self, local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -520,7 +589,8 @@ class _Tokens:
         flat = np.where(inside, self.feature_start[:-1, None] + local, 0)
         return flat, inside
 
-    def cls_flat(self, features: Any) -> np.ndarray:
+    def _cls_flat(self, features: Any) -> np.ndarray:
+        """Flat position of each feature's CLS token."""
         cls_index = _as_array("cls_index", features.cls_index, np.int64)
         if len(cls_index) != self.n_features:
             raise ValueError(f"features.cls_index: length {len(cls_index)}, expected {self.n_features}")
@@ -719,7 +789,7 @@ def compute_predictions_logits(examples: Sequence[Any], features: Any, start_log
     end = _finite_logits("end_logits", end_logits, tokens.n_tokens, tokens.feature_start)
     if start.ndim != 1 or end.ndim != 1:
         raise ValueError("start_logits / end_logits: expected flat 1-D arrays of per-token logits")
-    cls_flat = tokens.cls_flat(features)
+    cls_flat = tokens.cls_flat
     null_feat, null_start, null_end = _null_per_example(tokens, start[cls_flat], end[cls_flat], len(examples))
     if tokens.n_tokens:
         cands = _span_candidates(tokens, start, end, n_best_size, max_answer_length, len(examples))
@@ -868,27 +938,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def _evaluate_files(opts: argparse.Namespace) -> tuple[OrderedDict, bool]:
-    gold, version_2 = parse_squad_dataset(_load_json(opts.data_file), opts.data_file)
+    # The entry list, not a dict: the v1.1 script scores a repeated id once per entry.
+    questions, version_2 = parse_squad_questions(_load_json(opts.data_file), opts.data_file)
     preds = parse_predictions(_load_json(opts.pred_file), opts.pred_file)
     na_probs = None
     if opts.na_prob_file and version_2:
         na_probs = parse_na_probs(_load_json(opts.na_prob_file), opts.na_prob_file)
-        lacking = [qid for qid in gold if qid in preds and qid not in na_probs]
-        if lacking:
-            raise ScoringInputError(f"{opts.na_prob_file}: question {lacking[0]!r}: no no-answer value "
-                                    f"({len(lacking)} predicted question(s) lack one)")
+        # Checked here too so that the error names the file rather than squad_evaluate's "na_probs".
+        _check_na_probs(na_probs, preds, (qid for qid, _ in questions), opts.na_prob_file)
     elif opts.na_prob_file:
         logger.warning("%s is SQuAD 1.1 data: --na-prob-file is ignored", opts.data_file)
     if opts.verbose:
-        n_no_ans = sum(1 for answers in gold.values() if not answers)
+        n_no_ans = sum(1 for _, answers in questions if not answers)
         logger.warning("%s: %d questions (%d unanswerable), scored as SQuAD %s; %s: %d predictions",
-                       opts.data_file, len(gold), n_no_ans, "2.0" if version_2 else "1.1",
+                       opts.data_file, len(questions), n_no_ans, "2.0" if version_2 else "1.1",
                        opts.pred_file, len(preds))
-    if opts.out_image_dir and na_probs is not None:
-        _import_matplotlib()  # fail with one line before scoring
-    out = squad_evaluate(gold, preds, na_probs, opts.na_prob_thresh, version_2,
+    out = squad_evaluate(questions, preds, na_probs, opts.na_prob_thresh, version_2,
                          out_image_dir=opts.out_image_dir if na_probs is not None else None)
     return out, version_2
+
+
+def _check_out_file(path: str | None) -> None:
+    # Checked before scoring, in the words used for the input files, rather than failing at the rename.
+    if path and os.path.isdir(path):
+        raise ScoringInputError(f"{path}: is a folder, not a file (--out-file)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -899,6 +972,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.addHandler(handler)
     logger.propagate = False
     try:
+        _check_out_file(opts.out_file)
         out, version_2 = _evaluate_files(opts)
         # The official scripts: v2.0 prints indent=2 or writes json.dump to --out-file; v1.1 prints one line.
         text = json.dumps(out, indent=2) if version_2 else json.dumps(dict(out))

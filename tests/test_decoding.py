@@ -57,7 +57,7 @@ def pack(windows):
         max_context=np.array([v for w in windows for v in w["max_context"]], dtype=bool),
         feature_start=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
         example_index=np.array([w["example_index"] for w in windows], dtype=np.int32),
-        cls_index=np.zeros(len(windows), dtype=np.int32),
+        cls_index=np.array([w.get("cls", 0) for w in windows], dtype=np.int32),
     )
 
 
@@ -151,6 +151,51 @@ def test_spans_crossing_the_question_and_specials_are_discarded():
     preds, nbest, _ = decode([Example("q", CONTEXT)], windows, logits, n_best_size=4)
     assert preds["q"] == "w2 w3"
     assert all(re.fullmatch(r"w\d( w\d)*", e["text"]) for e in nbest["q"])
+
+
+def xlnet_window(context, words, n_question=2):
+    """XLNet layout: question tokens [SEP] context words [SEP] [CLS], CLS last with offsets (0, 0).
+
+    Worst case for the decoder: CLS has p_mask 0 (the no-answer target) and even a max-context flag,
+    so only its cls_index tells it apart from a context token.
+    """
+    spans = word_spans(context)
+    n_lead = n_question + 1
+    return {
+        "p_mask": [1] * n_lead + [0] * len(words) + [1, 0],
+        "offsets": [(-1, -1)] * n_lead + [spans[w] for w in words] + [(-1, -1), (0, 0)],
+        "max_context": [False] * n_lead + [True] * len(words) + [False, True],
+        "example_index": 0,
+        "first_context": n_lead,
+        "cls": n_lead + len(words) + 1,
+    }
+
+
+def test_cls_with_zero_offsets_is_never_a_span_start_or_end():
+    context = "w0 w1 w2 w3"
+    windows = [xlnet_window(context, range(4))]
+    cls = windows[0]["cls"]
+    logits = Logits(windows).set(0, cls, cls, s=20.0, e=20.0, pos_is_token=True)   # CLS: the highest logits
+    logits.set(0, 1, 2, s=3.0, e=3.0)
+    ex = [Example("q", context)]
+    preds, nbest, _ = decode(ex, windows, logits, n_best_size=20)
+    assert preds["q"] == "w1 w2"
+    assert all(re.fullmatch(r"w\d( w\d)*", e["text"]) for e in nbest["q"])   # no "" from spans ending at CLS
+    assert all(e["start_logit"] != 20.0 and e["end_logit"] != 20.0 for e in nbest["q"])
+    # v2: CLS is the null candidate only, with its own logits; the best span is still w1 w2.
+    preds, nbest, odds = decode(ex, windows, logits, n_best_size=20, version_2_with_negative=True)
+    assert preds["q"] == "" and odds["q"] == 40.0 - 3.0 - 3.0
+    empties = [e for e in nbest["q"] if e["text"] == ""]
+    assert len(empties) == 1 and (empties[0]["start_logit"], empties[0]["end_logit"]) == (20.0, 20.0)
+    assert [e["text"] for e in nbest["q"]][:2] == ["", "w1 w2"]
+    # The beam head: CLS as the top start and as end of every start is skipped as well.
+    first = windows[0]["first_context"]
+    start_idx = np.array([[cls, first + 1]])
+    end_idx = np.array([[cls, cls, cls, first + 2]])
+    preds, nbest, _ = sm.compute_predictions_log_probs(
+        ex, pack(windows), np.array([[-0.1, -0.5]]), start_idx, np.array([[-0.1, -0.2, -0.1, -0.9]]), end_idx,
+        np.array([0.0]), n_best_size=5, start_n_top=2, end_n_top=2)
+    assert preds["q"] == "w1 w2" and [e["text"] for e in nbest["q"]] == ["w1 w2"]
 
 
 def test_max_context_window_decides_the_start():

@@ -1,6 +1,7 @@
 """squad_metrics scoring: hand-computed values for every rule, and bit-for-bit equality with an
 independent re-implementation of the official v2.0 / v1.1 evaluation scripts on the real data."""
 
+import copy
 import itertools
 import json
 import random
@@ -10,6 +11,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -277,6 +279,21 @@ def test_v1_rules_differ_for_empty_answers():
     assert out["f1"] == 100.0 * (2 * (2 / 3) * 1.0 / (2 / 3 + 1.0)) / 2
 
 
+def test_v1_and_v2_f1_differ_only_in_the_empty_answer_rule(monkeypatch):
+    # v1.1 has no empty-answer rule (an empty side shares no token: 0); v2.0 gives 1 when both sides
+    # are empty and 0 when only one is. Values and int/float types as the official scripts return them.
+    for gold, pred, v1, v2 in [("", "", 0, 1), ("the", "a", 0, 1), ("", "x", 0, 0), ("x", "", 0, 0),
+                               ("x y", "y z", 0.5, 0.5)]:
+        got_v1, got_v2 = sm._f1_v1(pred, gold), sm.compute_f1(gold, pred)
+        assert (got_v1, type(got_v1)) == (v1, type(v1)) and (got_v2, type(got_v2)) == (v2, type(v2))
+    # Beyond that rule both go through one implementation of the overlap arithmetic.
+    calls, real = [], sm._overlap_f1
+    monkeypatch.setattr(sm, "_overlap_f1", lambda g, p: calls.append((g, p)) or real(g, p))
+    sm._f1_v1("x y", "y z")
+    sm.compute_f1("y z", "x y")
+    assert calls == [(["y", "z"], ["x", "y"])] * 2
+
+
 # ------------------------------------------------------------------------------------------------
 # Threshold sweep on constructed cases
 # ------------------------------------------------------------------------------------------------
@@ -349,8 +366,23 @@ def test_missing_predictions_score_zero_and_count(caplog):
 
 
 def test_missing_na_prob_value_is_an_error():
-    with pytest.raises(sm.ScoringInputError, match="no value for 1 predicted question"):
+    # One check and one message for the library and the CLI (which names its file instead).
+    with pytest.raises(sm.ScoringInputError) as err:
         sm.squad_evaluate({"a": ["x"], "b": []}, {"a": "x", "b": ""}, na_probs={"a": 0.1})
+    assert str(err.value) == "na_probs: question 'b': no no-answer value (1 predicted question(s) lack one)"
+
+
+def test_gold_answers_from_examples():
+    examples = [
+        SimpleNamespace(qas_id="a", answers=[{"text": "Warsaw", "answer_start": 3}, {"text": "the city"}]),
+        SimpleNamespace(qas_id="b", answers=[], is_impossible=True),
+        SimpleNamespace(qas_id="c", answers=[{"text": "x"}], is_impossible=True),   # plausible answer only
+        SimpleNamespace(qas_id="d", answers=[{"text": "y"}], is_impossible=False),
+    ]
+    gold = sm.gold_answers_from_examples(examples)
+    assert list(gold.items()) == [("a", ["Warsaw", "the city"]), ("b", []), ("c", []), ("d", ["y"])]
+    out = sm.squad_evaluate(gold, {"a": "The City", "b": "", "c": "x", "d": "y"})
+    assert (out["exact"], out["HasAns_total"], out["NoAns_total"]) == (75.0, 2, 2)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -423,6 +455,78 @@ def test_cli_v1_missing_predictions(dev_v1, tmp_path, capsys):
     assert f"{len(dropped)} of {len(ref_questions(data))} questions have no prediction" in err
 
 
+def with_repeated_ids(data, every=7):
+    """A copy of the data where every 7th question also takes the id of the question before it, and
+    the last question the id of the first (another article): entries that share an id but not
+    answers (nor, in v2.0, answerability)."""
+    doc = copy.deepcopy(data)
+    qas = ref_questions(doc)
+    for i in range(1, len(qas), every):
+        qas[i]["id"] = qas[i - 1]["id"]
+    qas[-1]["id"] = qas[0]["id"]
+    return doc
+
+
+def tiny_doc(*qas, version="1.1"):
+    return {"version": version, "data": [{"title": "t", "paragraphs": [{"context": "x y z", "qas": [
+        {"id": qid, "answers": [{"text": t, "answer_start": 0} for t in texts]} for qid, texts in qas]}]}]}
+
+
+def test_v1_repeated_id_scored_per_entry(tmp_path, capsys):
+    # evaluate-v1.1.py loops over the qa entries: each counts in the total and is scored against its
+    # own answers, the prediction looked up by id. a: "x" matches the 1st entry only; b matches.
+    doc = tiny_doc(("a", ["x"]), ("a", ["y"]), ("b", ["z"]))
+    preds = {"a": "x", "b": "z"}
+    rc, out, _ = run_cli(capsys, write(tmp_path / "d.json", doc), write(tmp_path / "p.json", preds))
+    expected = {"exact_match": 100.0 * 2 / 3, "f1": 100.0 * 2 / 3}
+    assert rc == 0 and json.loads(out) == expected == ref_eval_v1(doc, preds)
+    entries, version_2 = sm.parse_squad_questions(doc)
+    assert entries == [("a", ["x"]), ("a", ["y"]), ("b", ["z"])] and not version_2
+    assert dict(sm.squad_evaluate(entries, preds, version_2=False)) == expected
+
+
+def test_v2_repeated_id_keyed_by_id(tmp_path, capsys):
+    # evaluate-v2.0.py keys its scores by id: "a" counts once, in its first place, with the answers
+    # of its last entry (unanswerable), so the prediction "x" scores 0.
+    doc = tiny_doc(("a", ["x"]), ("b", ["z"]), ("a", []), version="v2.0")
+    preds = {"a": "x", "b": "z"}
+    rc, out, _ = run_cli(capsys, write(tmp_path / "d.json", doc), write(tmp_path / "p.json", preds))
+    result = json.loads(out)
+    assert rc == 0 and result == ref_eval_v2(doc, preds)
+    assert (result["exact"], result["total"], result["HasAns_total"], result["NoAns_exact"]) == (50.0, 2, 1, 0.0)
+
+
+def test_cli_v1_repeated_ids_equal_reference_on_real_data(dev_v1, tmp_path, capsys):
+    data_path, data = dev_v1
+    doc = with_repeated_ids(data)
+    data_file = write(tmp_path / "dup.json", doc)
+    per_id = sm.parse_squad_dataset(doc)[0]
+    differs = 0
+    for name, preds in prediction_sets(doc, seed=2).items():
+        rc, out, err = run_cli(capsys, data_file, write(tmp_path / f"{name}.json", preds))
+        assert rc == 0 and err == ""
+        assert out == json.dumps(ref_eval_v1(doc, preds)) + "\n", name
+        # Counting each id once (the former behaviour) gives other numbers on this file.
+        differs += json.loads(out) != dict(sm.squad_evaluate(per_id, preds, version_2=False))
+    assert differs == 4
+
+
+def test_cli_v2_repeated_ids_equal_reference_on_real_data(dev_v2, tmp_path, capsys):
+    data_path, data = dev_v2
+    doc = with_repeated_ids(data)
+    data_file = write(tmp_path / "dup.json", doc)
+    qids = [qa["id"] for qa in ref_questions(doc)]
+    assert len(set(qids)) < len(qids)
+    for name, preds in prediction_sets(doc, seed=2).items():
+        pred_file = write(tmp_path / f"pred_{name}.json", preds)
+        rc, out, err = run_cli(capsys, data_file, pred_file)
+        assert rc == 0 and err == "" and out == json.dumps(ref_eval_v2(doc, preds), indent=2) + "\n", name
+        for na_name, na in na_prob_sets(qids, seed=2).items():
+            na_file = write(tmp_path / f"na_{na_name}.json", na)
+            rc, out, _ = run_cli(capsys, data_file, pred_file, "-n", na_file, "-t", 0.5)
+            assert rc == 0 and out == json.dumps(ref_eval_v2(doc, preds, na, 0.5), indent=2) + "\n", (name, na_name)
+
+
 def test_cli_v2_missing_predictions_counted(dev_v2, tmp_path, capsys):
     data_path, data = dev_v2
     preds = prediction_sets(data)["gold"]
@@ -444,6 +548,13 @@ def test_version_detection():
     assert sm.parse_squad_dataset(v2_doc)[1] is True
     assert sm.parse_squad_dataset(v1_doc) == ({"a": ["x"]}, False)
     assert sm.parse_squad_dataset(no_ans)[1] is True
+    # A repeated id: one entry each from parse_squad_questions; the v2.0 dict keeps the first place
+    # and the last answers.
+    repeated = {"data": [{"paragraphs": [{"qas": [{"id": "a", "answers": [{"text": "x"}]},
+                                                    {"id": "b", "answers": [{"text": "z"}]},
+                                                    {"id": "a", "answers": []}]}]}]}
+    assert sm.parse_squad_questions(repeated) == ([("a", ["x"]), ("b", ["z"]), ("a", [])], True)
+    assert list(sm.parse_squad_dataset(repeated)[0].items()) == [("a", []), ("b", ["z"])]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -513,6 +624,76 @@ def test_out_image_dir_without_matplotlib(tiny_data, tmp_path, capsys, monkeypat
     assert err == "error: --out-image-dir: matplotlib is not installed (pip install matplotlib)\n"
 
 
+def test_cli_out_file_names_the_path_given(tiny_data, tmp_path, capsys):
+    pred = write(tmp_path / "p.json", {"q1": "c", "q2": ""})
+    folder = tmp_path / "adir"
+    folder.mkdir()
+    rc, out, err = run_cli(capsys, tiny_data, pred, "-o", folder)
+    assert rc == 2 and out == "" and err == f"error: {folder}: is a folder, not a file (--out-file)\n"
+    # Any other failure to write names the user's path too, never the temporary file.
+    missing = tmp_path / "no-such-folder" / "eval.json"
+    rc, out, err = run_cli(capsys, tiny_data, pred, "--out-file", missing)
+    assert rc == 2 and out == "" and err == f"error: {missing}: No such file or directory\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "data.json", "p.json"]
+
+
+def test_matplotlib_is_imported_once_per_call(tiny_data, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("matplotlib")
+    calls, real = [], sm._import_matplotlib
+    monkeypatch.setattr(sm, "_import_matplotlib", lambda: calls.append(1) or real())
+    rc, _, _ = run_cli(capsys, tiny_data, write(tmp_path / "p.json", {"q1": "c", "q2": ""}),
+                       "-n", write(tmp_path / "na.json", {"q1": 0.1, "q2": 0.9}), "-p", tmp_path / "img")
+    assert rc == 0 and len(list((tmp_path / "img").iterdir())) == 5 and calls == [1]
+
+
+def test_png_write_failure_names_the_png(tiny_data, tmp_path, capsys):
+    # Plots go through the same atomic write as the JSON files: the error names the PNG, and no
+    # temporary file is left behind.
+    pytest.importorskip("matplotlib")
+    images = tmp_path / "img"
+    (images / "pr_f1.png").mkdir(parents=True)
+    rc, out, err = run_cli(capsys, tiny_data, write(tmp_path / "p.json", {"q1": "c", "q2": ""}),
+                           "-n", write(tmp_path / "na.json", {"q1": 0.1, "q2": 0.9}), "-p", images)
+    assert rc == 2 and out == "" and err == f"error: {images / 'pr_f1.png'}: Is a directory\n"
+    assert sorted(p.name for p in images.iterdir()) == ["pr_exact.png", "pr_f1.png"]
+
+
+@pytest.mark.parametrize("values, expected", [
+    ([0.0, 0.25, 1.0], (0.0, 1.0)),                         # probabilities: the official fixed range
+    ([0.5], (0.0, 1.0)),
+    ([-3.5, 0.2, 4.0], (-3.5, 4.0)),                        # null odds (logit differences): data range
+    ([1.5, 2.0], (1.5, 2.0)),
+    ([-2.0, 3.0, sm.NO_SPAN_NULL_ODDS], (-2.0, 3.0)),       # the no-span sentinel does not stretch it
+    ([-2.0, float("inf")], (-2.0, -2.0)),
+    ([sm.NO_SPAN_NULL_ODDS], (sm.NO_SPAN_NULL_ODDS, sm.NO_SPAN_NULL_ODDS)),
+])
+def test_histogram_range(values, expected):
+    assert sm._histogram_range(values) == expected
+
+
+def test_histogram_of_null_odds_shows_every_value(tmp_path):
+    figure_mod = pytest.importorskip("matplotlib.figure")
+    made = []
+
+    class RecordingFigure(figure_mod.Figure):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    def drawn(na_probs):
+        made.clear()
+        sm.histogram_na_prob(na_probs, list(na_probs), str(tmp_path), "x", figure_cls=RecordingFigure)
+        ax = made[0].axes[0]
+        return sum(patch.get_height() for patch in ax.patches), ax.get_xlabel()
+
+    odds = {"a": -4.2, "b": -1.0, "c": 0.5, "d": 2.5, "e": 7.0}   # 4 of 5 outside [0, 1]
+    total, label = drawn(odds)
+    assert total == pytest.approx(1.0) and label == "No-answer value (data range)"
+    total, label = drawn({"a": 0.0, "b": 0.3, "c": 1.0})
+    assert total == pytest.approx(1.0) and label == "Model probability of no-answer"
+    assert (tmp_path / "na_prob_hist_x.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_cli_subprocess_exit_code_and_no_traceback(tiny_data, tmp_path):
     pred = tmp_path / "pred.json"
     pred.write_text("[]")
@@ -546,3 +727,12 @@ def test_write_json_atomic(tmp_path):
         sm.write_json_atomic(path, {"a": object()})
     assert json.loads(path.read_text()) == {"a": [1, "é"]}   # the old file survives a failed write
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]   # no temporary left behind
+
+
+def test_write_text_atomic_error_names_the_path(tmp_path):
+    folder = tmp_path / "adir"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError) as err:
+        sm.write_text_atomic(folder, "x")
+    assert err.value.filename == str(folder)
+    assert [p.name for p in tmp_path.iterdir()] == ["adir"] and not any(folder.iterdir())
