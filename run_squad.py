@@ -57,6 +57,20 @@ class NonFiniteError(Exception):
     """Too many consecutive non-finite losses or gradients."""
 
 
+class CheckpointWriteError(Exception):
+    """A checkpoint or the final model could not be written (disk full, read-only, ...)."""
+
+
+def write_failure_reason(exc: BaseException) -> str:
+    """The OS reason of a failed write, wherever it is buried (torch.save and safetensors wrap it)."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror
+        seen = seen.__cause__ or seen.__context__
+    return first_line(exc)
+
+
 # --------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------
@@ -69,14 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     g = p.add_argument_group("model")
-    g.add_argument("--model_type", default=None, help="Model type (bert, xlnet, ...); read from the config when omitted, must agree with it when given.")
+    g.add_argument("--model_type", default=None, type=str.lower, help="Model type (bert, xlnet, ...); read from the config when omitted, must agree with it when given.")
     g.add_argument("--model_name_or_path", default=None, help="Path to a pretrained model folder or a model identifier.")
     g.add_argument("--config_name", default="", help="Config name or path if not the same as model_name_or_path.")
     g.add_argument("--tokenizer_name", default="", help="Tokenizer name or path if not the same as model_name_or_path.")
     g.add_argument("--cache_dir", default="", help="Where to store pretrained models downloaded from the hub.")
     g.add_argument("--do_lower_case", action="store_true", help="Set this flag if you are using an uncased model.")
     g.add_argument("--simple_span_head", action="store_true", help="XLNet/XLM: use the plain start/end head instead of the beam-search head.")
-    g.add_argument("--attn_implementation", default="sdpa", choices=["sdpa", "eager"], help="Attention kernel (default sdpa).")
+    g.add_argument("--attn_implementation", default=None, choices=["sdpa", "eager"], help="Attention kernel (default: SDPA where the model supports it, else eager).")
     g.add_argument("--trust_remote_code", action="store_true", help="Allow model code from the checkpoint folder (off by default).")
 
     g = p.add_argument_group("data")
@@ -134,9 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--verbose_logging", action="store_true", help="Debug logs, and tracebacks on errors.")
 
     g = p.add_argument_group("checkpoints and logging")
-    g.add_argument("--logging_steps", type=int, default=50, help="Log loss, learning rate and throughput every N optimizer steps.")
+    g.add_argument("--logging_steps", type=int, default=500, help="Log loss, learning rate and throughput every N optimizer steps.")
     g.add_argument("--eval_steps", type=int, default=0, help="With --evaluate_during_training: evaluate every N steps (default --logging_steps).")
-    g.add_argument("--save_steps", type=int, default=50, help="Save a checkpoint every N optimizer steps (0: never).")
+    g.add_argument("--save_steps", type=int, default=500, help="Save a checkpoint every N optimizer steps (0: never).")
     g.add_argument("--save_total_limit", type=int, default=0, help="Keep only the newest K checkpoints (0: keep all).")
     g.add_argument("--resume_from_checkpoint", default=None, help="A checkpoint folder, or `latest` (newest in --output_dir).")
     g.add_argument("--overwrite_output_dir", action="store_true", help="Allow writing into a non-empty --output_dir (nothing is deleted).")
@@ -152,10 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and check flag combinations; raises UsageError with one line. Touches no file."""
     parser = build_parser()
-    errors: list[str] = []
 
     def _error(message: str) -> None:  # argparse would print usage and exit; we want one line
-        errors.append(message)
         raise UsageError(message)
 
     parser.error = _error  # type: ignore[method-assign]
@@ -204,6 +216,11 @@ def check_flag_combinations(args: argparse.Namespace) -> None:
         raise UsageError(f"--learning_rate must be positive (got {args.learning_rate})")
     if args.resume_from_checkpoint and not args.do_train:
         raise UsageError("--resume_from_checkpoint only makes sense with --do_train")
+    if args.do_train and args.evaluate_during_training and not (args.predict_file or args.dataset_name):
+        raise UsageError("--evaluate_during_training needs --predict_file (or --dataset_name)")
+    if args.lr_scheduler_type == "polynomial" and args.lr_end >= args.learning_rate:
+        raise UsageError(f"--lr_end ({args.lr_end}) must be below --learning_rate ({args.learning_rate}) "
+                         "for --lr_scheduler_type polynomial")
 
 
 def resolve_data_path(data_dir: str | None, name: str | None) -> Path | None:
@@ -216,29 +233,62 @@ def resolve_data_path(data_dir: str | None, name: str | None) -> Path | None:
     return path
 
 
-def check_input_paths(args: argparse.Namespace) -> None:
-    """Files and folders, checked before any model is loaded or feature computed."""
+def evaluating(args: argparse.Namespace) -> bool:
+    """--predict_file is read for --do_eval, --do_predict, and (as the classic script did) for
+    --evaluate_during_training even without --do_eval."""
+    return args.do_eval or args.do_predict or (args.do_train and args.evaluate_during_training)
+
+
+def check_input_files(args: argparse.Namespace) -> None:
+    """Input files exist and are not too large, checked before any model is loaded or feature computed."""
     import utils_squad
 
-    for flag, wanted in (("--train_file", args.do_train), ("--predict_file", args.do_eval or args.do_predict)):
-        path = args.train_path if flag == "--train_file" else args.predict_path
+    for flag, path, wanted in (("--train_file", args.train_path, args.do_train),
+                               ("--predict_file", args.predict_path, evaluating(args))):
         if not wanted or path is None:
             continue
         if not path.is_file():
             raise InputError(f"{flag} {path}: no such file")
-        check_size = getattr(utils_squad, "check_file_size", None)
-        if check_size is not None:
-            check_size(path)
+        utils_squad.check_file_size(path)
+
+
+def check_output_dir(args: argparse.Namespace) -> None:
+    """--output_dir can be written, and nothing in it is overwritten unless --overwrite_output_dir says so."""
     out = Path(args.output_dir)
     if out.exists() and not out.is_dir():
         raise InputError(f"--output_dir {out}: exists and is not a folder")
+    check_writable(out)
+    if args.overwrite_output_dir or not out.is_dir():
+        return
     resuming = args.resume_from_checkpoint is not None or restarted_by_torchrun()
-    if (args.do_train and out.is_dir() and any(out.iterdir()) and not args.overwrite_output_dir
-            and not resuming):
+    if args.do_train and any(out.iterdir()) and not resuming:
         raise InputError(
             f"--output_dir {out}: exists and is not empty; pass --overwrite_output_dir to write into it "
             "(nothing is deleted) or --resume_from_checkpoint latest to continue"
         )
+    if not args.do_train:
+        for _, prefix in checkpoints_to_evaluate(args):
+            existing = out / f"predictions_{prefix}.json"
+            if existing.exists():
+                raise InputError(f"--output_dir {out}: {existing.name} exists; pass --overwrite_output_dir "
+                                 "to replace it, or choose another --output_dir")
+
+
+def check_writable(folder: Path) -> None:
+    """Try a write where the folder is (or would be created): a read-only target fails now, not after
+    an hour of featurization. Permission bits alone do not tell (root ignores them)."""
+    import tempfile
+
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(20, "Not a directory", str(existing))
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise InputError(f"--output_dir {folder}: cannot write there ({exc.strerror or exc})") from exc
 
 
 # --------------------------------------------------------------------------------------------
@@ -276,8 +326,7 @@ def setup_runtime(args: argparse.Namespace) -> Runtime:
         env.setdefault("LOCAL_RANK", env.get("SLURM_LOCALID", "0"))
         env.setdefault("MASTER_PORT", "29500")
         if "MASTER_ADDR" not in env:
-            nodes = env.get("SLURM_JOB_NODELIST", "127.0.0.1")
-            env["MASTER_ADDR"] = re.split(r"[,\[]", nodes)[0]
+            env["MASTER_ADDR"] = first_slurm_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1"))
     local_rank = int(env.get("LOCAL_RANK", args.local_rank))
     world_size = int(env.get("WORLD_SIZE", "1"))
     use_cuda = torch.cuda.is_available() and not args.no_cuda
@@ -297,6 +346,15 @@ def setup_runtime(args: argparse.Namespace) -> Runtime:
     else:
         device = torch.device("cpu")
     return Runtime(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def first_slurm_host(nodelist: str) -> str:
+    """The first host of a Slurm hostlist: "gpu[007-010,012],cpu1" -> "gpu007" (zero padding kept)."""
+    match = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
+    if not match:
+        return nodelist
+    prefix, ranges = match.groups()
+    return prefix + ranges.split(",")[0].split("-")[0] if ranges else prefix
 
 
 def process_group_store():
@@ -447,23 +505,32 @@ def unwrap(model):
 # --------------------------------------------------------------------------------------------
 
 
-def feature_settings(args: argparse.Namespace, is_training: bool):
+def context_first(args: argparse.Namespace, tokenizer) -> bool:
+    """--context_first, or a tokenizer that pads on the left (XLNet): the classic processor put the
+    passage first for those, and XLNet's published SQuAD numbers were trained that way."""
+    return bool(args.context_first or getattr(tokenizer, "padding_side", "right") == "left")
+
+
+def feature_settings(args: argparse.Namespace, tokenizer, is_training: bool):
     import utils_squad
 
     return utils_squad.FeatureSettings(
         max_seq_length=args.max_seq_length,
         doc_stride=args.doc_stride,
         max_query_length=args.max_query_length,
-        context_first=args.context_first,
+        context_first=context_first(args, tokenizer),
         is_training=is_training,
     )
 
 
 def dataset_to_file(args: argparse.Namespace, rt: Runtime, split: str) -> Path:
-    """--dataset_name: rank 0 writes the split as HF-layout JSON Lines so the normal reader and cache apply."""
+    """--dataset_name: rank 0 writes the split as HF-layout JSON Lines so the normal reader and cache apply.
+
+    The file goes beside the feature cache, not into --output_dir, which holds only this run's results.
+    """
     import squad_metrics
 
-    target = Path(args.output_dir) / "datasets" / f"{Path(args.dataset_name).name}-{split}.jsonl"
+    target = features_cache_dir(args) / "datasets" / f"{Path(args.dataset_name).name}-{split}.jsonl"
     if rt.is_main:
         try:
             import datasets
@@ -521,7 +588,7 @@ def build_features(args, rt: Runtime, tokenizer, path: Path, examples, is_traini
     else:
         barrier(rt)
     features = utils_squad.load_or_build_features(
-        path, examples, tokenizer, feature_settings(args, is_training), cache_dir=cache_dir,
+        path, examples, tokenizer, feature_settings(args, tokenizer, is_training), cache_dir=cache_dir,
         overwrite_cache=args.overwrite_cache and rt.is_main, threads=args.threads,
     )
     if rt.is_main:
@@ -534,8 +601,25 @@ def build_features(args, rt: Runtime, tokenizer, path: Path, examples, is_traini
 # Optimizer and schedule
 # --------------------------------------------------------------------------------------------
 
-NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "LayerNorm.bias")
-LAYER_RE = re.compile(r"\.(?:layer|layers|albert_layer_groups)\.(\d+)\.")
+# Encoder layer i in the naming of every supported family (BERT-likes, XLNet, DistilBERT: layer;
+# ALBERT: albert_layer_groups; XLM: attentions/ffns/layer_norm1/layer_norm2).
+LAYER_RE = re.compile(r"\.(?:layer|layers|albert_layer_groups|attentions|ffns|layer_norm1|layer_norm2)\.(\d+)\.")
+# Below the first layer: embeddings and what only transforms them (ALBERT's and ELECTRA's projections,
+# XLNet's mask_emb, XLM's layer_norm_emb, DeBERTa's relative-position table and its encoder.LayerNorm).
+EMBEDDING_RE = re.compile(r"embed|_emb\b|_emb\.|\bencoder\.LayerNorm\.")
+
+
+def decays_weight(name: str) -> bool:
+    """The classic rule (no decay on biases and LayerNorm weights), for every family's norm naming."""
+    return not (name.endswith("bias") or "norm" in name.lower())
+
+
+def decay_depths(model) -> int:
+    """Distinct layer stacks: ALBERT's layers share the weights of num_hidden_groups groups."""
+    config = model.config
+    if config.model_type == "albert":
+        return int(config.num_hidden_groups)
+    return int(getattr(config, "num_hidden_layers", getattr(config, "n_layer", 0)) or 0)
 
 
 def parameter_depth(name: str, num_layers: int) -> int:
@@ -543,20 +627,20 @@ def parameter_depth(name: str, num_layers: int) -> int:
     match = LAYER_RE.search(name)
     if match:
         return int(match.group(1)) + 1
-    if "embed" in name or "word_emb" in name or "mask_emb" in name:
+    if EMBEDDING_RE.search(name):
         return 0
     return num_layers + 1
 
 
 def optimizer_groups(model, args: argparse.Namespace) -> list[dict]:
     """No decay on biases and LayerNorm weights; layer-wise LR decay by depth when asked."""
-    num_layers = int(getattr(model.config, "num_hidden_layers", getattr(model.config, "n_layer", 0)) or 0)
+    num_layers = decay_depths(model)
     groups: dict[tuple[int, bool], dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         depth = parameter_depth(name, num_layers) if args.layerwise_lr_decay < 1.0 else num_layers + 1
-        no_decay = any(nd in name for nd in NO_DECAY)
+        no_decay = not decays_weight(name)
         key = (depth, no_decay)
         if key not in groups:
             scale = args.layerwise_lr_decay ** (num_layers + 1 - depth)
@@ -573,11 +657,9 @@ def build_optimizer(model, args: argparse.Namespace, device):
     import torch
 
     groups = optimizer_groups(model, args)
-    if args.layerwise_lr_decay < 1.0:
-        for g in groups:
-            logger.info("lr group depth %d (%s): lr %.3g, weight decay %g, %d tensors, e.g. %s",
-                        g["depth"], "no decay" if g["weight_decay"] == 0 else "decay", g["lr"],
-                        g["weight_decay"], len(g["params"]), g["names"][0])
+    for g in groups:
+        logger.info("parameter group depth %d: lr %.3g, weight decay %g, %d tensors, e.g. %s",
+                    g["depth"], g["lr"], g["weight_decay"], len(g["params"]), g["names"][0])
     params = [{k: v for k, v in g.items() if k not in ("names", "depth")} for g in groups]
     fused = device.type == "cuda"
     return torch.optim.AdamW(params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
@@ -694,10 +776,25 @@ def restore_rng_states(states: list[dict], rt: Runtime) -> None:
     set_rng_state(states[rt.rank % len(states)])
 
 
+TMP_PREFIX = ".tmp-"
+
+
 def remove_stale_temporaries(output_dir: Path) -> None:
-    """Half-written checkpoints of a killed run: never complete, never loaded, safe to delete."""
-    for tmp in output_dir.glob(".tmp-*"):
-        shutil.rmtree(tmp, ignore_errors=True)
+    """Half-written checkpoints and final models of a killed run: never complete, never loaded."""
+    for pattern in (f"{TMP_PREFIX}{CHECKPOINT_PREFIX}*", f"{TMP_PREFIX}final-*", f"{TMP_PREFIX}old-*"):
+        for tmp in output_dir.glob(pattern):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_folder(new: Path, final: Path) -> None:
+    """Rename a complete folder into place; a folder already there (an earlier run's) is swapped out first."""
+    if not final.exists():
+        os.replace(new, final)
+        return
+    old = final.parent / f"{TMP_PREFIX}old-{final.name}-{os.getpid()}"
+    os.replace(final, old)
+    os.replace(new, final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _as_tuple(value):
@@ -712,11 +809,10 @@ def save_checkpoint(args, rt: Runtime, model, tokenizer, optimizer, scheduler, s
     output_dir = Path(args.output_dir)
     final = output_dir / f"{CHECKPOINT_PREFIX}{position['global_step']}"
     rng_states = gather_rng_states(rt)  # every rank's stream, so each resumes its own dropout masks
-    if rt.is_main and not (final / TRAINER_STATE).is_file():
-        tmp = output_dir / f".tmp-{final.name}-{os.getpid()}"
+    if rt.is_main:
+        tmp = output_dir / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
         try:
-            if tmp.exists():
-                shutil.rmtree(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             unwrap(model).save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
@@ -727,16 +823,16 @@ def save_checkpoint(args, rt: Runtime, model, tokenizer, optimizer, scheduler, s
                 "rng": rng_states,
                 "position": position,
             }
-            torch.save(state, tmp / TRAINER_STATE)
+            with open(tmp / TRAINER_STATE, "wb") as handle:  # a Python file: a failed write keeps its errno
+                torch.save(state, handle)
             (tmp / "training_args.json").write_text(json.dumps(vars_for_json(args), indent=2, sort_keys=True))
-            if final.exists():  # an incomplete folder of that name (no trainer state): never loaded
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        except OSError as exc:
+            # A folder of that name is an earlier run's (or an incomplete one): this run's state wins.
+            replace_folder(tmp, final)
+        except Exception as exc:  # noqa: BLE001 - torch.save raises RuntimeError, safetensors its own type
             shutil.rmtree(tmp, ignore_errors=True)
             last = list_checkpoints(output_dir)
-            raise OSError(
-                f"could not write checkpoint {final} ({exc.strerror or exc}); "
+            raise CheckpointWriteError(
+                f"could not write checkpoint {final} ({write_failure_reason(exc)}); "
                 f"last good checkpoint: {last[-1] if last else 'none'}"
             ) from exc
         logger.info("saved %s", final)
@@ -758,10 +854,16 @@ def prune_checkpoints(output_dir: Path, limit: int, protect: Path | None) -> Non
 
 
 def load_trainer_state(path: Path) -> dict:
+    import pickle
+
     import torch
 
     # weights_only: a checkpoint is data, never code (no arbitrary unpickling).
-    return torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise InputError(f"{path / TRAINER_STATE}: refused to load, it holds more than tensors and plain data "
+                         f"({first_line(exc)})") from exc
 
 
 def vars_for_json(args: argparse.Namespace) -> dict:
@@ -774,13 +876,21 @@ def save_final_model(args, rt: Runtime, model, tokenizer, global_step: int) -> N
         barrier(rt)
         return
     output_dir = Path(args.output_dir)
-    tmp = output_dir / f".tmp-final-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    unwrap(model).save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "training_args.json").write_text(json.dumps(vars_for_json(args), indent=2, sort_keys=True))
-    (tmp / "training_state.json").write_text(json.dumps({"global_step": global_step}))
+    tmp = output_dir / f"{TMP_PREFIX}final-{os.getpid()}"
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        unwrap(model).save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "training_args.json").write_text(json.dumps(vars_for_json(args), indent=2, sort_keys=True))
+        (tmp / "training_state.json").write_text(json.dumps({"global_step": global_step}))
+    except Exception as exc:  # noqa: BLE001 - as in save_checkpoint
+        shutil.rmtree(tmp, ignore_errors=True)
+        last = list_checkpoints(output_dir)
+        raise CheckpointWriteError(
+            f"could not write the final model to {output_dir} ({write_failure_reason(exc)}); "
+            f"last good checkpoint: {last[-1] if last else 'none'}") from exc
+    # Every file is complete before the first rename; each rename is atomic.
     for item in tmp.iterdir():
         os.replace(item, output_dir / item.name)
     tmp.rmdir()
@@ -846,7 +956,8 @@ def train(args, rt: Runtime, model, tokenizer, features, resume_from: Path | Non
     if rt.distributed:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
-            find_unused_parameters=uses_beam_head(args))
+            # XLNet's mask_emb (both heads) and the beam head's unused branches get no gradient.
+            find_unused_parameters=args.model_type in BEAM_HEAD_TYPES)
 
     accum = args.gradient_accumulation_steps
     steps_per_epoch = len(epoch_batches(features, args, rt, 0)) // accum
@@ -876,6 +987,7 @@ def train(args, rt: Runtime, model, tokenizer, features, resume_from: Path | Non
 
     if rt.is_main:
         remove_stale_temporaries(Path(args.output_dir))
+        warn_about_earlier_checkpoints(Path(args.output_dir), resume_from)
     writer = tensorboard_writer(args, rt)
     stop = StopFlag()
     stop.install()
@@ -931,7 +1043,8 @@ def train(args, rt: Runtime, model, tokenizer, features, resume_from: Path | Non
                     log_training(args, rt, writer, scheduler, log, global_step)
                 eval_every = args.eval_steps or args.logging_steps
                 if args.evaluate_during_training and eval_data is not None and global_step % eval_every == 0:
-                    results = evaluate(args, rt, raw_model, tokenizer, *eval_data, prefix=str(global_step))
+                    results = evaluate(args, rt, raw_model, tokenizer, *eval_data, prefix=str(global_step),
+                                       score=scores_predictions(args))
                     write_scalars(writer, "eval", results, global_step)
                     model.train()
                 interrupted = stop.agreed(rt)
@@ -948,9 +1061,28 @@ def train(args, rt: Runtime, model, tokenizer, features, resume_from: Path | Non
     finally:
         stop.restore()
         progress.close()
-        if writer is not None:
-            writer.close()
+        close_quietly(writer)
     return global_step
+
+
+def close_quietly(writer) -> None:
+    """Close the TensorBoard writer; its failure (a full disk) must not hide the error being raised."""
+    if writer is None:
+        return
+    try:
+        writer.close()
+    except Exception as exc:  # noqa: BLE001 - logs are secondary to the run's own outcome
+        logger.warning("could not close the TensorBoard writer: %s", first_line(exc))
+
+
+def warn_about_earlier_checkpoints(output_dir: Path, resume_from: Path | None) -> None:
+    """A fresh run in a folder with checkpoints (--overwrite_output_dir) replaces those of the steps it
+    saves; the others stay, and `--resume_from_checkpoint latest` or --eval_all_checkpoints would use them."""
+    earlier = list_checkpoints(output_dir)
+    if resume_from is None and earlier:
+        logger.warning("%s already holds %d checkpoints of an earlier run (%s to %s): this run replaces those "
+                       "of the steps it saves and leaves the others", output_dir, len(earlier),
+                       earlier[0].name, earlier[-1].name)
 
 
 def optimizer_step(args, model, optimizer, scheduler, scaler) -> bool:
@@ -1122,10 +1254,13 @@ def evaluate(args, rt: Runtime, model, tokenizer, examples, features, prefix: st
                                                      null_odds if with_nulls else None)
         logger.info("wrote %s", ", ".join(str(p) for p in paths.values()))
         if score:
-            gold = {e.qas_id: [a["text"] for a in e.answers] for e in examples}
+            # The scorer's --na-prob-thresh is the decoding threshold: a question whose null odds exceed
+            # it was predicted "" already, so EM/F1 describe exactly the predictions file just written
+            # (the official default of 1.0 would blank correct spans when the threshold is above 1).
             results = dict(squad_metrics.squad_evaluate(
-                gold, predictions, na_probs=null_odds if args.version_2_with_negative else None,
-                version_2=args.version_2_with_negative))
+                squad_metrics.gold_answers_from_examples(examples), predictions,
+                na_probs=null_odds if args.version_2_with_negative else None,
+                na_prob_thresh=args.null_score_diff_threshold, version_2=args.version_2_with_negative))
             write_eval_results(Path(args.output_dir), prefix, results)
             logger.info("evaluation %s: %s", prefix, json.dumps(results))
         logger.info("evaluated %d features in %.1f s", len(features), time.perf_counter() - started)
@@ -1142,7 +1277,13 @@ def write_eval_results(output_dir: Path, prefix: str, results: dict) -> None:
     if path.is_file():
         try:
             everything = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+            if not isinstance(everything, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError):
+            # Never drop earlier results silently: keep the unreadable file beside the new one.
+            kept = path.with_name(f"eval_results.unreadable-{int(time.time())}.json")
+            os.replace(path, kept)
+            logger.warning("%s could not be read; kept as %s, starting a new one", path, kept.name)
             everything = {}
     everything[prefix] = results
     squad_metrics.write_json_atomic(path, everything, indent=2)
@@ -1178,6 +1319,11 @@ def final_prefix(folder: Path) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def scores_predictions(args: argparse.Namespace) -> bool:
+    """Evaluations score against gold answers unless --do_predict says the file has none."""
+    return not args.do_predict
+
+
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
@@ -1190,16 +1336,17 @@ def run(args: argparse.Namespace) -> int:
     start_debugger(args)
     args.train_path = resolve_data_path(args.data_dir, args.train_file)
     args.predict_path = resolve_data_path(args.data_dir, args.predict_file)
+    check_output_dir(args)
+    barrier(rt)  # every rank has checked --output_dir before rank 0 writes anything into it
     if args.dataset_name and args.do_train and args.train_path is None:
         args.train_path = dataset_to_file(args, rt, "train")
-    if args.dataset_name and (args.do_eval or args.do_predict) and args.predict_path is None:
+    if args.dataset_name and evaluating(args) and args.predict_path is None:
         args.predict_path = dataset_to_file(args, rt, "validation")
-    check_input_paths(args)
-    barrier(rt)  # every rank has checked --output_dir before rank 0 writes anything into it
-    evaluating = args.do_eval or args.do_predict
+    check_input_files(args)
     # Every input file is read and validated before any model is loaded or feature computed.
     train_examples = read_examples(args, args.train_path, True, True) if args.do_train else None
-    eval_examples = read_examples(args, args.predict_path, False, args.do_eval) if evaluating else None
+    eval_examples = (read_examples(args, args.predict_path, False, scores_predictions(args))
+                     if evaluating(args) else None)
     if rt.is_main:
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     set_seed(args.seed)
@@ -1207,7 +1354,7 @@ def run(args: argparse.Namespace) -> int:
 
     config, tokenizer = load_config_and_tokenizer(args)
     eval_data = None
-    if evaluating:
+    if evaluating(args):
         eval_data = (eval_examples, build_features(args, rt, tokenizer, args.predict_path, eval_examples, False))
     if args.do_train:
         train_features = build_features(args, rt, tokenizer, args.train_path, train_examples, True)
@@ -1217,7 +1364,7 @@ def run(args: argparse.Namespace) -> int:
                             eval_data if args.evaluate_during_training else None)
         save_final_model(args, rt, model, tokenizer, global_step)
 
-    if eval_data is not None:
+    if args.do_eval or args.do_predict:
         for folder, prefix in checkpoints_to_evaluate(args):
             model = load_model(args, config, folder)
             results = evaluate(args, rt, model, tokenizer, *eval_data, prefix=prefix, score=args.do_eval)

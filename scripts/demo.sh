@@ -12,7 +12,7 @@ COMMON=(--model_name_or_path "$MODEL" --version_2_with_negative --do_lower_case
         --per_gpu_eval_batch_size 32 --seed 42 --threads 2)
 
 echo "== 1/2 the pretrained encoder with an untrained answer head =="
-python run_squad.py "${COMMON[@]}" --do_eval --output_dir "$OUT/untrained"
+python run_squad.py "${COMMON[@]}" --do_eval --output_dir "$OUT/untrained" --overwrite_output_dir
 
 echo "== 2/2 fine-tune on $DATA/demo-train-v2.0.json, then evaluate =="
 python run_squad.py "${COMMON[@]}" --do_train --do_eval --train_file "$DATA/demo-train-v2.0.json" \

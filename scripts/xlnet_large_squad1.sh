@@ -2,8 +2,9 @@
 # Seed experiment: xlnet-large-cased fine-tuned on SQuAD v1.1, one GPU.
 # Published dev result (classic HuggingFace run_squad.py): F1 92.60, EM 85.46.
 # Settings: batch 4, lr 3e-5, 2 epochs, max_seq_length 384, doc_stride 128, XLNet's beam-search answer
-# head. (The published command also passed --do_lower_case to this cased model; here the tokenizer's
-# own casing is always used, so the flag is left out.)
+# head, the passage before the question (automatic for XLNet's left-padding tokenizer, as in the classic
+# processor). The published command also passed --do_lower_case to this cased model; it is left out
+# here so the cased vocabulary sees cased text (add it to reproduce that run exactly).
 #
 # Usage (from anywhere; relative SQUAD_DIR/OUTPUT_DIR are taken from the directory you start in):
 #   SQUAD_DIR=/path/to/squad OUTPUT_DIR=/path/to/out bash scripts/xlnet_large_squad1.sh [more flags]

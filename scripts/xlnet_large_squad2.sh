@@ -2,7 +2,8 @@
 # Seed experiment: xlnet-large-cased fine-tuned on SQuAD v2.0, one GPU.
 # Published dev result (classic HuggingFace run_squad.py): F1 84.07, EM 80.42.
 # Settings: batch 2, lr 3e-5, 4 epochs, max_seq_length 384, doc_stride 128, XLNet's beam-search answer
-# head with its answerability classifier.
+# head with its answerability classifier, the passage before the question (automatic for XLNet's
+# left-padding tokenizer, as in the classic processor).
 #
 # Usage (from anywhere; relative SQUAD_DIR/OUTPUT_DIR are taken from the directory you start in):
 #   SQUAD_DIR=/path/to/squad OUTPUT_DIR=/path/to/out bash scripts/xlnet_large_squad2.sh [more flags]

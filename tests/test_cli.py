@@ -40,7 +40,7 @@ def test_classic_defaults():
     assert (args.per_gpu_train_batch_size, args.learning_rate, args.num_train_epochs) == (8, 5e-5, 3.0)
     assert (args.n_best_size, args.max_answer_length, args.null_score_diff_threshold) == (20, 30, 0.0)
     assert (args.adam_epsilon, args.max_grad_norm, args.weight_decay) == (1e-8, 1.0, 0.0)
-    assert (args.logging_steps, args.save_steps, args.seed, args.warmup_steps) == (50, 50, 42, 0)
+    assert (args.logging_steps, args.save_steps, args.seed, args.warmup_steps) == (500, 500, 42, 0)
 
 
 def test_newer_spellings_are_aliases():
@@ -70,6 +70,10 @@ BAD_COMBINATIONS = [
     (BASE + "--do_eval --predict_file p --no_such_flag", "unrecognized arguments: --no_such_flag"),
     (BASE + "--do_eval --predict_file p --max_seq_length abc", "invalid int value: 'abc'"),
     (BASE + "--do_train --train_file t --lr_scheduler_type steps", "invalid choice: 'steps'"),
+    (BASE + "--do_train --train_file t --evaluate_during_training",
+     "--evaluate_during_training needs --predict_file"),
+    (BASE + "--do_train --train_file t --lr_scheduler_type polynomial --learning_rate 1e-5 --lr_end 1e-5",
+     "--lr_end (1e-05) must be below --learning_rate (1e-05)"),
 ]
 
 
@@ -150,3 +154,91 @@ def test_eval_batches_are_the_same_for_any_number_of_processes():
     lengths = np.array([5, 9, 3, 9, 1, 7, 2])
     batches = run_squad.eval_batches(lengths, 3)
     assert [b.tolist() for b in batches] == [[4, 6, 2], [0, 5, 1], [3]]
+
+
+def test_model_type_is_case_insensitive_as_in_the_classic_script():
+    args = run_squad.parse_args(shlex.split(BASE + "--model_type BERT --do_eval --predict_file p"))
+    assert args.model_type == "bert"
+
+
+def test_remote_code_is_off_unless_asked_for():
+    assert run_squad.parse_args(shlex.split(BASE + "--do_eval --predict_file p")).trust_remote_code is False
+
+
+@pytest.mark.parametrize("nodelist,host", [
+    ("gpu[007-010,012],cpu1", "gpu007"), ("node[1-4]", "node1"), ("a01,a02", "a01"), ("single-host", "single-host"),
+])
+def test_first_slurm_host(nodelist, host):
+    assert run_squad.first_slurm_host(nodelist) == host
+
+
+@pytest.mark.parametrize("output_dir", ["/proc/run-squad-test-out", "{file}/out"])
+def test_an_unwritable_output_dir_fails_before_any_work(output_dir, tmp_path, capsys, squad_dir):
+    (tmp_path / "file").write_text("a file, not a folder")
+    out = output_dir.format(file=tmp_path / "file")
+    code = run_squad.main(["--model_name_or_path", str(tmp_path / "no-model"), "--output_dir", out,
+                           "--do_eval", "--version_2_with_negative", "--predict_file", str(squad_dir / "dev-v2.0.json")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(f"error: --output_dir {out}: cannot write there (") and err.count("\n") == 1
+
+
+def test_evaluation_never_overwrites_predictions_without_the_flag(tmp_path, capsys, tiny_bert_dir, squad_dir):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "predictions_final.json").write_text("{}")
+    command = ["--model_name_or_path", str(tiny_bert_dir), "--output_dir", str(out), "--do_eval",
+               "--version_2_with_negative", "--predict_file", str(squad_dir / "dev-v2.0.json")]
+    assert run_squad.main(command) == 2
+    assert "predictions_final.json exists; pass --overwrite_output_dir" in capsys.readouterr().err
+    assert (out / "predictions_final.json").read_text() == "{}"
+
+
+def albert_depths(decay):
+    from transformers import AlbertConfig, AlbertForQuestionAnswering
+
+    config = AlbertConfig(vocab_size=50, embedding_size=8, hidden_size=16, num_hidden_layers=6, num_hidden_groups=1,
+                          num_attention_heads=2, intermediate_size=20)
+    args = run_squad.parse_args(shlex.split(BASE + f"--do_train --train_file t --learning_rate 1 "
+                                                   f"--layerwise_lr_decay {decay}"))
+    groups = run_squad.optimizer_groups(AlbertForQuestionAnswering(config), args)
+    return {n: g["lr"] for g in groups for n in g["names"]}
+
+
+def test_albert_shared_layers_decay_as_one_stack():
+    """6 layers sharing 1 group of weights: head 1, shared layer 0.5, embeddings 0.25 (not 0.5**7)."""
+    lr = albert_depths(0.5)
+    assert lr["qa_outputs.weight"] == 1.0
+    assert lr["albert.encoder.albert_layer_groups.0.albert_layers.0.ffn.weight"] == 0.5
+    assert lr["albert.encoder.embedding_hidden_mapping_in.weight"] == 0.25
+    assert lr["albert.embeddings.word_embeddings.weight"] == 0.25
+
+
+@pytest.mark.parametrize("name,depth", [
+    ("transformer.attentions.1.q_lin.weight", 2),          # XLM
+    ("transformer.layer_norm2.0.weight", 1),
+    ("transformer.ffns.0.lin1.weight", 1),
+    ("transformer.layer_norm_emb.weight", 0),
+    ("transformer.lang_embeddings.weight", 0),
+    ("transformer.mask_emb", 0),                            # XLNet
+    ("transformer.word_embedding.weight", 0),
+    ("transformer.layer.1.ff.layer_1.weight", 2),
+    ("deberta.encoder.rel_embeddings.weight", 0),           # DeBERTa-v2 relative table and its norm
+    ("deberta.encoder.LayerNorm.weight", 0),
+    ("deberta.encoder.layer.0.attention.output.LayerNorm.weight", 1),
+    ("electra.embeddings_project.weight", 0),
+    ("distilbert.transformer.layer.1.ffn.lin2.weight", 2),
+    ("bert.encoder.layer.0.attention.self.distance_embedding.weight", 1),
+    ("start_logits.dense.weight", 3),                       # beam head
+])
+def test_parameter_depths_of_every_family(name, depth):
+    assert run_squad.parameter_depth(name, 2) == depth
+
+
+@pytest.mark.parametrize("name,decays", [
+    ("bert.encoder.layer.0.output.dense.weight", True), ("bert.encoder.layer.0.output.dense.bias", False),
+    ("bert.embeddings.LayerNorm.weight", False), ("transformer.layer_norm1.0.weight", False),
+    ("transformer.layer.0.rel_attn.layer_norm.weight", False), ("transformer.layer_norm_emb.weight", False),
+])
+def test_no_weight_decay_on_biases_and_every_norm(name, decays):
+    assert run_squad.decays_weight(name) is decays

@@ -100,10 +100,44 @@ def test_eval_all_checkpoints_in_step_order(trained, tmp_path, capsys):
     out, dev = trained
     code = run_squad.main(["--model_name_or_path", str(out), "--output_dir", str(out), "--do_eval",
                            "--eval_all_checkpoints", "--version_2_with_negative", "--predict_file", str(dev),
-                           "--no_cuda", "--max_seq_length", "192", "--doc_stride", "64"])
+                           "--no_cuda", "--max_seq_length", "192", "--doc_stride", "64", "--overwrite_output_dir"])
     assert code == 0
     steps = [json.loads(line)["step"] for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert steps == ["6", "12", "12"]
+
+
+def hf_rows(squad_file) -> list[dict]:
+    """SQuAD JSON as rows of the HuggingFace squad_v2 dataset."""
+    data = json.loads(squad_file.read_text())
+    return [{"id": qa["id"], "title": a["title"], "context": p["context"], "question": qa["question"],
+             "answers": {"text": [x["text"] for x in qa["answers"]],
+                         "answer_start": [x["answer_start"] for x in qa["answers"]]}}
+            for a in data["data"] for p in a["paragraphs"] for qa in p["qas"]]
+
+
+def test_dataset_name_reads_through_the_normal_pipeline(tiny_bert_dir, squad_dir, tmp_path, monkeypatch):
+    """--dataset_name with a stand-in `datasets` package (no network): splits become JSON Lines in the
+    feature cache, and --output_dir holds only this run's results."""
+    import types
+
+    splits = {"train": hf_rows(small_v2_file(squad_dir, tmp_path / "train.json", questions=60)),
+              "validation": hf_rows(small_v2_file(squad_dir, tmp_path / "dev.json", questions=30))}
+    fake = types.ModuleType("datasets")
+    fake.load_dataset = lambda name, split, cache_dir=None: splits[split] if name == "squad_v2" else 1 / 0
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    out = tmp_path / "out"
+    code = run_squad.main([*common_flags(tiny_bert_dir, out), "--dataset_name", "squad_v2", "--do_train",
+                           "--do_eval", "--max_steps", "2", "--save_steps", "0"])
+    assert code == 0
+    assert set(json.loads((out / "predictions_2.json").read_text())) == {r["id"] for r in splits["validation"]}
+    assert not (out / "datasets").exists()
+
+
+def test_dataset_name_without_the_datasets_package(tiny_bert_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets raises ImportError
+    code = run_squad.main([*common_flags(tiny_bert_dir, tmp_path / "o"), "--dataset_name", "squad_v2", "--do_eval"])
+    assert code == 2
+    assert capsys.readouterr().err == "error: --dataset_name needs the optional `datasets` package (pip install datasets)\n"
 
 
 def test_torchrun_two_processes_train_and_evaluate_like_one(tiny_bert_dir, squad_dir, tmp_path):

@@ -159,8 +159,11 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(tiny_bert_dir, squad_d
 
     def disk_full_on_second_checkpoint(obj, path, *a, **k):
         calls["n"] += 1
-        if calls["n"] == 2:
-            raise OSError(28, "No space left on device")
+        if calls["n"] == 2:  # what torch.save raises when the disk fills: a RuntimeError wrapping the OSError
+            try:
+                raise OSError(28, "No space left on device")
+            except OSError as exc:
+                raise RuntimeError("[enforce fail at inline_container.cc] . PytorchStreamWriter failed") from exc
         return real_save(obj, path, *a, **k)
 
     monkeypatch.setattr(torch, "save", disk_full_on_second_checkpoint)
@@ -203,3 +206,62 @@ def test_torchrun_restarts_a_lost_worker_and_finishes_like_an_unbroken_run(tiny_
     same_weights(unbroken, broken)
     name = "predictions_200.json"
     assert json.loads((unbroken / name).read_text()) == json.loads((broken / name).read_text())
+
+
+def test_a_real_write_failure_stops_cleanly_with_one_line(tiny_bert_dir, squad_dir, tmp_path):
+    """A file-size limit makes the kernel refuse the optimizer state (EFBIG) the way a full disk would."""
+    import resource
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get the write error, not the signal
+        resource.setrlimit(resource.RLIMIT_FSIZE, (6_000_000, 6_000_000))  # model 3.9 MB, optimizer 7.8 MB
+
+    out = tmp_path / "out"
+    flags = training_flags(squad_dir, tmp_path, steps=4, save_steps=2)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run([sys.executable, str(REPO / "run_squad.py"), *common_flags(tiny_bert_dir, out), *flags],
+                          capture_output=True, text=True, env=env, preexec_fn=limit_file_size, timeout=600)
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == (f"error: could not write checkpoint {out / 'checkpoint-2'} (File too large); "
+                    "last good checkpoint: none")
+    assert "Traceback" not in done.stderr
+    assert not list(out.glob(".tmp-*")) and not run_squad.list_checkpoints(out)
+
+
+def test_a_fresh_run_replaces_an_earlier_runs_checkpoint_of_the_same_step(tiny_bert_dir, squad_dir, tmp_path):
+    out = tmp_path / "out"
+    flags = training_flags(squad_dir, tmp_path, steps=2, save_steps=2)
+    assert run_squad.main([*common_flags(tiny_bert_dir, out), *flags]) == 0
+    first = load_file(out / "checkpoint-2" / "model.safetensors")
+    again = [*common_flags(tiny_bert_dir, out), *flags, "--learning_rate", "5e-3", "--overwrite_output_dir"]
+    assert run_squad.main(again) == 0
+    second = load_file(out / "checkpoint-2" / "model.safetensors")
+    final = load_file(out / "model.safetensors")
+    assert all(np.array_equal(second[k], final[k]) for k in final), "checkpoint-2 holds this run's weights"
+    assert any(not np.array_equal(first[k], second[k]) for k in first)
+    assert json.loads((out / "checkpoint-2" / "training_args.json").read_text())["learning_rate"] == 5e-3
+
+
+def test_a_checkpoint_holding_code_is_refused(tiny_bert_dir, squad_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    flags = training_flags(squad_dir, tmp_path, steps=2, save_steps=2)
+    assert run_squad.main([*common_flags(tiny_bert_dir, out), *flags]) == 0
+    marker = tmp_path / "code-ran"
+    torch.save({"position": Exploit(str(marker))}, out / "checkpoint-2" / run_squad.TRAINER_STATE)
+    code = run_squad.main([*common_flags(tiny_bert_dir, out), *flags[:-4], "--max_steps", "4", "--save_steps", "0",
+                           "--resume_from_checkpoint", str(out / "checkpoint-2")])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2
+    assert err.startswith(f"error: {out / 'checkpoint-2' / run_squad.TRAINER_STATE}: refused to load")
+    assert not marker.exists()
+
+
+class Exploit:
+    """Unpickling this runs code: what a malicious checkpoint would carry."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
