@@ -461,7 +461,9 @@ def _load_json(path: str) -> Any:
     except UnicodeDecodeError as e:
         raise ScoringInputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
     except json.JSONDecodeError as e:
-        raise ScoringInputError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from e
+        # json's messages may end in " at" ("Unterminated string starting at"): no doubled word.
+        message = e.msg.removesuffix(" at")
+        raise ScoringInputError(f"{path}: not valid JSON ({message} at line {e.lineno} column {e.colno})") from e
     except OSError as e:
         raise ScoringInputError(f"{path}: cannot read ({e.strerror})") from e
 

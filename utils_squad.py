@@ -17,7 +17,9 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import tempfile
+import time
 import zipfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -72,6 +74,8 @@ class ReadReport:
     repaired: int = 0  # answers whose answer_start was moved to where their text really is
     skipped: int = 0  # questions dropped with skip_bad_answers=True
     skipped_ids: list[str] = field(default_factory=list)
+    dropped_answers: int = 0  # bad gold answers dropped from evaluation questions that were kept
+    dropped_answer_ids: list[str] = field(default_factory=list)  # the questions they were dropped from
 
 
 @dataclass
@@ -127,8 +131,37 @@ def _load_text(path) -> str:
         raise SquadDataError(f"{path}: not UTF-8 (invalid byte at offset {exc.start})") from None
 
 
+def _json_error_text(exc: json.JSONDecodeError, with_line: bool = True) -> str:
+    """The decoder's message and position as one phrase.
+
+    Some decoder messages already end in "at" ("Unterminated string starting at"): drop it so the
+    position reads "starting at line 1 column 7", not "starting at at line ...".
+    """
+    msg = exc.msg[:-3] if exc.msg.endswith(" at") else exc.msg
+    return f"{msg} at line {exc.lineno} column {exc.colno}" if with_line else f"{msg} at column {exc.colno}"
+
+
+def _looks_truncated(text: str, exc: json.JSONDecodeError) -> bool:
+    """The decoder ran out of input: an unterminated string, or nothing but whitespace after the error."""
+    return exc.msg.startswith("Unterminated string") or not text[exc.pos:].strip()
+
+
+def _whole_file_error(path, text: str, exc: json.JSONDecodeError) -> SquadDataError:
+    hint = " (truncated?)" if _looks_truncated(text, exc) else ""
+    return SquadDataError(f"{path}: not valid JSON{hint}: {_json_error_text(exc)}")
+
+
+def _first_line_is_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except json.JSONDecodeError:
+        return False
+
+
 def _parse_json_or_lines(path, text: str) -> tuple[str, object]:
     """('squad-json', obj) or ('jsonl', [(line_no, obj), ...]); decided by the content."""
+    if not text.strip():
+        raise SquadDataError(f"{path}: empty file")
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -137,17 +170,21 @@ def _parse_json_or_lines(path, text: str) -> tuple[str, object]:
         if isinstance(obj, dict) and "context" in obj and "data" not in obj:
             return "jsonl", [(1, obj)]  # a one-line JSON Lines file
         return "squad-json", obj
-    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-    if len(lines) < 2 or not lines[0][1].lstrip().startswith("{"):
-        raise SquadDataError(
-            f"{path}: not JSON: {whole_error.msg} at line {whole_error.lineno} column {whole_error.colno}"
-        )
+    # Split on "\n" only: str.splitlines() would also split inside strings at U+2028, U+0085 and
+    # other characters that JSON allows unescaped (json.dumps(..., ensure_ascii=False) writes them).
+    lines = [(n, line) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
+    # JSON Lines only when line 1 is a whole object: a truncated or broken pretty-printed file also
+    # has several lines starting with "{", and its real error is the whole-file one.
+    if len(lines) < 2 or not _first_line_is_object(lines[0][1]):
+        raise _whole_file_error(path, text, whole_error)
     records = []
     for line_no, line in lines:
         try:
             records.append((line_no, json.loads(line)))
         except json.JSONDecodeError as exc:
-            raise SquadDataError(f"{path}: line {line_no}: not JSON: {exc.msg} at column {exc.colno}") from None
+            raise SquadDataError(
+                f"{path}: line {line_no}: not valid JSON: {_json_error_text(exc, with_line=False)}"
+            ) from None
     return "jsonl", records
 
 
@@ -185,21 +222,28 @@ def _check_answer(path, qid: str, context: str, text, start) -> tuple[dict, bool
         )
     if not text.strip():
         raise SquadDataError(f"{path}: question {qid}: empty answer text")
-    if start < 0 or start >= len(context):
+    outside = start < 0 or start >= len(context)
+    if not outside and context.startswith(text, start):
+        return {"text": text, "answer_start": start}, False
+    # Offsets shifted by whitespace, punctuation or a BOM: the same text (or stripped of spaces) nearby.
+    # A start a few characters past either end of the context is the same kind of slip.
+    if -ANSWER_REPAIR_WINDOW <= start < len(context) + ANSWER_REPAIR_WINDOW:
+        for candidate in (text, text.strip()):
+            pos = _find_near(context, candidate, start)
+            if pos != -1:
+                return {"text": candidate, "answer_start": pos}, True
+    if outside:
         raise SquadDataError(
             f"{path}: question {qid}: answer_start {start} outside the context (length {len(context)})"
         )
-    if context.startswith(text, start):
-        return {"text": text, "answer_start": start}, False
-    # Offsets shifted by whitespace, punctuation or a BOM: the same text (or stripped of spaces) nearby.
-    for candidate in (text, text.strip()):
-        pos = _find_near(context, candidate, start)
-        if pos != -1:
-            return {"text": candidate, "answer_start": pos}, True
     raise SquadDataError(
         f"{path}: question {qid}: answer text {text[:40]!r} not found at answer_start {start} "
-        f"nor within {ANSWER_REPAIR_WINDOW} characters (use --skip_bad_answers to drop such questions)"
+        f"nor within {ANSWER_REPAIR_WINDOW} characters (use --skip_bad_answers to drop such answers)"
     )
+
+
+def _count(n: int, singular: str, plural: str) -> str:
+    return f"{n} {singular if n == 1 else plural}"
 
 
 class _Collector:
@@ -230,28 +274,46 @@ class _Collector:
                 f"{path}: question {qid}: unanswerable question (is_impossible or no answers) in data "
                 "read without --version_2_with_negative; pass --version_2_with_negative for SQuAD 2.0 data"
             )
-        answers, repaired = [], 0
-        if not impossible:
+        answers, repaired, bad = [], 0, 0
+        for text, start in [] if impossible else answers_raw:
             try:
-                for text, start in answers_raw:
-                    answer, was_repaired = _check_answer(path, qid, context, text, start)
-                    answers.append(answer)
-                    repaired += was_repaired
+                answer, was_repaired = _check_answer(path, qid, context, text, start)
             except SquadDataError:
                 if not self.skip:
                     raise
-                self.report.skipped += 1
-                self.report.skipped_ids.append(qid)
-                return
+                bad += 1
+                continue
+            answers.append(answer)
+            repaired += was_repaired
+        if bad and not self._keep_with_bad_answers(answers):
+            self.report.skipped += 1
+            self.report.skipped_ids.append(qid)
+            return
+        if bad:
+            self.report.dropped_answers += bad
+            self.report.dropped_answer_ids.append(qid)
         self.report.repaired += repaired
         self.examples.append(SquadExample(qid, question, context, answers, impossible, title))
+
+    def _keep_with_bad_answers(self, good_answers: list[dict]) -> bool:
+        """Whether a question some of whose gold answers are bad is kept (they are dropped from it).
+
+        Training labels with the first answer, and a question with a bad annotation is not worth a
+        guessed label: the whole question goes.  Evaluation scores against any gold answer: one bad
+        answer among several must not drop the question, but one with no good answer left must go
+        (it would be scored as unanswerable).
+        """
+        return not self.training and bool(good_answers)
 
     def finish(self) -> tuple[list[SquadExample], ReadReport]:
         report = self.report
         if not self.examples and not report.skipped:
             raise SquadDataError(f"{self.path}: no questions found")
         if not self.examples:
-            raise SquadDataError(f"{self.path}: every question was skipped ({report.skipped} bad answers)")
+            raise SquadDataError(
+                f"{self.path}: every question was skipped "
+                f"({_count(report.skipped, 'question with a bad answer', 'questions with bad answers')})"
+            )
         report.questions = len(self.examples)
         report.impossible = sum(e.is_impossible for e in self.examples)
         report.answerable = report.questions - report.impossible
@@ -302,23 +364,41 @@ def _read_jsonl(path, records, collector: _Collector) -> None:
         qid = _require(path, where, rec, "id", str)
         context = _require(path, where, rec, "context", str)
         question = _require(path, where, rec, "question", str)
-        answers = _require(path, where, rec, "answers", dict)
-        texts = _require(path, f"question {qid}: answers", answers, "text", list)
-        starts = _require(path, f"question {qid}: answers", answers, "answer_start", list)
-        if len(texts) != len(starts):
-            raise SquadDataError(f"{path}: question {qid}: answers.text and answers.answer_start differ in length")
         _check_context(path, f"question {qid}", context)
+        pairs, impossible = _jsonl_answers(path, qid, rec, collector.training)
         title = rec.get("title", "")
-        collector.add(where, qid, question, context, list(zip(texts, starts, strict=True)), False,
+        collector.add(where, qid, question, context, pairs, impossible,
                       title if isinstance(title, str) else str(title))
 
 
-def read_squad_examples(path, version_2_with_negative: bool, is_training: bool,
+def _jsonl_answers(path, qid: str, rec: dict, is_training: bool) -> tuple[list, bool]:
+    """(answer pairs, is_impossible) of a HuggingFace-layout row, read as the SQuAD JSON reader does.
+
+    A row without "answers" is a prediction-only question (like a SQuAD JSON question without
+    "answers"), allowed unless training.  Empty answer lists are how squad_v2 marks an unanswerable
+    question, the counterpart of SQuAD JSON's is_impossible: they need --version_2_with_negative.
+    """
+    if "answers" not in rec and not is_training:
+        return [], False
+    answers = _require(path, f"question {qid}", rec, "answers", dict)
+    texts = _require(path, f"question {qid}: answers", answers, "text", list)
+    starts = _require(path, f"question {qid}: answers", answers, "answer_start", list)
+    if len(texts) != len(starts):
+        raise SquadDataError(f"{path}: question {qid}: answers.text and answers.answer_start differ in length")
+    return list(zip(texts, starts, strict=True)), not texts
+
+
+def read_squad_examples(path, version_2_with_negative: bool, is_training: bool, *,
                         skip_bad_answers: bool = False, max_bytes: int | None = None):
     """SQuAD v1.1/v2.0 JSON or HuggingFace JSON Lines (chosen by content) -> (examples, ReadReport).
 
     Every gold answer is kept (evaluation needs them all); training uses the first.  Raises
-    SquadDataError with a one-line message for anything malformed.
+    SquadDataError with a one-line message for anything malformed.  skip_bad_answers: an answer
+    whose text is not in the context is dropped from an evaluation question (the question goes
+    when none is left) and takes its whole question with it in training; all are counted.
+
+    version_2_with_negative and is_training stay positional-or-keyword: bench/featurize.py passes
+    them by position.
     """
     check_file_size(path, max_bytes)
     fmt, obj = _parse_json_or_lines(path, _load_text(path))
@@ -335,8 +415,14 @@ def read_squad_examples(path, version_2_with_negative: bool, is_training: bool,
         logger.warning("%s: repaired answer_start of %d answers (text found within %d characters)",
                        path, report.repaired, ANSWER_REPAIR_WINDOW)
     if report.skipped:
-        logger.warning("%s: skipped %d questions whose answer text is not in the context (first: %s)",
-                       path, report.skipped, ", ".join(report.skipped_ids[:5]))
+        logger.warning("%s: skipped %s (first: %s)", path,
+                       _count(report.skipped, "question whose answer is not in the context",
+                              "questions whose answers are not in the context"),
+                       ", ".join(report.skipped_ids[:5]))
+    if report.dropped_answers:
+        logger.warning("%s: dropped %s not in the context from questions kept for evaluation (first: %s)", path,
+                       _count(report.dropped_answers, "gold answer", "gold answers"),
+                       ", ".join(report.dropped_answer_ids[:5]))
     return examples, report
 
 
@@ -755,14 +841,22 @@ def file_sha256(path) -> str:
     return digest.hexdigest()
 
 
+# Token ids the featurizer or collate writes into features: the pair template is found by the CLS
+# id, padding uses the pad ids.  They live on the Python tokenizer, not in the backend JSON, so
+# setting tokenizer.pad_token (or another special token) must change the cache key by itself.
+_BAKED_IN_IDS = ("pad_token_id", "pad_token_type_id", "cls_token_id", "sep_token_id", "bos_token_id",
+                 "eos_token_id", "unk_token_id", "mask_token_id")
+
+
 def tokenizer_identity(tokenizer) -> dict:
-    """What makes two tokenizers featurize alike: class, vocabulary, pipeline JSON, padding side."""
+    """What makes two tokenizers featurize alike: class, vocabulary, pipeline JSON, padding, special ids."""
     backend_json = tokenizer.backend_tokenizer.to_str()
     return {
         "class": type(tokenizer).__name__,
         "vocab_size": len(tokenizer),
         "backend_sha256": hashlib.sha256(backend_json.encode("utf-8")).hexdigest(),
         "padding_side": tokenizer.padding_side,
+        "special_ids": {name: getattr(tokenizer, name, None) for name in _BAKED_IN_IDS},
     }
 
 
@@ -791,11 +885,74 @@ def cache_path_for(cache_dir, data_path, settings: FeatureSettings, key: str) ->
     return Path(cache_dir) / f"cached_{Path(data_path).stem}_{split}_{key[:20]}.npz"
 
 
+# A temporary cache file not written to for this long belongs to a run that was killed.
+ORPHAN_TMP_AGE_S = 3600
+
+
+def _host() -> str:
+    return socket.gethostname().replace(".", "_") or "host"  # no dots: the name is split on them
+
+
+def _tmp_prefix(final_name: str) -> str:
+    """Temporary names carry host and pid so a cleaner can tell a live writer's file from an orphan."""
+    return f"{final_name}.{_host()}-{os.getpid()}."
+
+
+def _writer_of(tmp: Path) -> tuple[str, int] | None:
+    """(host, pid) of a temporary named by _tmp_prefix ("<final>.<host>-<pid>.<random>.tmp"), else None."""
+    parts = tmp.name.rsplit(".", 3)
+    if len(parts) != 4:
+        return None
+    host, _, pid = parts[1].rpartition("-")
+    return (host, int(pid)) if host and pid.isdigit() else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    return True
+
+
+def _may_be_live(tmp: Path, now: float) -> bool:
+    """Whether some process could still be writing tmp: recently modified, or its writer runs here."""
+    try:
+        if now - tmp.stat().st_mtime < ORPHAN_TMP_AGE_S:
+            return True
+    except FileNotFoundError:
+        return True  # renamed or removed meanwhile: nothing to do
+    writer = _writer_of(tmp)
+    if writer is not None and writer[0] == _host():
+        return _pid_alive(writer[1])  # a hung but live writer keeps its file
+    return False  # another host (shared folder) or an older name: only the age tells
+
+
+def remove_orphan_temporaries(folder) -> int:
+    """Delete cache temporaries left by killed runs (older than ORPHAN_TMP_AGE_S); returns how many."""
+    now, removed = time.time(), 0
+    for tmp in Path(folder).glob("cached_*.npz.*.tmp"):
+        if _may_be_live(tmp, now):
+            continue
+        try:
+            tmp.unlink()
+            removed += 1
+        except OSError:
+            pass  # removed by a concurrent cleaner, or not ours to delete
+    if removed:
+        logger.info("Removed %d orphan temporary cache files from %s", removed, folder)
+    return removed
+
+
 def save_features(path, features: SquadFeatures, key: str) -> None:
     """Write to a temporary name in the same folder, then rename: a reader never sees half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    # Killed runs leave temporaries (often GBs) behind: clear old ones whenever a cache entry is written.
+    remove_orphan_temporaries(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path.name), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, cache_key=np.array(key), **features.arrays())

@@ -572,6 +572,7 @@ def tiny_data(tmp_path):
 
 @pytest.mark.parametrize("pred_text, problem", [
     ("{not json", "not valid JSON"),
+    ('{"q1": "unterminated', "not valid JSON (Unterminated string starting at line 1 column 8)"),
     ("[1, 2]", "expected an object mapping question id to answer text, got list"),
     ('{"q1": 3}', "question 'q1': answer must be a string, got int"),
     ('{"q1": null}', "answer must be a string, got null"),

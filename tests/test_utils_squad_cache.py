@@ -1,7 +1,13 @@
 """Feature cache (keys, invalidation, atomic writes), select, batching, collate, threads."""
 
+import copy
 import dataclasses
 import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -205,3 +211,80 @@ def test_collate_pads_on_the_tokenizer_side(family):
         assert all(v == 1 for i, v in enumerate(pm) if not shift <= i < shift + lengths[row])
     assert batch["is_impossible"].tolist() == [0.0, 1.0]
     assert "start_positions" not in us.collate(feats, [1], with_labels=False)
+
+
+# ---------- special token ids baked into features ----------
+@pytest.mark.parametrize("attribute,token", [("pad_token", "[MASK]"), ("cls_token", "[UNK]"), ("sep_token", "[MASK]")])
+def test_special_token_change_rebuilds(tmp_path, data, builds, attribute, token):
+    """Special tokens live on the Python tokenizer, not in its backend JSON: the key must still see them."""
+    path, examples = data
+    tok = copy.deepcopy(tiny_tokenizer("bert"))
+    us.load_or_build_features(path, examples, tok, SETTINGS, tmp_path)
+    setattr(tok, attribute, token)
+    changed = us.load_or_build_features(path, examples, tok, SETTINGS, tmp_path)
+    assert len(builds) == 2
+    us.load_or_build_features(path, examples, tok, SETTINGS, tmp_path)
+    assert len(builds) == 2  # and the new entry is reused
+    assert changed.pad_token_id == tok.pad_token_id
+    assert_same(changed, us.convert_examples_to_features(examples, tok, SETTINGS))
+
+
+def test_pad_token_change_reaches_collate(tmp_path, data):
+    path, examples = data
+    tok = copy.deepcopy(tiny_tokenizer("bert"))
+    us.load_or_build_features(path, examples, tok, SETTINGS, tmp_path)
+    tok.pad_token = "[MASK]"
+    feats = us.load_or_build_features(path, examples, tok, SETTINGS, tmp_path)
+    batch = us.collate(feats, [0, len(feats) - 1], with_labels=False, pad_to_multiple_of=64)
+    assert batch["input_ids"][0, -1] == tok.convert_tokens_to_ids("[MASK]")
+
+
+# ---------- orphan temporaries ----------
+def dead_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid  # finished and reaped: no process has this id now (barring instant reuse)
+
+
+def make_tmp(folder, name, age_s):
+    path = folder / name
+    path.write_bytes(b"partial")
+    then = time.time() - age_s
+    os.utime(path, (then, then))
+    return path
+
+
+def test_orphan_temporaries_removed_live_ones_kept(tmp_path, data):
+    path, examples = data
+    host, hour = us._host(), us.ORPHAN_TMP_AGE_S
+    orphans = [
+        make_tmp(tmp_path, f"cached_train_train_abc.npz.{host}-{dead_pid()}.x1y2.tmp", hour + 60),  # killed run
+        make_tmp(tmp_path, "cached_train_train_abc.npz.otherhost-12.x1y2.tmp", hour + 60),  # shared folder
+        make_tmp(tmp_path, "cached_train_eval_abc.npz.k3j4h5.tmp", 2 * hour),  # older naming
+    ]
+    kept = [
+        make_tmp(tmp_path, f"cached_train_train_abc.npz.{host}-{dead_pid()}.a1.tmp", hour - 60),  # recent
+        make_tmp(tmp_path, "cached_train_train_abc.npz.otherhost-12.b2.tmp", 60),  # another host, writing now
+        make_tmp(tmp_path, f"cached_train_train_abc.npz.{host}-{os.getpid()}.c3.tmp", 5 * hour),  # writer alive
+        make_tmp(tmp_path, "notes.tmp", 5 * hour),  # not ours
+        make_tmp(tmp_path, "cached_train_train_abc.npz", 5 * hour),  # a finished entry
+    ]
+    us.load_or_build_features(path, examples, tiny_tokenizer("bert"), SETTINGS, tmp_path)
+    assert [p.exists() for p in orphans] == [False] * len(orphans)
+    assert [p.exists() for p in kept] == [True] * len(kept)
+
+
+def test_temporary_name_names_its_writer(tmp_path, data, monkeypatch):
+    path, examples = data
+    seen = []
+    real_replace = os.replace
+
+    def spy(src, dst):
+        seen.append(Path(src))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(us.os, "replace", spy)
+    us.load_or_build_features(path, examples, tiny_tokenizer("bert"), SETTINGS, tmp_path)
+    (tmp,) = seen
+    assert us._writer_of(tmp) == (us._host(), os.getpid())
+    assert tmp.match("cached_*.npz.*.tmp")

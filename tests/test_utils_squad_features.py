@@ -1,6 +1,7 @@
 """Featurization for every tokenizer family: windows, labels, offsets, p_mask, max-context, lower-casing."""
 
 import copy
+import dataclasses
 import re
 import string
 
@@ -51,14 +52,16 @@ SETTINGS = FeatureSettings(max_seq_length=24, doc_stride=5, max_query_length=6, 
 def context_tokens(tok, context):
     """Context tokens with offsets stripped of surrounding whitespace, straight from the tokenizer."""
     enc = tok(context, add_special_tokens=False, return_offsets_mapping=True)
-    offsets = []
-    for s, e in enc["offset_mapping"]:
-        while s < e and context[s].isspace():
-            s += 1
-        while e > s and context[e - 1].isspace():
-            e -= 1
-        offsets.append((s, e))
-    return enc["input_ids"], offsets
+    return enc["input_ids"], [trimmed(context, s, e) for s, e in enc["offset_mapping"]]
+
+
+def trimmed(context, s, e):
+    """(s, e) without surrounding whitespace; a whitespace-only token becomes empty at its end."""
+    while s < e and context[s].isspace():
+        s += 1
+    while e > s and context[e - 1].isspace():
+        e -= 1
+    return s, e
 
 
 def classic_spans(n_tokens, window, stride):
@@ -78,11 +81,15 @@ def features_of(features, example_index):
     return [i for i in range(len(features)) if features.example_index[i] == example_index]
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
+@pytest.fixture(scope="module", params=[(f, first) for first in (False, True) for f in FAMILIES],
+                ids=lambda p: f"{p[0]}-{'context-first' if p[1] else 'question-first'}")
 def family_features(request):
-    tok = tiny_tokenizer(request.param)
+    """Every family in both orders: question first (default) and passage first (XLNet's classic recipe)."""
+    family, context_first = request.param
+    tok = tiny_tokenizer(family)
     examples = hand_built_examples()
-    return request.param, tok, examples, us.convert_examples_to_features(examples, tok, SETTINGS)
+    settings = dataclasses.replace(SETTINGS, context_first=context_first)
+    return family, tok, examples, us.convert_examples_to_features(examples, tok, settings)
 
 
 # ---------- per family ----------
@@ -185,6 +192,95 @@ def test_p_mask_and_cls(family_features):
     assert (feats.offsets[starts + feats.cls_index] == -1).all()
     assert feats.padding_side == tok.padding_side
     assert feats.pad_token_id == tok.pad_token_id
+
+
+@pytest.mark.parametrize("context_first", [False, True], ids=["question-first", "context-first"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_layout_matches_the_tokenizers_own_pair_encoding(family, context_first):
+    """Ids, token types, offsets and labels agree with the tokenizer's own overflowing pair encoding.
+
+    With overlap = window - doc_stride, the tokenizer's overflow windows start doc_stride context tokens
+    apart (the classic processor called it this way), whichever sequence comes first and is cut.
+    """
+    tok = tiny_tokenizer(family)
+    settings = FeatureSettings(max_seq_length=20, doc_stride=3, max_query_length=12, context_first=context_first,
+                               is_training=True)
+    question = "Which number?"
+    # "three four" is cut by the start of the second window; "eleven" sits in the overlap of all windows
+    examples = [example("cut", NUMBERS, "three four", question=question),
+                example("overlap", NUMBERS, "eleven", question=question)]
+    feats = us.convert_examples_to_features(examples, tok, settings)
+    n_q = len(tok(question, add_special_tokens=False)["input_ids"])
+    assert n_q <= settings.max_query_length  # the tokenizer below cannot truncate the question for us
+    window = settings.max_seq_length - n_q - tok.num_special_tokens_to_add(pair=True)
+    pair = (NUMBERS, question) if context_first else (question, NUMBERS)
+    enc = tok(*pair, truncation="only_first" if context_first else "only_second", max_length=settings.max_seq_length,
+              stride=window - settings.doc_stride, return_overflowing_tokens=True, return_token_type_ids=True,
+              return_offsets_mapping=True)
+    n = len(enc["input_ids"])
+    assert len(feats) == 2 * n and n > 2
+    situations = []
+    for k, ex in enumerate(examples):
+        s_char, e_char = ex.answer_char_span
+        for i in range(n):
+            row = k * n + i
+            sl = feats.token_slice(row)
+            assert feats.input_ids[sl].tolist() == enc["input_ids"][i]
+            assert feats.token_type_ids[sl].tolist() == enc["token_type_ids"][i]
+            ctx = [j for j, seq in enumerate(enc.sequence_ids(i)) if seq == (0 if context_first else 1)]
+            offsets = [trimmed(NUMBERS, *enc["offset_mapping"][i][j]) for j in ctx]
+            assert [tuple(o) for o in feats.offsets[sl][ctx].tolist()] == offsets
+            cls = enc["input_ids"][i].index(tok.cls_token_id)
+            assert feats.cls_index[row] == cls
+            assert np.flatnonzero(feats.p_mask[sl] == 0).tolist() == sorted([*ctx, cls])
+            inside = [j for j, (s, e) in zip(ctx, offsets, strict=True) if s < e_char and e > s_char]
+            whole = inside and offsets[ctx.index(inside[0])][0] <= s_char and offsets[ctx.index(inside[-1])][1] >= e_char
+            expected = (inside[0], inside[-1]) if whole else (cls, cls)
+            assert (feats.start_positions[row], feats.end_positions[row]) == expected
+            situations.append((ex.qas_id, "whole" if whole else "cut" if inside else "absent"))
+            if whole:
+                text = NUMBERS[offsets[ctx.index(inside[0])][0]:offsets[ctx.index(inside[-1])][1]]
+                assert text == ex.answers[0]["text"]
+    # the situations above really occur
+    assert ("cut", "cut") in situations and ("cut", "whole") in situations
+    assert situations.count(("overlap", "whole")) >= 2
+
+
+def test_xlnet_context_first_literal_and_left_padded_batch():
+    """XLNet as its published SQuAD runs fed it: passage, <sep>, question, <sep>, <cls>; padded on the left."""
+    tok = tiny_tokenizer("xlnet")
+    ex = example("q", "The Normans gave their name to Normandy.", "Normans")
+    f = us.convert_examples_to_features([ex], tok, FeatureSettings(16, 3, 4, context_first=True, is_training=True))
+    rows = [tok.convert_ids_to_tokens(f.input_ids[f.token_slice(i)]) for i in range(len(f))]
+    assert rows[0] == ["▁T", "he", "▁Norman", "s", "▁ga", "ve", "▁the", "ir", "▁na", "<sep>", "▁Wh", "o", "▁ga", "ve",
+                       "<sep>", "<cls>"]
+    assert rows[1][:3] == ["s", "▁ga", "ve"]  # the next window starts doc_stride=3 context tokens later
+    assert rows[2][:3] == ["▁the", "ir", "▁na"]
+    sl = f.token_slice(0)
+    assert f.token_type_ids[sl].tolist() == [0] * 10 + [1] * 5 + [2]
+    assert f.p_mask[sl].tolist() == [0] * 9 + [1] * 6 + [0]
+    assert f.offsets[sl][:9].tolist() == [[0, 1], [1, 3], [4, 10], [10, 11], [12, 14], [14, 16], [17, 20],
+                                          [20, 22], [23, 25]]
+    assert (f.offsets[sl][9:] == -1).all()
+    assert f.max_context[sl].astype(int).tolist() == [1] * 6 + [0] * 10
+    assert f.cls_index.tolist() == [15, 15, 15]
+    # "▁Norman" "s" in window 0; window 1 starts at "s", cutting the answer: CLS there and in window 2
+    assert f.start_positions.tolist() == [2, 15, 15] and f.end_positions.tolist() == [3, 15, 15]
+    assert f.is_impossible.tolist() == [0, 1, 1]
+    short = us.convert_examples_to_features([example("s", "Normans.", "Normans")], tok,
+                                            FeatureSettings(16, 3, 4, context_first=True, is_training=True))
+    both = us.concat_features([f.select([0]), short])
+    batch = us.collate(both, [0, 1], with_labels=True, pad_to_multiple_of=8)
+    pad = int(batch["left_pad"][1])
+    assert pad == 16 - len(short.input_ids) and batch["left_pad"][0] == 0
+    tokens = tok.convert_ids_to_tokens(batch["input_ids"][1].tolist())
+    assert tokens == ["<pad>"] * pad + ["▁Norman", "s", ".", "<sep>", "▁Wh", "o", "▁ga", "ve", "<sep>", "<cls>"]
+    # padding gets the tokenizer's pad type (XLNet's is 3, but transformers 5 resets it to 0: masked either way)
+    assert batch["token_type_ids"][1].tolist() == [tok.pad_token_type_id] * pad + [0] * 4 + [1] * 5 + [2]
+    assert batch["p_mask"][1].tolist() == [1.0] * pad + [0, 0, 0, 1, 1, 1, 1, 1, 1, 0]
+    assert (batch["cls_index"].tolist(), batch["start_positions"].tolist(), batch["end_positions"].tolist()) == (
+        [15, 15], [2, pad], [3, pad + 1])
+    assert tokens[batch["cls_index"][1]] == "<cls>"
 
 
 # ---------- exact literal values ----------

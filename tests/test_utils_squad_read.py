@@ -26,7 +26,7 @@ def write(tmp_path, obj, name="data.json"):
 
 def error(path, v2=True, training=True, **kw):
     with pytest.raises(SquadDataError) as info:
-        read_squad_examples(path, v2, training, **kw)
+        read_squad_examples(path, version_2_with_negative=v2, is_training=training, **kw)
     message = str(info.value)
     assert "\n" not in message
     return message
@@ -100,7 +100,7 @@ def test_unrepairable_answer_refused_or_skipped(tmp_path):
 
 
 @pytest.mark.parametrize("content,expected", [
-    ("{not json", "not JSON: Expecting property name enclosed in double quotes at line 1 column 2"),
+    ("{not json", "not valid JSON: Expecting property name enclosed in double quotes at line 1 column 2"),
     ("[1, 2]", "top level: expected an object with 'data', got list"),
     ({"version": "v2.0"}, "top level: missing key 'data'"),
     ({"data": {}}, "top level.data: expected list, got dict"),
@@ -134,7 +134,7 @@ def test_not_utf8(tmp_path):
 def test_jsonl_bad_line(tmp_path):
     row = {"id": "a", "context": CONTEXT, "question": "Who?", "answers": {"text": [], "answer_start": []}}
     path = write(tmp_path, json.dumps(row) + "\n{broken\n", "data.jsonl")
-    assert error(path).startswith(f"{path}: line 2: not JSON")
+    assert error(path) == f"{path}: line 2: not valid JSON: Expecting property name enclosed in double quotes at column 2"
 
 
 def test_file_too_large_for_memory_is_refused_up_front(tmp_path):
@@ -152,3 +152,141 @@ def test_real_sample_reads(squad_dir):
     assert len(dev) == 888 and max(len(e.answers) for e in dev) > 1
     message = error(squad_dir / "train-v2.0.json", v2=False)
     assert "--version_2_with_negative" in message
+
+
+# ---------- broken, truncated and empty files ----------
+PRETTY_TRUNCATED = '{\n  "version": "v2.0",\n  "data": [\n    {\n      "title": "T",\n'
+
+
+@pytest.mark.parametrize("content,expected", [
+    # several lines start with "{", but line 1 alone is no JSON object: the whole-file error, not JSON Lines
+    (PRETTY_TRUNCATED, "not valid JSON (truncated?): Expecting property name enclosed in double quotes "
+                       "at line 6 column 1"),
+    ('{\n  "data": [\n    {"title": "T", "paragraphs": [}]\n  ]\n}\n',
+     "not valid JSON: Expecting value at line 3 column 35"),
+    # the decoder's "Unterminated string starting at" must not read "starting at at line"
+    ('{"version": "v2.0", "data": [{"title": "Norm', "not valid JSON (truncated?): Unterminated string starting "
+                                                    "at line 1 column 40"),
+    ('{"id": "a", "context": "c", "question": "q", "answers": {"text": [], "answer_start": []}}\n{"id": "b", "con',
+     "line 2: not valid JSON: Unterminated string starting at column 13"),
+    ("", "empty file"),
+    ("  \n\t\n", "empty file"),
+    ("\ufeff\n", "empty file"),  # only a BOM
+])
+def test_broken_file_messages(tmp_path, content, expected):
+    path = write(tmp_path, content)
+    assert error(path) == f"{path}: {expected}"
+
+
+def test_truncated_real_file_names_the_cut(tmp_path):
+    text = json.dumps(squad([qa("q1", [{"text": "Normans", "answer_start": 4}])]), indent=2)
+    path = write(tmp_path, text[: text.index('"qas"')])
+    assert error(path).startswith(f"{path}: not valid JSON (truncated?): ")
+
+
+def test_jsonl_lines_split_only_at_newlines(tmp_path):
+    # U+2028 and U+0085 may stand unescaped inside JSON strings (ensure_ascii=False writes them so)
+    context = "The Normans\u2028gave their name\x85to Normandy."
+    rows = [{"id": k, "context": context, "question": "Who?", "answers": {"text": ["Normans"], "answer_start": [4]}}
+            for k in "ab"]
+    path = write(tmp_path, "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", "data.jsonl")
+    examples, report = read_squad_examples(path, False, False)
+    assert report.format == "jsonl" and [e.context for e in examples] == [context, context]
+
+
+# ---------- skip_bad_answers ----------
+GOOD = {"text": "Normans", "answer_start": 4}
+BAD = {"text": "Vikings", "answer_start": 4}
+
+
+def test_evaluation_drops_only_the_bad_gold_answer(tmp_path):
+    path = write(tmp_path, squad([qa("q1", [GOOD, BAD, GOOD]), qa("q2", [BAD, BAD]), qa("q3", [GOOD])]))
+    examples, report = read_squad_examples(path, True, False, skip_bad_answers=True)
+    assert [(e.qas_id, e.answers, e.is_impossible) for e in examples] == [("q1", [GOOD, GOOD], False),
+                                                                          ("q3", [GOOD], False)]
+    assert (report.dropped_answers, report.dropped_answer_ids) == (1, ["q1"])
+    assert (report.skipped, report.skipped_ids) == (1, ["q2"])  # no good answer left: not scored as unanswerable
+    message = error(path, training=False)
+    assert message.startswith(f"{path}: question q1: answer text 'Vikings' not found at answer_start 4")
+
+
+@pytest.mark.parametrize("answers", [[GOOD, BAD], [BAD, GOOD]])
+def test_training_skips_the_question_with_any_bad_answer(tmp_path, answers):
+    path = write(tmp_path, squad([qa("q1", answers), qa("q2", [GOOD])]))
+    examples, report = read_squad_examples(path, True, True, skip_bad_answers=True)
+    # the label is the first answer of a kept question: never a bad one, never a silent CLS label
+    assert [(e.qas_id, e.answers) for e in examples] == [("q2", [GOOD])]
+    assert (report.skipped, report.skipped_ids, report.dropped_answers) == (1, ["q1"], 0)
+
+
+@pytest.mark.parametrize("n,expected", [(1, "1 question with a bad answer"), (2, "2 questions with bad answers")])
+def test_every_question_skipped_message(tmp_path, n, expected):
+    path = write(tmp_path, squad([qa(f"q{i}", [BAD]) for i in range(n)]))
+    assert error(path, skip_bad_answers=True) == f"{path}: every question was skipped ({expected})"
+
+
+def test_answer_start_just_past_either_end_is_repaired(tmp_path):
+    end = {"text": "France", "answer_start": len(CONTEXT) + 2}  # a few characters past the end
+    start = {"text": "The", "answer_start": -2}
+    path = write(tmp_path, squad([qa("q1", [end]), qa("q2", [start])]))
+    examples, report = read_squad_examples(path, True, True)
+    assert [e.answers for e in examples] == [[{"text": "France", "answer_start": 53}],
+                                            [{"text": "The", "answer_start": 0}]]
+    assert report.repaired == 2
+    far = write(tmp_path, squad([qa("q1", [{"text": "France", "answer_start": len(CONTEXT) + 40}])]), "far.json")
+    assert error(far) == f"{far}: question q1: answer_start 100 outside the context (length 60)"
+
+
+def test_boolean_flags_after_is_training_are_keyword_only(tmp_path):
+    path = write(tmp_path, squad([qa("q1", [GOOD])]))
+    with pytest.raises(TypeError):
+        read_squad_examples(path, True, True, True)
+
+
+# ---------- JSON Lines read like SQuAD JSON ----------
+def jsonl_row(answers):
+    row = {"id": "q1", "context": CONTEXT, "question": "Who?"}
+    if answers is not None:
+        row["answers"] = {"text": [a["text"] for a in answers], "answer_start": [a["answer_start"] for a in answers]}
+    return row
+
+
+def json_qa(answers):
+    if answers is None:
+        return {"id": "q1", "question": "Who?"}
+    return qa("q1", answers, **({} if answers else {"is_impossible": True}))
+
+
+def outcome(path, v2, training):
+    try:
+        examples, _ = read_squad_examples(path, version_2_with_negative=v2, is_training=training)
+    except SquadDataError as exc:
+        return "error", str(exc).rsplit(": ", 1)[-1]  # the problem, without where it is
+    return "ok", [(e.qas_id, e.answers, e.is_impossible) for e in examples]
+
+
+@pytest.mark.parametrize("answers", [None, [], [GOOD]], ids=["no-answers-key", "empty-answers", "answered"])
+@pytest.mark.parametrize("v2", [False, True])
+@pytest.mark.parametrize("training", [False, True])
+def test_jsonl_rows_read_like_squad_json(tmp_path, answers, v2, training):
+    """No answers: a prediction-only question; empty answer lists: squad_v2's unanswerable (is_impossible)."""
+    jsonl = write(tmp_path, json.dumps(jsonl_row(answers)) + "\n", "data.jsonl")
+    squad_json = write(tmp_path, squad([json_qa(answers)]), "data.json")
+    assert outcome(jsonl, v2, training) == outcome(squad_json, v2, training)
+
+
+def test_jsonl_v2_rows_without_flag_are_the_squad_json_error(tmp_path):
+    rows = [jsonl_row([GOOD]), {**jsonl_row([]), "id": "q2"}]
+    path = write(tmp_path, "\n".join(json.dumps(r) for r in rows) + "\n", "data.jsonl")
+    for training in (False, True):
+        message = error(path, v2=False, training=training)
+        assert message == (f"{path}: question q2: unanswerable question (is_impossible or no answers) in data read "
+                           "without --version_2_with_negative; pass --version_2_with_negative for SQuAD 2.0 data")
+
+
+def test_jsonl_prediction_file_without_answers(tmp_path):
+    rows = [{k: v for k, v in jsonl_row(None).items()}, {**jsonl_row(None), "id": "q2"}]
+    path = write(tmp_path, "\n".join(json.dumps(r) for r in rows) + "\n", "data.jsonl")
+    examples, _ = read_squad_examples(path, False, False)
+    assert [(e.qas_id, e.answers, e.is_impossible) for e in examples] == [("q1", [], False), ("q2", [], False)]
+    assert error(path, v2=False, training=True) == f"{path}: question q1: missing key 'answers'"
