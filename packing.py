@@ -4,7 +4,7 @@ Why a module of its own: this is neither data reading (utils_squad.py owns examp
 padded batches) nor the command line or the training loop (run_squad.py). It is an execution
 strategy for the model: several features share one flat token stream, attention is restricted to
 each feature's own tokens, position ids restart per feature, and the QA loss is a cross-entropy over
-each feature's own tokens. Both run_squad.py and bench/train_throughput.py use it.
+each feature's own tokens. run_squad.py (--packing) and bench/train_throughput.py use it.
 
 How the attention is swapped: transformers 5 models of the BERT family (BERT incl. MiniLM, RoBERTa,
 ELECTRA) look up their attention function by name in `AttentionInterface`, and pass any extra

@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--doc_stride", type=int, default=128, help="Step between the starts of consecutive context windows (classic meaning).")
     g.add_argument("--max_query_length", type=int, default=64, help="Maximum number of question tokens.")
     g.add_argument("--context_first", action="store_true", help="Put the passage before the question (RoBERTa recipe).")
-    g.add_argument("--skip_bad_answers", action="store_true", help="Skip training questions whose answer cannot be found (counted and reported).")
+    g.add_argument("--skip_bad_answers", action="store_true", help="Skip gold answers that cannot be found in their context instead of stopping (training: the question; evaluation: that answer); counted and reported.")
     g.add_argument("--overwrite_cache", action="store_true", help="Rebuild the cached features.")
     g.add_argument("--features_cache_dir", default=None, help="Where features are cached (default $RUN_SQUAD_CACHE or ~/.cache/run_squad/features).")
     g.add_argument("--threads", type=int, default=1, help="Processes used to build features.")
@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fp16_opt_level", default="O1", help="Accepted for compatibility with apex scripts; torch.amp is used.")
     g.add_argument("--bf16", action="store_true", help="bfloat16 mixed precision (torch.amp, no scaler).")
     g.add_argument("--max_nonfinite_steps", type=int, default=10, help="Stop after this many consecutive non-finite steps.")
+    g.add_argument("--packing", action="store_true", help="Pack several features into fixed-size token streams: no compute on padding (BERT, RoBERTa, ELECTRA).")
+    g.add_argument("--pack_tokens", type=int, default=0, help="With --packing: tokens per pack (default: the batch size times the mean feature length, rounded up to 64).")
+    g.add_argument("--packed_attention_dropout", default="on", choices=["on", "off"], help="With --packing: attention dropout while training (off: the faster kernel without dropout).")
     g.add_argument("--seed", type=int, default=42, help="Random seed.")
 
     g = p.add_argument_group("decoding")
@@ -203,7 +206,7 @@ def check_flag_combinations(args: argparse.Namespace) -> None:
     for name in positive:
         if getattr(args, name) < 1:
             raise UsageError(f"--{name} must be at least 1 (got {getattr(args, name)})")
-    for name in ["save_steps", "save_total_limit", "warmup_steps", "eval_steps"]:
+    for name in ["save_steps", "save_total_limit", "warmup_steps", "eval_steps", "pack_tokens"]:
         if getattr(args, name) < 0:
             raise UsageError(f"--{name} must not be negative (got {getattr(args, name)})")
     if args.num_train_epochs <= 0 and args.max_steps <= 0 and args.do_train:
@@ -216,6 +219,9 @@ def check_flag_combinations(args: argparse.Namespace) -> None:
         raise UsageError(f"--learning_rate must be positive (got {args.learning_rate})")
     if args.resume_from_checkpoint and not args.do_train:
         raise UsageError("--resume_from_checkpoint only makes sense with --do_train")
+    if args.pack_tokens and args.pack_tokens < args.max_seq_length:
+        raise UsageError(f"--pack_tokens ({args.pack_tokens}) must hold a whole feature: at least --max_seq_length "
+                         f"({args.max_seq_length})")
     if args.do_train and args.evaluate_during_training and not (args.predict_file or args.dataset_name):
         raise UsageError("--evaluate_during_training needs --predict_file (or --dataset_name)")
     if args.lr_scheduler_type == "polynomial" and args.lr_end >= args.learning_rate:
@@ -935,21 +941,104 @@ class StopFlag:
         return bool(flag.item() > 0)
 
 
-def epoch_batches(features, args: argparse.Namespace, rt: Runtime, epoch: int) -> list[np.ndarray]:
-    """This rank's micro-batches for one epoch: a deterministic function of (seed, epoch)."""
-    import utils_squad
+@dataclass(frozen=True)
+class Batching:
+    """How features become model inputs: length-grouped padded batches, or (--packing) packs of a fixed
+    number of tokens holding whole features, so no compute goes to padding and shapes never change."""
 
-    batches = utils_squad.length_grouped_batches(
-        features.lengths(), args.per_gpu_train_batch_size, shuffle=True, seed=args.seed + epoch)
+    batch_size: int
+    packed: bool = False
+    tokens: int = 0  # tokens per pack
+    slots: int = 0  # feature slots per pack
+    max_seqlen: int = 0  # longest feature
+    position_offset: int = 0  # RoBERTa's positions start after the padding index
+
+    def batches(self, lengths: np.ndarray, seed: int | None = None) -> list[np.ndarray]:
+        """Feature indices per batch: shuffled by seed for training, deterministic (sorted) without."""
+        import packing
+        import utils_squad
+
+        if not self.packed:
+            if seed is None:
+                return eval_batches(lengths, self.batch_size)
+            return utils_squad.length_grouped_batches(lengths, self.batch_size, shuffle=True, seed=seed)
+        if seed is None:
+            return packing.pack_features(lengths, self.tokens, max_features=self.slots)
+        rng = np.random.default_rng(seed)
+        packs = packing.pack_features(lengths, self.tokens, max_features=self.slots,
+                                      order=rng.permutation(len(lengths)))
+        return [packs[i] for i in rng.permutation(len(packs))]  # first-fit fills later packs with leftovers
+
+    def tensors(self, features, idx: np.ndarray, with_labels: bool, device) -> dict:
+        import packing
+        import utils_squad
+
+        if self.packed:
+            batch = packing.make_packed_batch(features, idx, self.tokens, self.slots, self.max_seqlen,
+                                              with_labels=with_labels, position_offset=self.position_offset)
+        else:
+            batch = utils_squad.collate(features, idx, with_labels=with_labels)
+        return packing.batch_to_device(batch, device)
+
+
+def make_batching(args: argparse.Namespace, model, features, batch_size: int) -> Batching:
+    """Padded batches, or for --packing a pack size fixed for the whole run from the features' lengths."""
+    import packing
+
+    if not args.packing:
+        return Batching(batch_size)
+    lengths = features.lengths()
+    longest = int(lengths.max())
+    tokens = args.pack_tokens or max(args.max_seq_length, int(math.ceil(batch_size * lengths.mean() / 64)) * 64)
+    return Batching(batch_size, packed=True, tokens=tokens, slots=tokens // int(lengths.min()),
+                    max_seqlen=longest, position_offset=packing.position_offset(model))
+
+
+def check_packing(args: argparse.Namespace, config, model=None) -> None:
+    """--packing needs a model whose attention can be swapped for the packed kernels: said before any
+    feature is built (from the config), and checked again on the loaded model."""
+    import modeling_relative
+    import packing
+
+    supported = (config.model_type in packing.SUPPORTED_MODEL_TYPES
+                 and not modeling_relative.is_relative_position_config(config)
+                 and (model is None or packing.supports_packing(model)))
+    if args.packing and not supported:
+        raise UsageError(f"--packing supports {', '.join(packing.SUPPORTED_MODEL_TYPES)} with absolute position "
+                         f"embeddings, not {config.model_type} "
+                         f"({modeling_relative.position_embedding_type(config)}): drop --packing")
+
+
+def enable_packing(args: argparse.Namespace, model) -> None:
+    """--packing: switch the model's attention to the packed kernels."""
+    import packing
+
+    if args.packing:
+        check_packing(args, model.config, model)
+        packing.enable_packed_attention(model, attention_dropout=args.packed_attention_dropout == "on")
+
+
+def epoch_batches(features, batching: Batching, args: argparse.Namespace, rt: Runtime, epoch: int) -> list[np.ndarray]:
+    """This rank's micro-batches for one epoch: a deterministic function of (seed, epoch)."""
+    batches = batching.batches(features.lengths(), seed=args.seed + epoch)
     usable = len(batches) - len(batches) % rt.world_size  # every rank takes the same number of steps
     return batches[rt.rank:usable:rt.world_size]
+
+
+def training_loss(args: argparse.Namespace, model, batch: dict, batching: Batching):
+    """Mean start/end cross-entropy of the batch's features (for packs, each over its own tokens only)."""
+    import packing
+
+    if batching.packed:
+        start, end = packing.packed_forward(model, batch)
+        return packing.packed_qa_loss(start, end, batch)
+    return model(**model_inputs(args, batch, training=True)).loss
 
 
 def train(args, rt: Runtime, model, tokenizer, features, resume_from: Path | None, eval_data) -> int:
     """The training loop: one straight line from batches to optimizer steps. Returns the global step."""
     import torch
 
-    import utils_squad
 
     model.to(rt.device)
     raw_model = model
@@ -960,7 +1049,8 @@ def train(args, rt: Runtime, model, tokenizer, features, resume_from: Path | Non
             find_unused_parameters=args.model_type in BEAM_HEAD_TYPES)
 
     accum = args.gradient_accumulation_steps
-    steps_per_epoch = len(epoch_batches(features, args, rt, 0)) // accum
+    batching = make_batching(args, raw_model, features, args.per_gpu_train_batch_size)
+    steps_per_epoch = len(epoch_batches(features, batching, args, rt, 0)) // accum
     if steps_per_epoch == 0:
         raise InputError(f"{args.train_path}: too few features ({len(features)}) for one optimizer step "
                          f"of {args.per_gpu_train_batch_size} x {accum} x {rt.world_size} processes")
@@ -991,8 +1081,9 @@ def train(args, rt: Runtime, model, tokenizer, features, resume_from: Path | Non
     writer = tensorboard_writer(args, rt)
     stop = StopFlag()
     stop.install()
-    logger.info("training: %d features, %d processes x %d per device x %d accumulation, %d optimizer steps",
-                len(features), rt.world_size, args.per_gpu_train_batch_size, accum, total_steps)
+    logger.info("training: %d features, %d processes x %d per device x %d accumulation, %d optimizer steps%s",
+                len(features), rt.world_size, args.per_gpu_train_batch_size, accum, total_steps,
+                f"; packs of {batching.tokens} tokens" if batching.packed else "")
     global_step = position["global_step"]
     log = {"loss": torch.zeros((), device=rt.device), "steps": 0, "seqs": 0, "tokens": 0, "t0": time.perf_counter()}
     nonfinite_run = 0
@@ -1002,16 +1093,16 @@ def train(args, rt: Runtime, model, tokenizer, features, resume_from: Path | Non
         model.train()
         while global_step < total_steps:
             epoch = position["epoch"]
-            batches = epoch_batches(features, args, rt, epoch)
+            batches = epoch_batches(features, batching, args, rt, epoch)
+            epoch_steps = len(batches) // accum  # packs per epoch vary a little with the shuffle
             first = position["step_in_epoch"] * accum  # skip optimizer steps, not micro-batches
-            for micro, idx in enumerate(batches[first:steps_per_epoch * accum], start=first):
-                batch = utils_squad.collate(features, idx, with_labels=True)
-                batch = {k: v.to(rt.device, non_blocking=True) for k, v in batch.items()}
+            for micro, idx in enumerate(batches[first:epoch_steps * accum], start=first):
+                batch = batching.tensors(features, idx, with_labels=True, device=rt.device)
                 last_micro = (micro + 1) % accum == 0
                 sync = contextlib.nullcontext() if (last_micro or not rt.distributed) else model.no_sync()
                 with sync:
                     with amp_context(args, rt.device):
-                        loss = model(**model_inputs(args, batch, training=True)).loss / accum
+                        loss = training_loss(args, model, batch, batching) / accum
                     if scaler is not None:
                         scaler.scale(loss).backward()
                     else:
@@ -1024,7 +1115,7 @@ def train(args, rt: Runtime, model, tokenizer, features, resume_from: Path | Non
                 finite = optimizer_step(args, model, optimizer, scheduler, scaler)
                 global_step += 1
                 position = {"global_step": global_step, "epoch": epoch, "step_in_epoch": (micro + 1) // accum}
-                if position["step_in_epoch"] == steps_per_epoch:
+                if position["step_in_epoch"] == epoch_steps:
                     position = {"global_step": global_step, "epoch": epoch + 1, "step_in_epoch": 0}
                 nonfinite_run = 0 if finite else nonfinite_run + 1
                 if not finite:
@@ -1167,21 +1258,26 @@ def eval_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
 
 
 def run_inference(args, rt: Runtime, model, features) -> dict:
-    """Model outputs for this rank's share of the batches, keyed by feature index (unpadded)."""
-    import torch
+    """Model outputs for this rank's share of the batches, keyed by feature index (unpadded).
 
-    import utils_squad
+    The batches (or packs) are those of one process, dealt out to the ranks, so every feature sees the
+    same neighbours and arithmetic whatever the number of processes.
+    """
+    import torch
 
     model.to(rt.device)
     model.eval()
-    batches = eval_batches(features.lengths(), args.per_gpu_eval_batch_size)[rt.rank::rt.world_size]
+    batching = make_batching(args, unwrap(model), features, args.per_gpu_eval_batch_size)
+    lengths = features.lengths()
+    batches = batching.batches(lengths)[rt.rank::rt.world_size]
     beam = uses_beam_head(args)
     outputs: dict[int, tuple] = {}
-    lengths = features.lengths()
     with torch.inference_mode():
         for idx in batches:
-            batch = utils_squad.collate(features, idx, with_labels=False)
-            batch = {k: v.to(rt.device, non_blocking=True) for k, v in batch.items()}
+            batch = batching.tensors(features, idx, with_labels=False, device=rt.device)
+            if batching.packed:
+                outputs.update(packed_outputs(args, rt, model, batch, idx, lengths))
+                continue
             with amp_context(args, rt.device):
                 out = model(**model_inputs(args, batch, training=False))
             left = batch["left_pad"].cpu().numpy()
@@ -1199,6 +1295,22 @@ def run_inference(args, rt: Runtime, model, features) -> dict:
                 for row, f in enumerate(idx):
                     a, n = left[row], lengths[f]
                     outputs[int(f)] = (start[row, a:a + n], end[row, a:a + n])
+    return outputs
+
+
+def packed_outputs(args, rt: Runtime, model, batch: dict, idx: np.ndarray, lengths: np.ndarray) -> dict:
+    """Start/end logits of each feature of one pack, cut out of the token stream."""
+    import packing
+
+    with amp_context(args, rt.device):
+        start, end = packing.packed_forward(model, batch)
+    start = start.float().cpu().numpy().reshape(-1)
+    end = end.float().cpu().numpy().reshape(-1)
+    token_start = batch["token_start"].cpu().numpy()
+    outputs = {}
+    for slot, f in enumerate(idx):  # make_packed_batch keeps idx's order in the slots
+        a, n = token_start[slot], lengths[f]
+        outputs[int(f)] = (start[a:a + n], end[a:a + n])
     return outputs
 
 
@@ -1353,6 +1465,7 @@ def run(args: argparse.Namespace) -> int:
     logger.info("process %d of %d on %s; fp16 %s, bf16 %s", rt.rank, rt.world_size, rt.device, args.fp16, args.bf16)
 
     config, tokenizer = load_config_and_tokenizer(args)
+    check_packing(args, config)
     eval_data = None
     if evaluating(args):
         eval_data = (eval_examples, build_features(args, rt, tokenizer, args.predict_path, eval_examples, False))
@@ -1360,6 +1473,7 @@ def run(args: argparse.Namespace) -> int:
         train_features = build_features(args, rt, tokenizer, args.train_path, train_examples, True)
         resume = resolve_resume(args)
         model = load_model(args, config, str(resume) if resume else None)
+        enable_packing(args, model)
         global_step = train(args, rt, model, tokenizer, train_features, resume,
                             eval_data if args.evaluate_during_training else None)
         save_final_model(args, rt, model, tokenizer, global_step)
@@ -1367,6 +1481,7 @@ def run(args: argparse.Namespace) -> int:
     if args.do_eval or args.do_predict:
         for folder, prefix in checkpoints_to_evaluate(args):
             model = load_model(args, config, folder)
+            enable_packing(args, model)
             results = evaluate(args, rt, model, tokenizer, *eval_data, prefix=prefix, score=args.do_eval)
             if rt.is_main and args.do_eval:
                 print(json.dumps({"step": prefix, **results}), flush=True)

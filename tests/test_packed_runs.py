@@ -1,0 +1,107 @@
+"""run_squad.py --packing: the packed path gives the padded path's answers and resumes exactly (CPU, fp32)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+import run_squad
+from cli_helpers import common_flags, small_v2_file
+from tiny_models import tiny_model_dir
+
+pytestmark = pytest.mark.slow
+
+
+def small_v1_file(squad_dir: Path, target: Path, questions: int) -> Path:
+    """The first questions of the v1.1 dev sample: every question has an answer, so every prediction is a span."""
+    data = json.loads((squad_dir / "dev-v1.1.json").read_text())
+    article = data["data"][0]
+    paragraphs, left = [], questions
+    for paragraph in article["paragraphs"]:
+        if left <= 0:
+            break
+        paragraphs.append({**paragraph, "qas": paragraph["qas"][:left]})
+        left -= len(paragraphs[-1]["qas"])
+    target.write_text(json.dumps({"version": "1.1", "data": [{**article, "paragraphs": paragraphs}]}))
+    return target
+
+
+def v1_flags(model: Path, out: Path) -> list[str]:
+    return ["--model_name_or_path", str(model), "--output_dir", str(out), "--no_cuda", "--max_seq_length", "192",
+            "--doc_stride", "64", "--per_gpu_eval_batch_size", "16"]
+
+
+def test_packed_evaluation_answers_like_padded_evaluation(tiny_bert_dir, squad_dir, tmp_path):
+    """Random weights give arbitrary but deterministic logits: a sensitive comparison of the two paths."""
+    dev = small_v1_file(squad_dir, tmp_path / "dev.json", questions=60)
+    for name, extra in (("padded", []), ("packed", ["--packing"])):
+        assert run_squad.main([*v1_flags(tiny_bert_dir, tmp_path / name), "--do_eval", "--predict_file", str(dev),
+                               *extra]) == 0
+    padded, packed = (json.loads((tmp_path / n / "nbest_predictions_final.json").read_text())
+                      for n in ("padded", "packed"))
+    assert padded.keys() == packed.keys() and len(padded) == 60
+    for qid in padded:
+        assert [e["text"] for e in padded[qid]] == [e["text"] for e in packed[qid]], qid
+        for a, b in zip(padded[qid], packed[qid], strict=True):
+            assert a["start_logit"] == pytest.approx(b["start_logit"], abs=1e-4)
+            assert a["end_logit"] == pytest.approx(b["end_logit"], abs=1e-4)
+    assert all(answer for answer in json.loads((tmp_path / "packed" / "predictions_final.json").read_text()).values())
+
+
+def test_packed_training_resumes_across_epochs_like_an_unbroken_run(tiny_bert_dir, squad_dir, tmp_path):
+    """Packs differ per epoch (seeded first-fit), so epochs have different step counts: the position
+    saved in the checkpoint must still point at the same pack after a restart."""
+    import shutil
+
+    train_file = small_v2_file(squad_dir, tmp_path / "train.json", questions=40)
+    dev_file = small_v2_file(squad_dir, tmp_path / "dev.json", questions=20)
+    flags = ["--do_train", "--do_eval", "--train_file", str(train_file), "--predict_file", str(dev_file),
+             "--packing", "--pack_tokens", "640", "--max_steps", "40", "--save_steps", "15",
+             "--gradient_accumulation_steps", "2", "--logging_steps", "1000"]
+    unbroken = tmp_path / "unbroken"
+    assert run_squad.main([*common_flags(tiny_bert_dir, unbroken), *flags]) == 0
+    state = run_squad.load_trainer_state(unbroken / "checkpoint-30")
+    assert state["position"]["epoch"] >= 2, "the run crosses epoch boundaries"
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(unbroken / "checkpoint-15", resumed / "checkpoint-15")
+    assert run_squad.main([*common_flags(tiny_bert_dir, resumed), *flags, "--resume_from_checkpoint", "latest"]) == 0
+    a, b = load_file(unbroken / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert (unbroken / "predictions_40.json").read_text() == (resumed / "predictions_40.json").read_text()
+
+
+def test_epoch_packs_hold_every_feature_once_and_change_with_the_epoch(tiny_bert_dir, squad_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    import utils_squad
+
+    examples, _ = utils_squad.read_squad_examples(small_v2_file(squad_dir, tmp_path / "t.json", questions=60),
+                                                  version_2_with_negative=True, is_training=True)
+    features = utils_squad.convert_examples_to_features(
+        examples, AutoTokenizer.from_pretrained(tiny_bert_dir), utils_squad.FeatureSettings(192, 64, 64, is_training=True))
+    args = run_squad.parse_args([*common_flags(tiny_bert_dir, tmp_path / "o"), "--do_train", "--train_file", "t",
+                                 "--packing"])
+    batching = run_squad.Batching(8, packed=True, tokens=1024, slots=64, max_seqlen=192)
+    lengths = features.lengths()
+    runtime = run_squad.Runtime(rank=0, world_size=1, local_rank=-1, device=None)
+    epochs = [run_squad.epoch_batches(features, batching, args, runtime, epoch) for epoch in (0, 1)]
+    for packs in epochs:
+        assert sorted(np.concatenate(packs).tolist()) == list(range(len(features)))
+        assert all(lengths[p].sum() <= 1024 for p in packs)
+    assert [p.tolist() for p in epochs[0]] != [p.tolist() for p in epochs[1]]
+    assert [p.tolist() for p in epochs[0]] == [p.tolist() for p in run_squad.epoch_batches(
+        features, batching, args, runtime, 0)], "a deterministic function of (seed, epoch)"
+
+
+def test_packing_an_unsupported_family_is_refused_before_any_work(tmp_path_factory, squad_dir, tmp_path, capsys):
+    model = tiny_model_dir("albert", tmp_path_factory)
+    code = run_squad.main([*v1_flags(model, tmp_path / "o"), "--do_eval", "--predict_file",
+                           str(squad_dir / "dev-v1.1.json"), "--packing"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.splitlines()[-1] == ("error: --packing supports bert, roberta, xlm-roberta, electra with absolute "
+                                    "position embeddings, not albert (absolute): drop --packing")
+    assert "features" not in err, "refused before featurization"
