@@ -253,6 +253,8 @@ def check_input_files(args: argparse.Namespace) -> None:
                                ("--predict_file", args.predict_path, evaluating(args))):
         if not wanted or path is None:
             continue
+        if path.is_dir():
+            raise InputError(f"{flag} {path}: is a folder, not a data file")
         if not path.is_file():
             raise InputError(f"{flag} {path}: no such file")
         utils_squad.check_file_size(path)

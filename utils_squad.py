@@ -196,7 +196,9 @@ def _require(path, where: str, obj, key: str, kind: type | tuple[type, ...]):
     value = obj[key]
     if not isinstance(value, kind):
         names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise SquadDataError(f"{path}: {where}.{key}: expected {names}, got {type(value).__name__}")
+        field = key if where == "top level" else f"{where}.{key}"
+        got = "null" if value is None else type(value).__name__  # JSON's name for None
+        raise SquadDataError(f"{path}: {field}: expected {names}, got {got}")
     return value
 
 

@@ -103,7 +103,7 @@ def test_unrepairable_answer_refused_or_skipped(tmp_path):
     ("{not json", "not valid JSON: Expecting property name enclosed in double quotes at line 1 column 2"),
     ("[1, 2]", "top level: expected an object with 'data', got list"),
     ({"version": "v2.0"}, "top level: missing key 'data'"),
-    ({"data": {}}, "top level.data: expected list, got dict"),
+    ({"data": {}}, "data: expected list, got dict"),
     ({"data": [{"title": "x"}]}, "data[0]: missing key 'paragraphs'"),
     ({"data": [{"paragraphs": [{"qas": []}]}]}, "data[0].paragraphs[0]: missing key 'context'"),
     ({"data": [{"paragraphs": [{"context": 5, "qas": []}]}]}, "data[0].paragraphs[0].context: expected str, got int"),
