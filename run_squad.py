@@ -1121,15 +1121,7 @@ def train(args, rt: Runtime, model, tokenizer, features, resume_from: Path | Non
                     position = {"global_step": global_step, "epoch": epoch + 1, "step_in_epoch": 0}
                 nonfinite_run = 0 if finite else nonfinite_run + 1
                 if not finite:
-                    log.setdefault("skipped", 0)
-                    log["skipped"] = log["skipped"] + 1
-                    logger.warning("step %d: non-finite loss or gradient, update skipped (%d in a row)",
-                                   global_step, nonfinite_run)
-                    if nonfinite_run >= args.max_nonfinite_steps:
-                        last = list_checkpoints(Path(args.output_dir))
-                        raise NonFiniteError(
-                            f"{nonfinite_run} consecutive non-finite steps ending at step {global_step}; "
-                            f"last good checkpoint: {last[-1] if last else 'none'}")
+                    report_nonfinite(args, log, scaler, global_step, nonfinite_run)
                 log["steps"] += 1
                 progress.update(1)
                 if global_step % args.logging_steps == 0:
@@ -1176,6 +1168,21 @@ def warn_about_earlier_checkpoints(output_dir: Path, resume_from: Path | None) -
         logger.warning("%s already holds %d checkpoints of an earlier run (%s to %s): this run replaces those "
                        "of the steps it saves and leaves the others", output_dir, len(earlier),
                        earlier[0].name, earlier[-1].name)
+
+
+def report_nonfinite(args, log: dict, scaler, global_step: int, in_a_row: int) -> None:
+    """Count and log a skipped update; after --max_nonfinite_steps in a row, stop (NonFiniteError).
+
+    With --fp16 a few skips are routine: the gradient scaler halves its scale after each overflow.
+    """
+    log["skipped"] = log.get("skipped", 0) + 1
+    scale = f"; fp16 loss scale lowered to {scaler.get_scale():g}" if scaler is not None else ""
+    logger.warning("step %d: non-finite loss or gradient, update skipped (%d in a row%s)", global_step,
+                   in_a_row, scale)
+    if in_a_row >= args.max_nonfinite_steps:
+        last = list_checkpoints(Path(args.output_dir))
+        raise NonFiniteError(f"{in_a_row} consecutive non-finite steps ending at step {global_step}; "
+                             f"last good checkpoint: {last[-1] if last else 'none'}")
 
 
 def optimizer_step(args, model, optimizer, scheduler, scaler) -> bool:

@@ -160,6 +160,21 @@ def test_torchrun_two_processes_train_and_evaluate_like_one(tiny_bert_dir, squad
         assert (single / name).read_text() == (out / name).read_text(), name
 
 
+def test_the_older_launcher_passes_local_rank_and_evaluates_like_one_process(trained, tmp_path):
+    """python -m torch.distributed.launch (no --use_env) hands each process --local-rank=N."""
+    out, dev = trained
+    launched = tmp_path / "launched"
+    cmd = [sys.executable, "-m", "torch.distributed.launch", "--nproc_per_node", "2", "--master_port",
+           str(free_port()), str(REPO / "run_squad.py"), "--model_name_or_path", str(out), "--output_dir",
+           str(launched), "--do_eval", "--version_2_with_negative", "--predict_file", str(dev), "--no_cuda",
+           "--max_seq_length", "192", "--doc_stride", "64", "--per_gpu_eval_batch_size", "16"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("predictions_12.json", "null_odds_12.json"):
+        assert (launched / name).read_text() == (out / name).read_text(), name
+
+
 def test_resume_after_a_checkpoint_gives_the_same_weights_and_predictions(tiny_bert_dir, squad_dir, tmp_path):
     """A run stopped after checkpoint-4 and resumed equals the unbroken 8-step run, bit for bit."""
     import shutil

@@ -142,6 +142,21 @@ def test_a_nan_step_is_skipped_and_counted(tiny_bert_dir, squad_dir, tmp_path, m
     assert all(np.isfinite(w).all() for w in weights.values())
 
 
+def test_fp16_overflows_are_skipped_by_the_scaler_and_counted(tiny_bert_dir, squad_dir, tmp_path, monkeypatch, capsys):
+    """torch.amp fp16 with a GradScaler (on CPU here): the NaN step and the scaler's own calibration
+    overflows skip their updates, lower the scale, and are counted; the weights stay finite."""
+    with_nan_loss(monkeypatch, {3})
+    out = tmp_path / "out"
+    flags = training_flags(squad_dir, tmp_path, steps=6, save_steps=0)
+    assert run_squad.main([*common_flags(tiny_bert_dir, out), *flags, "--logging_steps", "6", "--fp16"]) == 0
+    err = capsys.readouterr().err
+    assert "step 3: non-finite loss or gradient, update skipped (" in err
+    assert "fp16 loss scale lowered to " in err
+    assert "non-finite steps skipped" in err
+    weights = load_file(out / "model.safetensors")
+    assert all(np.isfinite(w).all() for w in weights.values())
+
+
 def test_a_persistent_nan_stops_the_run_naming_the_step(tiny_bert_dir, squad_dir, tmp_path, monkeypatch, capsys):
     with_nan_loss(monkeypatch, set(range(4, 100)))
     out = tmp_path / "out"
