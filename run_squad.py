@@ -820,10 +820,7 @@ def save_checkpoint(args, rt: Runtime, model, tokenizer, optimizer, scheduler, s
     if rt.is_main:
         tmp = output_dir / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
         try:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            unwrap(model).save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
+            write_model_folder(tmp, args, model, tokenizer)
             state = {
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
@@ -833,20 +830,31 @@ def save_checkpoint(args, rt: Runtime, model, tokenizer, optimizer, scheduler, s
             }
             with open(tmp / TRAINER_STATE, "wb") as handle:  # a Python file: a failed write keeps its errno
                 torch.save(state, handle)
-            (tmp / "training_args.json").write_text(json.dumps(vars_for_json(args), indent=2, sort_keys=True))
             # A folder of that name is an earlier run's (or an incomplete one): this run's state wins.
             replace_folder(tmp, final)
         except Exception as exc:  # noqa: BLE001 - torch.save raises RuntimeError, safetensors its own type
-            shutil.rmtree(tmp, ignore_errors=True)
-            last = list_checkpoints(output_dir)
-            raise CheckpointWriteError(
-                f"could not write checkpoint {final} ({write_failure_reason(exc)}); "
-                f"last good checkpoint: {last[-1] if last else 'none'}"
-            ) from exc
+            raise write_failed(f"checkpoint {final}", tmp, exc) from exc
         logger.info("saved %s", final)
         prune_checkpoints(output_dir, args.save_total_limit, protect)
     barrier(rt)
     return final
+
+
+def write_model_folder(folder: Path, args, model, tokenizer) -> None:
+    """Model (safetensors), tokenizer and the run's flags, into a fresh folder."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    unwrap(model).save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    (folder / "training_args.json").write_text(json.dumps(vars_for_json(args), indent=2, sort_keys=True))
+
+
+def write_failed(what: str, tmp: Path, exc: BaseException) -> CheckpointWriteError:
+    """Drop the half-written folder; the error names what failed, why, and what is still good."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    last = list_checkpoints(tmp.parent)
+    return CheckpointWriteError(f"could not write {what} ({write_failure_reason(exc)}); "
+                                f"last good checkpoint: {last[-1] if last else 'none'}")
 
 
 def prune_checkpoints(output_dir: Path, limit: int, protect: Path | None) -> None:
@@ -886,18 +894,10 @@ def save_final_model(args, rt: Runtime, model, tokenizer, global_step: int) -> N
     output_dir = Path(args.output_dir)
     tmp = output_dir / f"{TMP_PREFIX}final-{os.getpid()}"
     try:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        unwrap(model).save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "training_args.json").write_text(json.dumps(vars_for_json(args), indent=2, sort_keys=True))
+        write_model_folder(tmp, args, model, tokenizer)
         (tmp / "training_state.json").write_text(json.dumps({"global_step": global_step}))
     except Exception as exc:  # noqa: BLE001 - as in save_checkpoint
-        shutil.rmtree(tmp, ignore_errors=True)
-        last = list_checkpoints(output_dir)
-        raise CheckpointWriteError(
-            f"could not write the final model to {output_dir} ({write_failure_reason(exc)}); "
-            f"last good checkpoint: {last[-1] if last else 'none'}") from exc
+        raise write_failed(f"the final model to {output_dir}", tmp, exc) from exc
     # Every file is complete before the first rename; each rename is atomic.
     for item in tmp.iterdir():
         os.replace(item, output_dir / item.name)
