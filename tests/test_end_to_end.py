@@ -163,16 +163,19 @@ def test_torchrun_two_processes_train_and_evaluate_like_one(tiny_bert_dir, squad
 def test_the_older_launcher_passes_local_rank_and_evaluates_like_one_process(trained, tmp_path):
     """python -m torch.distributed.launch (no --use_env) hands each process --local-rank=N."""
     out, dev = trained
-    launched = tmp_path / "launched"
+    launched, single = tmp_path / "launched", tmp_path / "single"
+    flags = ["--model_name_or_path", str(out), "--do_eval", "--version_2_with_negative", "--predict_file", str(dev),
+             "--no_cuda", "--max_seq_length", "192", "--doc_stride", "64", "--per_gpu_eval_batch_size", "16"]
     cmd = [sys.executable, "-m", "torch.distributed.launch", "--nproc_per_node", "2", "--master_port",
-           str(free_port()), str(REPO / "run_squad.py"), "--model_name_or_path", str(out), "--output_dir",
-           str(launched), "--do_eval", "--version_2_with_negative", "--predict_file", str(dev), "--no_cuda",
-           "--max_seq_length", "192", "--doc_stride", "64", "--per_gpu_eval_batch_size", "16"]
+           str(free_port()), str(REPO / "run_squad.py"), *flags, "--output_dir", str(launched)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    # The reference in a subprocess too: float sums depend on the thread count, which OMP_NUM_THREADS fixes.
+    again = run_cli([*flags, "--output_dir", str(single)])
+    assert again.returncode == 0, again.stderr[-3000:]
     for name in ("predictions_12.json", "null_odds_12.json"):
-        assert (launched / name).read_text() == (out / name).read_text(), name
+        assert (launched / name).read_text() == (single / name).read_text(), name
 
 
 def test_resume_after_a_checkpoint_gives_the_same_weights_and_predictions(tiny_bert_dir, squad_dir, tmp_path):
