@@ -666,8 +666,9 @@ def build_optimizer(model, args: argparse.Namespace, device):
 
     groups = optimizer_groups(model, args)
     for g in groups:
-        logger.info("parameter group depth %d: lr %.3g, weight decay %g, %d tensors, e.g. %s",
-                    g["depth"], g["lr"], g["weight_decay"], len(g["params"]), g["names"][0])
+        depth = f" (depth {g['depth']})" if args.layerwise_lr_decay < 1.0 else ""
+        logger.info("parameter group%s: lr %.3g, weight decay %g, %d tensors, e.g. %s",
+                    depth, g["lr"], g["weight_decay"], len(g["params"]), g["names"][0])
     params = [{k: v for k, v in g.items() if k not in ("names", "depth")} for g in groups]
     fused = device.type == "cuda"
     return torch.optim.AdamW(params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),

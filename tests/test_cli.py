@@ -242,3 +242,18 @@ def test_parameter_depths_of_every_family(name, depth):
 ])
 def test_no_weight_decay_on_biases_and_every_norm(name, decays):
     assert run_squad.decays_weight(name) is decays
+
+
+def test_each_parameter_group_rate_is_logged_at_start(tiny_bert_dir, caplog):
+    import torch
+    from transformers import AutoModelForQuestionAnswering
+
+    model = AutoModelForQuestionAnswering.from_pretrained(tiny_bert_dir)
+    args = run_squad.parse_args(shlex.split(f"--model_name_or_path {tiny_bert_dir} --output_dir o --do_train "
+                                            "--train_file t --learning_rate 1e-3 --layerwise_lr_decay 0.5"))
+    with caplog.at_level("INFO", logger="run_squad"):
+        run_squad.build_optimizer(model, args, torch.device("cpu"))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("parameter group")]
+    assert lines[0] == ("parameter group (depth 0): lr 0.000125, weight decay 0, 3 tensors, "
+                        "e.g. bert.embeddings.word_embeddings.weight")
+    assert any(line.startswith("parameter group (depth 3): lr 0.001,") for line in lines)
