@@ -246,9 +246,7 @@ def evaluating(args: argparse.Namespace) -> bool:
 
 
 def check_input_files(args: argparse.Namespace) -> None:
-    """Input files exist and are not too large, checked before any model is loaded or feature computed."""
-    import utils_squad
-
+    """Input files exist, checked before any is read (the reader refuses one too large for memory)."""
     for flag, path, wanted in (("--train_file", args.train_path, args.do_train),
                                ("--predict_file", args.predict_path, evaluating(args))):
         if not wanted or path is None:
@@ -257,7 +255,6 @@ def check_input_files(args: argparse.Namespace) -> None:
             raise InputError(f"{flag} {path}: is a folder, not a data file")
         if not path.is_file():
             raise InputError(f"{flag} {path}: no such file")
-        utils_squad.check_file_size(path)
 
 
 def check_output_dir(args: argparse.Namespace) -> None:

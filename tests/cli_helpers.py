@@ -12,7 +12,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 def small_v2_file(squad_dir: Path, target: Path, articles: int = 1, questions: int = 60) -> Path:
     """The first questions of the real sample: a run of a few seconds that still crosses windows."""
-    data = json.loads((squad_dir / "train-v2.0.json").read_text())
+    return small_squad_file(squad_dir / "train-v2.0.json", target, articles, questions)
+
+
+def small_squad_file(source: Path, target: Path, articles: int = 1, questions: int = 60) -> Path:
+    """The first questions of the first articles of a SQuAD file, in the same format."""
+    data = json.loads(source.read_text())
     kept, left = [], questions
     for article in data["data"][:articles]:
         paragraphs = []
@@ -23,7 +28,7 @@ def small_v2_file(squad_dir: Path, target: Path, articles: int = 1, questions: i
             left -= len(qas)
             paragraphs.append({**paragraph, "qas": qas})
         kept.append({**article, "paragraphs": paragraphs})
-    target.write_text(json.dumps({"version": "v2.0", "data": kept}))
+    target.write_text(json.dumps({"version": data.get("version", "v2.0"), "data": kept}))
     return target
 
 

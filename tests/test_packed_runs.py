@@ -8,24 +8,10 @@ import pytest
 from safetensors.numpy import load_file
 
 import run_squad
-from cli_helpers import common_flags, small_v2_file
+from cli_helpers import common_flags, small_squad_file, small_v2_file
 from tiny_models import tiny_model_dir
 
 pytestmark = pytest.mark.slow
-
-
-def small_v1_file(squad_dir: Path, target: Path, questions: int) -> Path:
-    """The first questions of the v1.1 dev sample: every question has an answer, so every prediction is a span."""
-    data = json.loads((squad_dir / "dev-v1.1.json").read_text())
-    article = data["data"][0]
-    paragraphs, left = [], questions
-    for paragraph in article["paragraphs"]:
-        if left <= 0:
-            break
-        paragraphs.append({**paragraph, "qas": paragraph["qas"][:left]})
-        left -= len(paragraphs[-1]["qas"])
-    target.write_text(json.dumps({"version": "1.1", "data": [{**article, "paragraphs": paragraphs}]}))
-    return target
 
 
 def v1_flags(model: Path, out: Path) -> list[str]:
@@ -35,7 +21,8 @@ def v1_flags(model: Path, out: Path) -> list[str]:
 
 def test_packed_evaluation_answers_like_padded_evaluation(tiny_bert_dir, squad_dir, tmp_path):
     """Random weights give arbitrary but deterministic logits: a sensitive comparison of the two paths."""
-    dev = small_v1_file(squad_dir, tmp_path / "dev.json", questions=60)
+    # v1.1: every question has an answer, so every prediction is a span.
+    dev = small_squad_file(squad_dir / "dev-v1.1.json", tmp_path / "dev.json", questions=60)
     for name, extra in (("padded", []), ("packed", ["--packing"])):
         assert run_squad.main([*v1_flags(tiny_bert_dir, tmp_path / name), "--do_eval", "--predict_file", str(dev),
                                *extra]) == 0
