@@ -1,5 +1,6 @@
 """run_squad.py's command line: classic flags, bad combinations, exit codes."""
 
+import json
 import shlex
 
 import pytest
@@ -70,6 +71,8 @@ BAD_COMBINATIONS = [
     (BASE + "--do_eval --predict_file p --no_such_flag", "unrecognized arguments: --no_such_flag"),
     (BASE + "--do_eval --predict_file p --max_seq_length abc", "invalid int value: 'abc'"),
     (BASE + "--do_train --train_file t --lr_scheduler_type steps", "invalid choice: 'steps'"),
+    (BASE + "--do_train --train_file t --packing --pack_tokens 100",
+     "--pack_tokens (100) must hold a whole feature: at least --max_seq_length (384)"),
     (BASE + "--do_train --train_file t --evaluate_during_training",
      "--evaluate_during_training needs --predict_file"),
     (BASE + "--do_train --train_file t --lr_scheduler_type polynomial --learning_rate 1e-5 --lr_end 1e-5",
@@ -257,3 +260,11 @@ def test_each_parameter_group_rate_is_logged_at_start(tiny_bert_dir, caplog):
     assert lines[0] == ("parameter group (depth 0): lr 0.000125, weight decay 0, 3 tensors, "
                         "e.g. bert.embeddings.word_embeddings.weight")
     assert any(line.startswith("parameter group (depth 3): lr 0.001,") for line in lines)
+
+
+def test_an_unreadable_eval_results_file_is_kept_aside_not_dropped(tmp_path):
+    (tmp_path / "eval_results.json").write_text('{"6": {"exact": 1.0}')  # cut short by a full disk
+    run_squad.write_eval_results(tmp_path, "12", {"exact": 50.0})
+    kept = list(tmp_path.glob("eval_results.unreadable-*.json"))
+    assert len(kept) == 1 and kept[0].read_text() == '{"6": {"exact": 1.0}'
+    assert json.loads((tmp_path / "eval_results.json").read_text()) == {"12": {"exact": 50.0}}
