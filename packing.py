@@ -33,6 +33,15 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+try:
+    from torch.nn.attention.varlen import varlen_attn
+except ImportError:  # torch without the public wrapper: _varlen_attn calls the kernel itself
+    varlen_attn = None
 
 PACKED_ATTENTION = "packed_varlen"
 PACKED_ATTENTION_NO_DROPOUT = "packed_varlen_nodrop"
@@ -144,49 +153,16 @@ def make_packed_batch(
     flat arrays, -1 for pad); num_features, num_tokens (ints, known without a device sync).
     `position_offset` is padding_idx + 1 for RoBERTa-style position embeddings, else 0.
     """
-    import torch
-
     indices = np.asarray(indices, dtype=np.int64)
     starts = np.asarray(features.feature_start, dtype=np.int64)
     lengths = starts[indices + 1] - starts[indices]
     total = int(lengths.sum())
-    if len(indices) > max_features:
-        raise ValueError(f"make_packed_batch: {len(indices)} features exceed max_features={max_features}")
-    if total > tokens_per_pack:
-        raise ValueError(f"make_packed_batch: {total} tokens exceed tokens_per_pack={tokens_per_pack}")
-    if len(lengths) and int(lengths.max()) > max_seqlen:
-        raise ValueError(f"make_packed_batch: a feature of {int(lengths.max())} tokens exceeds max_seqlen={max_seqlen}")
+    _check_pack(len(indices), total, lengths, tokens_per_pack, max_features, max_seqlen)
     pad_id = features.pad_token_id if pad_token_id is None else pad_token_id
-
-    # Flat source positions of every real token, in pack order.
     offsets_in_pack = np.concatenate([[0], np.cumsum(lengths)])
-    source = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in indices]) if len(indices) else (
-        np.zeros(0, dtype=np.int64)
-    )
-    local_pos = np.arange(total, dtype=np.int64) - np.repeat(offsets_in_pack[:-1], lengths)
-
-    input_ids = np.full(tokens_per_pack, pad_id, dtype=np.int64)
-    token_type_ids = np.zeros(tokens_per_pack, dtype=np.int64)
-    position_ids = np.zeros(tokens_per_pack, dtype=np.int64)
-    source_index = np.full(tokens_per_pack, -1, dtype=np.int64)
-    input_ids[:total] = np.asarray(features.input_ids)[source]
-    token_type_ids[:total] = np.asarray(features.token_type_ids)[source]
-    position_ids[:total] = local_pos
-    source_index[:total] = source
-
-    # Segments: real features, then dummy pad segments of <= max_seqlen tokens, then empty ones.
-    n_pad_slots = pad_slots_needed(tokens_per_pack, max_seqlen)
-    pad_tail = tokens_per_pack - total
-    pad_lengths = [min(max_seqlen, pad_tail - k * max_seqlen) for k in range(math.ceil(pad_tail / max_seqlen))]
-    # Pad tokens get position ids restarting per dummy segment, so they stay within the table.
-    for k, n in enumerate(pad_lengths):
-        begin = total + k * max_seqlen
-        position_ids[begin : begin + n] = np.arange(n)
-    position_ids += position_offset
-    seg_lengths = np.zeros(max_features + n_pad_slots, dtype=np.int64)
-    seg_lengths[: len(indices)] = lengths
-    seg_lengths[max_features : max_features + len(pad_lengths)] = pad_lengths
-    cu_seqlens = np.concatenate([[0], np.cumsum(seg_lengths)]).astype(np.int32)
+    stream = _token_stream(features, starts, indices, lengths, tokens_per_pack, pad_id)
+    position_ids, cu_seqlens = _segments(lengths, total, tokens_per_pack, max_features, max_seqlen)
+    stream["position_ids"] = position_ids + position_offset
 
     segment_ids = np.full(tokens_per_pack, max_features, dtype=np.int64)
     segment_ids[:total] = np.repeat(np.arange(len(indices)), lengths)
@@ -194,35 +170,73 @@ def make_packed_batch(
     feature_index[: len(indices)] = indices
     token_start = np.zeros(max_features, dtype=np.int64)
     token_start[: len(indices)] = offsets_in_pack[:-1]
-
-    batch = {
-        "input_ids": torch.from_numpy(input_ids).unsqueeze(0),
-        "token_type_ids": torch.from_numpy(token_type_ids).unsqueeze(0),
-        "position_ids": torch.from_numpy(position_ids).unsqueeze(0),
+    batch = {name: torch.from_numpy(stream[name]).unsqueeze(0) for name in MODEL_INPUT_KEYS}
+    batch.update({
         "cu_seqlens": torch.from_numpy(cu_seqlens),
         "max_seqlen": int(max_seqlen),
         "segment_ids": torch.from_numpy(segment_ids),
         "feature_index": torch.from_numpy(feature_index),
         "feature_valid": torch.from_numpy(feature_index >= 0),
         "token_start": torch.from_numpy(token_start),
-        "source_index": torch.from_numpy(source_index),
+        "source_index": torch.from_numpy(stream["source_index"]),
         "num_features": len(indices),
         "num_tokens": total,
-    }
+    })
     if with_labels:
-        start = np.zeros(max_features, dtype=np.int64)
-        end = np.zeros(max_features, dtype=np.int64)
-        start[: len(indices)] = token_start[: len(indices)] + np.asarray(features.start_positions)[indices]
-        end[: len(indices)] = token_start[: len(indices)] + np.asarray(features.end_positions)[indices]
-        batch["start_positions"] = torch.from_numpy(start)
-        batch["end_positions"] = torch.from_numpy(end)
+        for key in ("start_positions", "end_positions"):
+            labels = np.zeros(max_features, dtype=np.int64)
+            labels[: len(indices)] = token_start[: len(indices)] + np.asarray(getattr(features, key))[indices]
+            batch[key] = torch.from_numpy(labels)
     return batch
+
+
+def _check_pack(n: int, total: int, lengths: np.ndarray, tokens_per_pack: int, max_features: int,
+                max_seqlen: int) -> None:
+    if n > max_features:
+        raise ValueError(f"make_packed_batch: {n} features exceed max_features={max_features}")
+    if total > tokens_per_pack:
+        raise ValueError(f"make_packed_batch: {total} tokens exceed tokens_per_pack={tokens_per_pack}")
+    if len(lengths) and int(lengths.max()) > max_seqlen:
+        raise ValueError(f"make_packed_batch: a feature of {int(lengths.max())} tokens exceeds max_seqlen={max_seqlen}")
+
+
+def _token_stream(features, starts, indices, lengths, tokens_per_pack: int, pad_id: int) -> dict:
+    """input_ids, token_type_ids and source_index of the stream: the features' tokens, then padding."""
+    total = int(lengths.sum())
+    # Flat source positions of every real token, in pack order.
+    source = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in indices]) if len(indices) else (
+        np.zeros(0, dtype=np.int64)
+    )
+    stream = {"input_ids": np.full(tokens_per_pack, pad_id, dtype=np.int64),
+              "token_type_ids": np.zeros(tokens_per_pack, dtype=np.int64),
+              "source_index": np.full(tokens_per_pack, -1, dtype=np.int64)}
+    stream["input_ids"][:total] = np.asarray(features.input_ids)[source]
+    stream["token_type_ids"][:total] = np.asarray(features.token_type_ids)[source]
+    stream["source_index"][:total] = source
+    return stream
+
+
+def _segments(lengths: np.ndarray, total: int, tokens_per_pack: int, max_features: int, max_seqlen: int):
+    """Position ids restarting per segment, and cu_seqlens: real features, then dummy pad segments of
+    <= max_seqlen tokens (so every token is computed), then empty ones."""
+    offsets_in_pack = np.concatenate([[0], np.cumsum(lengths)])
+    position_ids = np.zeros(tokens_per_pack, dtype=np.int64)
+    position_ids[:total] = np.arange(total, dtype=np.int64) - np.repeat(offsets_in_pack[:-1], lengths)
+    n_pad_slots = pad_slots_needed(tokens_per_pack, max_seqlen)
+    pad_tail = tokens_per_pack - total
+    pad_lengths = [min(max_seqlen, pad_tail - k * max_seqlen) for k in range(math.ceil(pad_tail / max_seqlen))]
+    # Pad tokens get position ids restarting per dummy segment, so they stay within the table.
+    for k, n in enumerate(pad_lengths):
+        begin = total + k * max_seqlen
+        position_ids[begin : begin + n] = np.arange(n)
+    seg_lengths = np.zeros(max_features + n_pad_slots, dtype=np.int64)
+    seg_lengths[: len(lengths)] = lengths
+    seg_lengths[max_features : max_features + len(pad_lengths)] = pad_lengths
+    return position_ids, np.concatenate([[0], np.cumsum(seg_lengths)]).astype(np.int32)
 
 
 def batch_to_device(batch: dict, device, non_blocking: bool = True) -> dict:
     """Move the tensors of a packed batch to `device` (ints stay ints)."""
-    import torch
-
     return {
         k: (v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()
     }
@@ -245,8 +259,6 @@ def model_kwargs(batch: dict) -> dict:
 # ----------------------------------------------------------------------------------------------
 def _segment_log_softmax_at(logits, segment_ids, num_segments: int, targets):
     """-log softmax(logits restricted to target's segment)[target], per segment; shapes [S]."""
-    import torch
-
     x = logits.float()
     # A per-segment max keeps exp() in range; detached, it only shifts the log-sum-exp.
     seg_max = torch.zeros(num_segments, dtype=x.dtype, device=x.device)
@@ -266,8 +278,6 @@ def packed_qa_loss(start_logits, end_logits, batch: dict):
     Equals BertForQuestionAnswering's loss on each feature alone without padding. (On a padded batch
     the HF loss also puts probability mass on padding positions; this one does not.) No host sync.
     """
-    import torch
-
     segment_ids = batch["segment_ids"]
     valid = batch["feature_valid"]
     num_slots = valid.shape[0]
@@ -313,8 +323,6 @@ def _to_numpy(value) -> np.ndarray:
 # Attention
 # ----------------------------------------------------------------------------------------------
 def _flash_varlen_usable(query) -> bool:
-    import torch
-
     return (
         query.is_cuda
         and query.dtype in (torch.float16, torch.bfloat16)
@@ -325,8 +333,6 @@ def _flash_varlen_usable(query) -> bool:
 
 def _block_diagonal_sdpa(query, key, value, cu_seqlens, dropout: float, scaling):
     """Exact reference path: SDPA over the whole stream with a mask keeping each segment to itself."""
-    import torch
-
     total = query.shape[2]
     positions = torch.arange(total, device=query.device)
     segment = torch.searchsorted(cu_seqlens[1:].to(positions.dtype), positions, right=True)
@@ -339,8 +345,6 @@ def _block_diagonal_sdpa(query, key, value, cu_seqlens, dropout: float, scaling)
 
 def _flash_varlen(query, key, value, cu_seqlens, max_seqlen: int, dropout: float, scaling):
     """Flash attention's varlen kernel on [T, H, D] views of the [1, H, T, D] inputs."""
-    import torch
-
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))
     cu = cu_seqlens.to(torch.int32)
     if dropout > 0.0:
@@ -354,19 +358,14 @@ def _flash_varlen(query, key, value, cu_seqlens, max_seqlen: int, dropout: float
 
 
 def _varlen_attn():
-    try:
-        from torch.nn.attention.varlen import varlen_attn
-
+    if varlen_attn is not None:
         return varlen_attn
-    except ImportError:  # torch without the public wrapper: call the kernel itself
-        import torch
 
-        def fallback(q, k, v, cu_q, cu_k, max_q, max_k, scale=None):
-            return torch.ops.aten._flash_attention_forward(
-                q, k, v, cu_q, cu_k, max_q, max_k, 0.0, False, False, scale=scale
-            )[0]
+    def fallback(q, k, v, cu_q, cu_k, max_q, max_k, scale=None):  # the kernel varlen_attn wraps
+        return torch.ops.aten._flash_attention_forward(q, k, v, cu_q, cu_k, max_q, max_k, 0.0, False, False,
+                                                        scale=scale)[0]
 
-        return fallback
+    return fallback
 
 
 def _make_attention(apply_dropout: bool):
@@ -376,8 +375,6 @@ def _make_attention(apply_dropout: bool):
         cu_seqlens = kwargs.get("cu_seq_lens_q")
         if cu_seqlens is None:
             # A normal padded call (evaluation with the usual collate): plain SDPA with its mask.
-            from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
             return sdpa_attention_forward(
                 module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
             )
@@ -395,16 +392,9 @@ def _make_attention(apply_dropout: bool):
 
 def register_packed_attention() -> None:
     """Register both packed attention functions (idempotent)."""
-    from transformers import AttentionInterface
-
-    try:
-        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
-    except ImportError:  # pragma: no cover - very old transformers
-        ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask = None, None
     for name, apply_dropout in ((PACKED_ATTENTION, True), (PACKED_ATTENTION_NO_DROPOUT, False)):
         AttentionInterface.register(name, _make_attention(apply_dropout))
-        if ALL_MASK_ATTENTION_FUNCTIONS is not None:
-            ALL_MASK_ATTENTION_FUNCTIONS.register(name, sdpa_mask)
+        ALL_MASK_ATTENTION_FUNCTIONS.register(name, sdpa_mask)
 
 
 def supports_packing(model) -> bool:
@@ -420,9 +410,9 @@ def supports_packing(model) -> bool:
     return bool(can_set()) if callable(can_set) else True
 
 
-def position_offset(model) -> int:
+def position_offset(model_or_config) -> int:
     """First position id of a feature: padding_idx + 1 for RoBERTa-style embeddings, else 0."""
-    config = model.config
+    config = getattr(model_or_config, "config", model_or_config)
     if config.model_type in _OFFSET_POSITION_MODEL_TYPES:
         return int(config.pad_token_id) + 1
     return 0

@@ -22,12 +22,13 @@ import os
 import re
 import string
 import sys
-import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import IO, Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
+
+from atomic_io import write_file_atomic, write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -39,45 +40,6 @@ NO_SPAN_NULL_ODDS = 1.0e6
 
 class ScoringInputError(ValueError):
     """Bad scorer input; str() is one line naming the file (or argument), the record and the problem."""
-
-
-# --------------------------------------------------------------------------------------------
-# Atomic writes (used by every module of the project)
-# --------------------------------------------------------------------------------------------
-
-
-def _write_atomic(path: str | os.PathLike, write: Callable[[IO], Any], binary: bool = False) -> None:
-    """Run ``write(file)`` on a temporary file in the same folder, then rename it over ``path``.
-
-    A reader never sees a half-written file, and an interrupted run leaves the old file intact.
-    The temporary file is opened normally (not via mkstemp) so the result gets umask permissions.
-    An OSError about the temporary file is re-raised naming ``path``: the user never chose the
-    temporary name, so "./.x.<uuid>.tmp: Is a directory" would point at nothing they know.
-    """
-    path = os.fspath(path)
-    tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "xb") if binary else open(tmp, "x", encoding="utf-8") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        if isinstance(e, OSError) and e.filename == tmp:
-            raise OSError(e.errno, e.strerror, path) from e
-        raise
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write text atomically (see _write_atomic); an OSError names ``path``."""
-    _write_atomic(path, lambda f: f.write(text))
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 4) -> None:
-    """json.dumps(obj, indent=indent) plus a newline (the classic prediction file layout), atomically."""
-    write_text_atomic(path, json.dumps(obj, indent=indent) + "\n")
 
 
 # --------------------------------------------------------------------------------------------
@@ -248,7 +210,7 @@ def _import_matplotlib():
 
 
 def _save_figure(fig, path: str) -> None:
-    _write_atomic(path, lambda f: fig.savefig(f, format="png"), binary=True)
+    write_file_atomic(path, lambda f: fig.savefig(f, format="png"), binary=True)
 
 
 def plot_pr_curve(precisions: list, recalls: list, out_image: str, title: str, *, figure_cls) -> None:

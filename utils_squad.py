@@ -8,7 +8,8 @@ Windows follow the classic (Google BERT / classic HuggingFace) rule: the questio
 tokens and consecutive windows start ``doc_stride`` context tokens apart.  This is NOT the fast
 tokenizer's overlap ``stride`` (run_qa.py), which gives a different feature set for the same number.
 
-torch is imported lazily inside ``collate`` so that squad_metrics.py can import this module cheaply.
+No torch here: batches are numpy arrays (the model side turns them into tensors), so the command line
+can read, validate and featurize before it pays for importing torch.
 """
 
 from __future__ import annotations
@@ -16,16 +17,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
-import socket
-import tempfile
-import time
 import zipfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer, normalizers
+
+import atomic_io
 
 logger = logging.getLogger(__name__)
 
@@ -626,8 +628,6 @@ class _Spec:
 
 
 def _make_backend(backend_json: str):
-    from tokenizers import Tokenizer
-
     backend = Tokenizer.from_str(backend_json)
     backend.no_truncation()
     backend.no_padding()
@@ -770,15 +770,27 @@ def concat_features(parts: Sequence[SquadFeatures]) -> SquadFeatures:
                          pad_token_id=first.pad_token_id, pad_token_type_id=first.pad_token_type_id, **kwargs)
 
 
+class FeatureSettingsError(ValueError):
+    """Window settings that no feature can satisfy with this tokenizer's special tokens (a usage error)."""
+
+    def __init__(self, settings: FeatureSettings, num_special: int):
+        self.settings, self.num_special = settings, num_special
+        super().__init__(f"max_seq_length ({settings.max_seq_length}) must exceed max_query_length "
+                         f"({settings.max_query_length}) + {num_special} special tokens")
+
+
 def _check_settings(settings: FeatureSettings, template: PairTemplate) -> None:
-    # Google's check: a window must be able to hold at least one context token after a full question.
+    # Google's check: a window must be able to hold at least one context token after a full question,
+    # with this tokenizer's own number of special tokens (BERT 3, RoBERTa 4).
     if settings.max_seq_length <= settings.max_query_length + template.num_special:
-        raise ValueError(
-            f"max_seq_length ({settings.max_seq_length}) must exceed max_query_length "
-            f"({settings.max_query_length}) + {template.num_special} special tokens"
-        )
+        raise FeatureSettingsError(settings, template.num_special)
     if settings.doc_stride < 1 or settings.max_query_length < 1:
         raise ValueError("doc_stride and max_query_length must be positive")
+
+
+def check_sequence_lengths(tokenizer, settings: FeatureSettings) -> None:
+    """The one check of the window settings (raises FeatureSettingsError), before any featurization."""
+    feature_spec(tokenizer, settings)
 
 
 def feature_spec(tokenizer, settings: FeatureSettings) -> _Spec:
@@ -814,8 +826,6 @@ def convert_examples_to_features(examples: Sequence[SquadExample], tokenizer, se
     spec = feature_spec(tokenizer, settings)
     chunks = [(i, examples[i:i + CHUNK_EXAMPLES]) for i in range(0, len(examples), CHUNK_EXAMPLES)]
     if threads > 1 and len(chunks) > 1:
-        import multiprocessing
-
         # spawn, not fork: forking after the Rust thread pool has run can deadlock.
         ctx = multiprocessing.get_context("spawn")
         with ctx.Pool(min(threads, len(chunks)), initializer=_worker_init, initargs=(spec,)) as pool:
@@ -887,82 +897,22 @@ def cache_path_for(cache_dir, data_path, settings: FeatureSettings, key: str) ->
     return Path(cache_dir) / f"cached_{Path(data_path).stem}_{split}_{key[:20]}.npz"
 
 
-# A temporary cache file not written to for this long belongs to a run that was killed.
-ORPHAN_TMP_AGE_S = 3600
-
-
-def _host() -> str:
-    return socket.gethostname().replace(".", "_") or "host"  # no dots: the name is split on them
-
-
-def _tmp_prefix(final_name: str) -> str:
-    """Temporary names carry host and pid so a cleaner can tell a live writer's file from an orphan."""
-    return f"{final_name}.{_host()}-{os.getpid()}."
-
-
-def _writer_of(tmp: Path) -> tuple[str, int] | None:
-    """(host, pid) of a temporary named by _tmp_prefix ("<final>.<host>-<pid>.<random>.tmp"), else None."""
-    parts = tmp.name.rsplit(".", 3)
-    if len(parts) != 4:
-        return None
-    host, _, pid = parts[1].rpartition("-")
-    return (host, int(pid)) if host and pid.isdigit() else None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by another user
-    return True
-
-
-def _may_be_live(tmp: Path, now: float) -> bool:
-    """Whether some process could still be writing tmp: recently modified, or its writer runs here."""
-    try:
-        if now - tmp.stat().st_mtime < ORPHAN_TMP_AGE_S:
-            return True
-    except FileNotFoundError:
-        return True  # renamed or removed meanwhile: nothing to do
-    writer = _writer_of(tmp)
-    if writer is not None and writer[0] == _host():
-        return _pid_alive(writer[1])  # a hung but live writer keeps its file
-    return False  # another host (shared folder) or an older name: only the age tells
-
-
 def remove_orphan_temporaries(folder) -> int:
-    """Delete cache temporaries left by killed runs (older than ORPHAN_TMP_AGE_S); returns how many."""
-    now, removed = time.time(), 0
-    for tmp in Path(folder).glob("cached_*.npz.*.tmp"):
-        if _may_be_live(tmp, now):
-            continue
-        try:
-            tmp.unlink()
-            removed += 1
-        except OSError:
-            pass  # removed by a concurrent cleaner, or not ours to delete
+    """Delete cache temporaries left by killed runs (see atomic_io.remove_stale_temporaries)."""
+    removed = atomic_io.remove_stale_temporaries(folder, "cached_*.npz")
     if removed:
         logger.info("Removed %d orphan temporary cache files from %s", removed, folder)
     return removed
 
 
 def save_features(path, features: SquadFeatures, key: str) -> None:
-    """Write to a temporary name in the same folder, then rename: a reader never sees half a file."""
+    """Written atomically: a reader never sees half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Killed runs leave temporaries (often GBs) behind: clear old ones whenever a cache entry is written.
     remove_orphan_temporaries(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path.name), suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, cache_key=np.array(key), **features.arrays())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_io.write_file_atomic(path, lambda fh: np.savez(fh, cache_key=np.array(key), **features.arrays()),
+                                binary=True)
 
 
 def _verify(features: SquadFeatures, n_examples: int) -> None:
@@ -1045,12 +995,10 @@ def length_grouped_batches(lengths, batch_size: int, shuffle: bool, seed: int, d
 
 
 def collate(features: SquadFeatures, indices, with_labels: bool, pad_to_multiple_of: int = 8) -> dict:
-    """Tensors for features[indices], padded to the longest (rounded up) on the tokenizer's side.
+    """Arrays for features[indices], padded to the longest (rounded up) on the tokenizer's side.
 
     Positions (start/end/cls_index) are shifted by the left padding; "left_pad" tells by how much.
     """
-    import torch
-
     indices = np.asarray(indices, dtype=np.int64)
     lengths = features.lengths()[indices]
     width = int(lengths.max()) if len(indices) else 0
@@ -1073,17 +1021,17 @@ def collate(features: SquadFeatures, indices, with_labels: bool, pad_to_multiple
     attention_mask[row, col] = 1
     p_mask[row, col] = features.p_mask[src]
     batch = {
-        "input_ids": torch.from_numpy(input_ids),
-        "attention_mask": torch.from_numpy(attention_mask),
-        "token_type_ids": torch.from_numpy(token_type_ids),
-        "cls_index": torch.from_numpy(features.cls_index[indices].astype(np.int64) + left_pad),
-        "p_mask": torch.from_numpy(p_mask),
-        "left_pad": torch.from_numpy(left_pad.astype(np.int64)),
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "token_type_ids": token_type_ids,
+        "cls_index": features.cls_index[indices].astype(np.int64) + left_pad,
+        "p_mask": p_mask,
+        "left_pad": left_pad.astype(np.int64),
     }
     if with_labels:
-        batch["start_positions"] = torch.from_numpy(features.start_positions[indices].astype(np.int64) + left_pad)
-        batch["end_positions"] = torch.from_numpy(features.end_positions[indices].astype(np.int64) + left_pad)
-        batch["is_impossible"] = torch.from_numpy(features.is_impossible[indices].astype(np.float32))
+        batch["start_positions"] = features.start_positions[indices].astype(np.int64) + left_pad
+        batch["end_positions"] = features.end_positions[indices].astype(np.int64) + left_pad
+        batch["is_impossible"] = features.is_impossible[indices].astype(np.float32)
     return batch
 
 
@@ -1105,8 +1053,6 @@ def apply_do_lower_case(tokenizer, do_lower_case: bool):
     """
     lowers = tokenizer_lowercases(tokenizer)
     if do_lower_case and not lowers:
-        from tokenizers import normalizers
-
         backend = tokenizer.backend_tokenizer
         current = backend.normalizer
         steps = [normalizers.Lowercase()] + ([current] if current is not None else [])

@@ -42,6 +42,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import atomic_io  # noqa: E402
 import packing  # noqa: E402
 
 LOOPS = ("classic", "ours", "ours8", "packed")
@@ -469,9 +470,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.save_lengths:
         lengths = load_lengths(args)
-        tmp = Path(args.save_lengths).with_suffix(".tmp.npy")
-        np.save(tmp, lengths.astype(np.int16))
-        os.replace(tmp, args.save_lengths)
+        atomic_io.write_file_atomic(args.save_lengths, lambda f: np.save(f, lengths.astype(np.int16)), binary=True)
         print(f"saved {len(lengths)} lengths (mean {lengths.mean():.1f}, max {lengths.max()}) to {args.save_lengths}")
         return 0
     device = torch.device(args.device)

@@ -5,6 +5,9 @@ import shlex
 
 import pytest
 
+import checkpoints
+import process_group
+import qa_model
 import run_squad
 
 # The classic script's 45 flags, each with a value where it takes one.
@@ -60,8 +63,6 @@ BAD_COMBINATIONS = [
     (BASE, "nothing to do"),
     ("--output_dir o --do_eval --predict_file p", "--model_name_or_path is required"),
     ("--model_name_or_path m --do_eval --predict_file p", "--output_dir is required"),
-    (BASE + "--do_eval --predict_file p --max_seq_length 64 --max_query_length 64",
-     "--max_seq_length (64) must be larger than --max_query_length (64) + 3"),
     (BASE + "--do_eval --predict_file p --doc_stride 0", "--doc_stride must be at least 1"),
     (BASE + "--do_train --train_file t --gradient_accumulation_steps 0", "--gradient_accumulation_steps must be at least 1"),
     (BASE + "--do_train --train_file t --warmup_ratio 1.5", "--warmup_ratio must be in [0, 1)"),
@@ -116,10 +117,10 @@ def test_training_refuses_a_non_empty_output_dir(tmp_path, capsys, tiny_bert_dir
 
 
 def test_parameter_depths_for_layerwise_decay():
-    assert run_squad.parameter_depth("bert.embeddings.word_embeddings.weight", 12) == 0
-    assert run_squad.parameter_depth("bert.encoder.layer.0.attention.self.query.weight", 12) == 1
-    assert run_squad.parameter_depth("roberta.encoder.layer.11.output.dense.bias", 12) == 12
-    assert run_squad.parameter_depth("qa_outputs.weight", 12) == 13
+    assert qa_model.parameter_depth("bert.embeddings.word_embeddings.weight", 12) == 0
+    assert qa_model.parameter_depth("bert.encoder.layer.0.attention.self.query.weight", 12) == 1
+    assert qa_model.parameter_depth("roberta.encoder.layer.11.output.dense.bias", 12) == 12
+    assert qa_model.parameter_depth("qa_outputs.weight", 12) == 13
 
 
 def test_layerwise_lr_groups(tiny_bert_dir):
@@ -129,7 +130,7 @@ def test_layerwise_lr_groups(tiny_bert_dir):
     args = run_squad.parse_args(shlex.split(
         f"--model_name_or_path {tiny_bert_dir} --output_dir o --do_train --train_file t "
         "--learning_rate 1e-3 --layerwise_lr_decay 0.5 --weight_decay 0.01"))
-    groups = run_squad.optimizer_groups(model, args)
+    groups = qa_model.parameter_groups(model, args.learning_rate, args.weight_decay, args.layerwise_lr_decay)
     by_name = {n: g for g in groups for n in g["names"]}
     # 2 layers: head at the full rate, layer 1 x0.5, layer 0 x0.25, embeddings x0.125.
     assert by_name["qa_outputs.weight"]["lr"] == pytest.approx(1e-3)
@@ -146,16 +147,16 @@ def test_checkpoints_sort_by_step_as_numbers(tmp_path):
     for step in (100, 20, 3):
         folder = tmp_path / f"checkpoint-{step}"
         folder.mkdir()
-        (folder / run_squad.TRAINER_STATE).write_bytes(b"")
+        (folder / checkpoints.TRAINER_STATE).write_bytes(b"")
     (tmp_path / "checkpoint-7").mkdir()  # incomplete: no trainer state, never listed
-    assert [p.name for p in run_squad.list_checkpoints(tmp_path)] == ["checkpoint-3", "checkpoint-20", "checkpoint-100"]
+    assert [p.name for p in checkpoints.list_checkpoints(tmp_path)] == ["checkpoint-3", "checkpoint-20", "checkpoint-100"]
 
 
 def test_eval_batches_are_the_same_for_any_number_of_processes():
     import numpy as np
 
     lengths = np.array([5, 9, 3, 9, 1, 7, 2])
-    batches = run_squad.eval_batches(lengths, 3)
+    batches = qa_model.eval_batches(lengths, 3)
     assert [b.tolist() for b in batches] == [[4, 6, 2], [0, 5, 1], [3]]
 
 
@@ -172,7 +173,7 @@ def test_remote_code_is_off_unless_asked_for():
     ("gpu[007-010,012],cpu1", "gpu007"), ("node[1-4]", "node1"), ("a01,a02", "a01"), ("single-host", "single-host"),
 ])
 def test_first_slurm_host(nodelist, host):
-    assert run_squad.first_slurm_host(nodelist) == host
+    assert process_group.first_slurm_host(nodelist) == host
 
 
 @pytest.mark.parametrize("output_dir", ["/proc/run-squad-test-out", "{file}/out"])
@@ -204,7 +205,8 @@ def albert_depths(decay):
                           num_attention_heads=2, intermediate_size=20)
     args = run_squad.parse_args(shlex.split(BASE + f"--do_train --train_file t --learning_rate 1 "
                                                    f"--layerwise_lr_decay {decay}"))
-    groups = run_squad.optimizer_groups(AlbertForQuestionAnswering(config), args)
+    groups = qa_model.parameter_groups(AlbertForQuestionAnswering(config), args.learning_rate, args.weight_decay,
+                                       args.layerwise_lr_decay)
     return {n: g["lr"] for g in groups for n in g["names"]}
 
 
@@ -235,7 +237,7 @@ def test_albert_shared_layers_decay_as_one_stack():
     ("start_logits.dense.weight", 3),                       # beam head
 ])
 def test_parameter_depths_of_every_family(name, depth):
-    assert run_squad.parameter_depth(name, 2) == depth
+    assert qa_model.parameter_depth(name, 2) == depth
 
 
 @pytest.mark.parametrize("name,decays", [
@@ -244,7 +246,7 @@ def test_parameter_depths_of_every_family(name, depth):
     ("transformer.layer.0.rel_attn.layer_norm.weight", False), ("transformer.layer_norm_emb.weight", False),
 ])
 def test_no_weight_decay_on_biases_and_every_norm(name, decays):
-    assert run_squad.decays_weight(name) is decays
+    assert qa_model.decays_weight(name) is decays
 
 
 def test_each_parameter_group_rate_is_logged_at_start(tiny_bert_dir, caplog):
@@ -254,6 +256,7 @@ def test_each_parameter_group_rate_is_logged_at_start(tiny_bert_dir, caplog):
     model = AutoModelForQuestionAnswering.from_pretrained(tiny_bert_dir)
     args = run_squad.parse_args(shlex.split(f"--model_name_or_path {tiny_bert_dir} --output_dir o --do_train "
                                             "--train_file t --learning_rate 1e-3 --layerwise_lr_decay 0.5"))
+    run_squad.import_torch_side()
     with caplog.at_level("INFO", logger="run_squad"):
         run_squad.build_optimizer(model, args, torch.device("cpu"))
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("parameter group")]
@@ -262,9 +265,32 @@ def test_each_parameter_group_rate_is_logged_at_start(tiny_bert_dir, caplog):
     assert any(line.startswith("parameter group (depth 3): lr 0.001,") for line in lines)
 
 
+def test_sequence_lengths_are_checked_with_the_tokenizers_own_special_tokens(tmp_path, tmp_path_factory, capsys,
+                                                                            tiny_bert_dir, squad_dir):
+    """One check, after the tokenizer is loaded: BERT has 3 special tokens in a pair, RoBERTa 4, so 68 / 64
+    passes for BERT and is a usage error (exit 2, one line, before any feature) for RoBERTa."""
+    from tiny_models import tiny_model_dir
+
+    def run(model, seq, query):
+        return run_squad.main(["--model_name_or_path", str(model), "--output_dir", str(tmp_path / f"o{seq}"),
+                               "--do_eval", "--version_2_with_negative", "--predict_file",
+                               str(squad_dir / "dev-v2.0.json"), "--max_seq_length", str(seq),
+                               "--max_query_length", str(query), "--no_cuda"])
+
+    assert run(tiny_bert_dir, 64, 64) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == ("error: --max_seq_length (64) must be larger than --max_query_length (64) + 3 "
+                                    "special tokens of this tokenizer")
+    assert run(tiny_model_dir("roberta", tmp_path_factory), 68, 64) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == ("error: --max_seq_length (68) must be larger than --max_query_length (64) + 4 "
+                                    "special tokens of this tokenizer")
+    assert "features" not in err, "refused before featurization"
+
+
 def test_an_unreadable_eval_results_file_is_kept_aside_not_dropped(tmp_path):
     (tmp_path / "eval_results.json").write_text('{"6": {"exact": 1.0}')  # cut short by a full disk
-    run_squad.write_eval_results(tmp_path, "12", {"exact": 50.0})
+    checkpoints.write_eval_results(tmp_path, "12", {"exact": 50.0})
     kept = list(tmp_path.glob("eval_results.unreadable-*.json"))
     assert len(kept) == 1 and kept[0].read_text() == '{"6": {"exact": 1.0}'
     assert json.loads((tmp_path / "eval_results.json").read_text()) == {"12": {"exact": 50.0}}

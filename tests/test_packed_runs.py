@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+import checkpoints
+import qa_model
 import run_squad
 from cli_helpers import common_flags, small_squad_file, small_v2_file
 from tiny_models import tiny_model_dir
@@ -49,7 +51,7 @@ def test_packed_training_resumes_across_epochs_like_an_unbroken_run(tiny_bert_di
              "--gradient_accumulation_steps", "2", "--logging_steps", "1000"]
     unbroken = tmp_path / "unbroken"
     assert run_squad.main([*common_flags(tiny_bert_dir, unbroken), *flags]) == 0
-    state = run_squad.load_trainer_state(unbroken / "checkpoint-30")
+    state = checkpoints.load_trainer_state(unbroken / "checkpoint-30")
     assert state["position"]["epoch"] >= 2, "the run crosses epoch boundaries"
     resumed = tmp_path / "resumed"
     resumed.mkdir()
@@ -69,18 +71,21 @@ def test_epoch_packs_hold_every_feature_once_and_change_with_the_epoch(tiny_bert
                                                   version_2_with_negative=True, is_training=True)
     features = utils_squad.convert_examples_to_features(
         examples, AutoTokenizer.from_pretrained(tiny_bert_dir), utils_squad.FeatureSettings(192, 64, 64, is_training=True))
-    args = run_squad.parse_args([*common_flags(tiny_bert_dir, tmp_path / "o"), "--do_train", "--train_file", "t",
-                                 "--packing"])
-    batching = run_squad.Batching(8, packed=True, tokens=1024, slots=64, max_seqlen=192)
+    run_squad.import_torch_side()
+    batching = qa_model.PackedBatches(8, qa_model.SpanHead(), tokens=1024, slots=64, max_seqlen=192)
     lengths = features.lengths()
-    runtime = run_squad.Runtime(rank=0, world_size=1, local_rank=-1, device=None)
-    epochs = [run_squad.epoch_batches(features, batching, args, runtime, epoch) for epoch in (0, 1)]
+
+    def packs_of(epoch):
+        steps = run_squad.epoch_plan(batching, lengths, seed=7 + epoch, rank=0, world_size=1, accum=1)
+        assert all(len(group) == 1 for group in steps)
+        return [group[0] for group in steps]
+
+    epochs = [packs_of(epoch) for epoch in (0, 1)]
     for packs in epochs:
         assert sorted(np.concatenate(packs).tolist()) == list(range(len(features)))
         assert all(lengths[p].sum() <= 1024 for p in packs)
     assert [p.tolist() for p in epochs[0]] != [p.tolist() for p in epochs[1]]
-    assert [p.tolist() for p in epochs[0]] == [p.tolist() for p in run_squad.epoch_batches(
-        features, batching, args, runtime, 0)], "a deterministic function of (seed, epoch)"
+    assert [p.tolist() for p in epochs[0]] == [p.tolist() for p in packs_of(0)], "a deterministic function of (seed, epoch)"
 
 
 def test_packing_an_unsupported_family_is_refused_before_any_work(tmp_path_factory, squad_dir, tmp_path, capsys):

@@ -712,28 +712,3 @@ def test_scorer_imports_neither_torch_nor_transformers():
     code = "import sys, squad_metrics; print(any(m in sys.modules for m in ('torch', 'transformers')))"
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert res.stdout.strip() == "False"
-
-
-# ------------------------------------------------------------------------------------------------
-# Atomic writes
-# ------------------------------------------------------------------------------------------------
-
-
-def test_write_json_atomic(tmp_path):
-    path = tmp_path / "x.json"
-    path.write_text("old")
-    sm.write_json_atomic(path, {"a": [1, "é"]})
-    assert path.read_text() == json.dumps({"a": [1, "é"]}, indent=4) + "\n"
-    with pytest.raises(TypeError):
-        sm.write_json_atomic(path, {"a": object()})
-    assert json.loads(path.read_text()) == {"a": [1, "é"]}   # the old file survives a failed write
-    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]   # no temporary left behind
-
-
-def test_write_text_atomic_error_names_the_path(tmp_path):
-    folder = tmp_path / "adir"
-    folder.mkdir()
-    with pytest.raises(IsADirectoryError) as err:
-        sm.write_text_atomic(folder, "x")
-    assert err.value.filename == str(folder)
-    assert [p.name for p in tmp_path.iterdir()] == ["adir"] and not any(folder.iterdir())

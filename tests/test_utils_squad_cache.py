@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import atomic_io
 import utils_squad as us
 from tiny_models import tiny_tokenizer
 from utils_squad import FeatureSettings
@@ -256,7 +257,7 @@ def make_tmp(folder, name, age_s):
 
 def test_orphan_temporaries_removed_live_ones_kept(tmp_path, data):
     path, examples = data
-    host, hour = us._host(), us.ORPHAN_TMP_AGE_S
+    host, hour = atomic_io.host(), atomic_io.ORPHAN_TMP_AGE_S
     orphans = [
         make_tmp(tmp_path, f"cached_train_train_abc.npz.{host}-{dead_pid()}.x1y2.tmp", hour + 60),  # killed run
         make_tmp(tmp_path, "cached_train_train_abc.npz.otherhost-12.x1y2.tmp", hour + 60),  # shared folder
@@ -286,5 +287,5 @@ def test_temporary_name_names_its_writer(tmp_path, data, monkeypatch):
     monkeypatch.setattr(us.os, "replace", spy)
     us.load_or_build_features(path, examples, tiny_tokenizer("bert"), SETTINGS, tmp_path)
     (tmp,) = seen
-    assert us._writer_of(tmp) == (us._host(), os.getpid())
+    assert atomic_io.writer_of(tmp) == (atomic_io.host(), os.getpid())
     assert tmp.match("cached_*.npz.*.tmp")

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))  # the repository root, for atomic_io
+
+import atomic_io  # noqa: E402
+
 MIN_WORDS, MAX_WORDS = 80, 150
 
 # ---------------------------------------------------------------------------------------------------
@@ -1029,18 +1031,6 @@ def render(dataset: dict) -> str:
     return json.dumps(dataset, ensure_ascii=False, indent=1) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def summary(name: str, dataset: dict) -> str:
     paragraphs = [p for a in dataset["data"] for p in a["paragraphs"]]
     qas = [qa for p in paragraphs for qa in p["qas"]]
@@ -1068,7 +1058,7 @@ def main(argv: list[str] | None = None) -> int:
             if not path.is_file() or path.read_text(encoding="utf-8") != text:
                 stale.append(name)
         else:
-            _write_atomic(path, text)
+            atomic_io.write_text_atomic(path, text)
         print(summary(name, dataset))
     if stale:
         print(f"out of date: {', '.join(stale)} (run {Path(__file__).name})", file=sys.stderr)

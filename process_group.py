@@ -1,0 +1,206 @@
+"""The process group and everything around it: launchers, the restart-safe store, barriers, the agreed
+stop signal and each rank's random state.
+
+Why a module of its own: this is the plumbing between run_squad.py and torch.distributed. torchrun,
+torch.distributed.launch and Slurm's srun describe the processes in different variables; a torchrun restart
+reuses one rendezvous store; a SIGTERM reaches one rank but all must stop at the same step; each rank draws
+its own dropout masks, which a resumed run must continue. None of it is about SQuAD or the model.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+class LaunchError(ValueError):
+    """The launcher's variables do not describe a process group (a usage error)."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where this process runs: rank, world size and device (derived once from the environment)."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def first_slurm_host(nodelist: str) -> str:
+    """The first host of a Slurm hostlist: "gpu[007-010,012],cpu1" -> "gpu007" (zero padding kept)."""
+    match = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
+    if not match:
+        return nodelist
+    prefix, ranges = match.groups()
+    return prefix + ranges.split(",")[0].split("-")[0] if ranges else prefix
+
+
+def adopt_slurm_variables(env: dict) -> None:
+    """srun with one task per GPU: translate Slurm's variables into the ones torch reads (unless set)."""
+    if "RANK" in env or "SLURM_PROCID" not in env or int(env.get("SLURM_NTASKS", "1")) <= 1:
+        return
+    env.setdefault("RANK", env["SLURM_PROCID"])
+    env.setdefault("WORLD_SIZE", env["SLURM_NTASKS"])
+    env.setdefault("LOCAL_RANK", env.get("SLURM_LOCALID", "0"))
+    env.setdefault("MASTER_PORT", "29500")
+    if "MASTER_ADDR" not in env:
+        env["MASTER_ADDR"] = first_slurm_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1"))
+
+
+def restart_safe_store():
+    """The env:// rendezvous store, its keys prefixed with torchrun's restart count.
+
+    torchrun's static rendezvous (--master_port, the default) keeps one TCPStore across restarts and
+    torch adds no per-attempt prefix, so a restarted worker can read a dead peer's address from the
+    previous attempt and fail with "Connection refused" (seen under --max-restarts on gloo).
+    """
+    store, rank, world_size = next(torch.distributed.rendezvous("env://"))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return torch.distributed.PrefixStore(f"run_squad/attempt-{attempt}/", store), rank, world_size
+
+
+def setup(local_rank_flag: int, no_cuda: bool) -> Runtime:
+    """torchrun (RANK/WORLD_SIZE/LOCAL_RANK), torch.distributed.launch (--local_rank) or Slurm (srun)."""
+    env = os.environ
+    adopt_slurm_variables(env)
+    local_rank = int(env.get("LOCAL_RANK", local_rank_flag))
+    world_size = int(env.get("WORLD_SIZE", "1"))
+    use_cuda = torch.cuda.is_available() and not no_cuda
+    rank = 0
+    if world_size > 1 or local_rank != -1:
+        if "RANK" not in env:  # torch.distributed.launch without --use_env
+            raise LaunchError("--local_rank given but RANK/WORLD_SIZE are not set: start with torchrun")
+        if use_cuda:
+            torch.cuda.set_device(max(local_rank, 0))
+        store, rank, world_size = restart_safe_store()
+        torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo", store=store, rank=rank,
+                                             world_size=world_size)
+        rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    else:
+        world_size = 1
+    device = torch.device("cuda", max(local_rank, 0)) if use_cuda else torch.device("cpu")
+    return Runtime(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def restarted_by_torchrun() -> bool:
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+
+
+def barrier(rt: Runtime) -> None:
+    if rt.distributed:
+        torch.distributed.barrier()
+
+
+def gather_to_main(rt: Runtime, obj) -> list | None:
+    """Every rank's ``obj``, in rank order, on rank 0 (None elsewhere)."""
+    if not rt.distributed:
+        return [obj]
+    everything: list = [None] * rt.world_size
+    torch.distributed.all_gather_object(everything, obj)
+    return everything if rt.is_main else None
+
+
+def shutdown(rt: Runtime) -> None:
+    if rt.distributed:
+        torch.distributed.destroy_process_group()
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT; the loop finishes its optimizer step, checkpoints and exits with 3."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        self.signum = signum
+
+    def agreed(self, rt: Runtime) -> bool:
+        """All ranks stop at the same step when any of them was signalled."""
+        local = self.signum is not None
+        if not rt.distributed:
+            return local
+        flag = torch.tensor([1.0 if local else 0.0], device=rt.device if rt.device.type == "cuda" else "cpu")
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item() > 0)
+
+
+# --------------------------------------------------------------------------------------------
+# Random state: seeded once, saved per rank in checkpoints, restored on resume
+# --------------------------------------------------------------------------------------------
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def rng_state() -> dict:
+    """This process's Python, numpy, torch (and CUDA) generators, as tensors and plain data."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _as_tuple(value):
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def gather_rng_states(rt: Runtime) -> list[dict]:
+    """Every rank's random state (each rank resumes its own dropout masks), on every rank."""
+    if not rt.distributed:
+        return [rng_state()]
+    states: list = [None] * rt.world_size
+    torch.distributed.all_gather_object(states, rng_state())
+    return states
+
+
+def restore_rng_states(states: list[dict], rt: Runtime) -> bool:
+    """Set this rank's saved state; False when the checkpoint came from another number of processes."""
+    set_rng_state(states[rt.rank % len(states)])
+    return len(states) == rt.world_size

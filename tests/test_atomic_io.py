@@ -1,0 +1,86 @@
+"""atomic_io: every write reaches its final name by one rename; a failure or a kill leaves the old state."""
+
+import json
+import os
+import time
+
+import pytest
+
+import atomic_io
+
+
+def test_write_json_atomic(tmp_path):
+    path = tmp_path / "x.json"
+    path.write_text("old")
+    atomic_io.write_json_atomic(path, {"a": [1, "é"]})
+    assert path.read_text() == json.dumps({"a": [1, "é"]}, indent=4) + "\n"
+    with pytest.raises(TypeError):
+        atomic_io.write_json_atomic(path, {"a": object()})
+    assert json.loads(path.read_text()) == {"a": [1, "é"]}   # the old file survives a failed write
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]   # no temporary left behind
+
+
+def test_write_text_atomic_error_names_the_path(tmp_path):
+    folder = tmp_path / "adir"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError) as err:
+        atomic_io.write_text_atomic(folder, "x")
+    assert err.value.filename == str(folder)
+    assert [p.name for p in tmp_path.iterdir()] == ["adir"] and not any(folder.iterdir())
+
+
+def test_the_scorer_writes_through_atomic_io():
+    import squad_metrics
+
+    assert squad_metrics.write_json_atomic is atomic_io.write_json_atomic
+
+
+def test_a_folder_replaces_the_old_one_whole_or_not_at_all(tmp_path):
+    final = tmp_path / "checkpoint-2"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError), atomic_io.folder_atomic(final) as tmp:
+        (tmp / "new.txt").write_text("half")
+        raise RuntimeError("disk full")
+    assert [p.name for p in final.iterdir()] == ["old.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-2"], "no temporary left behind"
+    with atomic_io.folder_atomic(final) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert [p.name for p in final.iterdir()] == ["new.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-2"]
+
+
+def test_files_are_renamed_into_a_folder_only_once_all_are_written(tmp_path):
+    (tmp_path / "config.json").write_text("old")
+    with pytest.raises(OSError), atomic_io.files_atomic(tmp_path, "final-model") as tmp:
+        (tmp / "config.json").write_text("new")
+        raise OSError(28, "No space left on device")
+    assert (tmp_path / "config.json").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
+    with atomic_io.files_atomic(tmp_path, "final-model") as tmp:
+        (tmp / "config.json").write_text("new")
+        (tmp / "model.safetensors").write_text("weights")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    assert (tmp_path / "config.json").read_text() == "new"
+
+
+def test_temporary_names_name_their_writer(tmp_path):
+    tmp = atomic_io.temporary_path(tmp_path / "predictions_12.json")
+    assert tmp.parent == tmp_path and tmp.name.startswith("predictions_12.json.") and tmp.suffix == ".tmp"
+    assert atomic_io.writer_of(tmp) == (atomic_io.host(), os.getpid())
+    assert atomic_io.writer_of(tmp_path / "notes.tmp") is None
+
+
+def test_an_owned_folder_drops_every_temporary_a_shared_one_only_orphans(tmp_path):
+    recent = atomic_io.temporary_path(tmp_path / "checkpoint-4")
+    recent.mkdir()  # a folder, written a moment ago by this (live) process
+    old_file = tmp_path / "predictions_4.json.otherhost-12.ab.tmp"
+    old_file.write_text("partial")
+    then = time.time() - atomic_io.ORPHAN_TMP_AGE_S - 60
+    os.utime(old_file, (then, then))
+    mine = tmp_path / "notes.txt"
+    mine.write_text("the user's")
+    assert atomic_io.remove_stale_temporaries(tmp_path, "*.json") == 1  # shared: only the old one
+    assert recent.exists() and not old_file.exists()
+    assert atomic_io.remove_stale_temporaries(tmp_path, "checkpoint-*", owned=True) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
