@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import socket
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -118,6 +119,18 @@ def files_atomic(folder: Path, name: str) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_writable(folder: Path) -> None:
+    """Raise OSError unless a file can be written where ``folder`` is (or would be created): a read-only
+    target fails before hours of work, not after. Permission bits alone do not tell (root ignores them)."""
+    existing = Path(folder)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(20, "Not a directory", str(existing))
+    with tempfile.TemporaryFile(dir=existing):
+        pass
 
 
 def move_aside(path: Path, new_name: str) -> Path:

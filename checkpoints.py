@@ -29,6 +29,7 @@ TRAINING_ARGS = "training_args.json"
 TRAINING_STATE = "training_state.json"  # the optimizer step of the final model
 EVAL_RESULTS = "eval_results.json"
 FINAL_MODEL_TMP = "final-model"
+THRESHOLD_FILE = "null_score_diff_threshold.json"  # the tuned no-answer threshold of a model folder
 # What run_squad writes into --output_dir, whose temporaries a killed run may leave behind.
 OUTPUT_GLOBS = (f"{CHECKPOINT_PREFIX}*", FINAL_MODEL_TMP, "*.json", "*.txt", "*.png")
 
@@ -134,6 +135,10 @@ def save_final_model(output_dir: Path, model, tokenizer, run_args: dict, global_
     except Exception as exc:  # noqa: BLE001 - as in save_checkpoint
         raise CheckpointWriteError(f"could not write the final model to {output_dir} ({write_failure_reason(exc)}); "
                                    f"last good checkpoint: {last_good(output_dir)}") from exc
+    stale = output_dir / THRESHOLD_FILE
+    if stale.is_file():  # tuned for the model this one replaces: never apply it to the new weights
+        stale.unlink()
+        logger.info("removed %s, tuned for the model this run replaced", stale)
     logger.info("saved the final model and tokenizer in %s", output_dir)
 
 
@@ -205,3 +210,21 @@ def write_eval_results(output_dir: Path, prefix: str, results: dict) -> None:
     atomic_io.write_json_atomic(path, everything, indent=2)
     lines = [f"step = {prefix}"] + [f"{k} = {v}" for k, v in results.items()]
     atomic_io.write_text_atomic(output_dir / "eval_results.txt", "\n".join(lines) + "\n")
+
+
+def write_threshold(folder: Path, results: dict, prefix: str, predict_path: Path | None, decoding: dict) -> None:
+    """The tuned no-answer threshold (best F1's), into the model folder it was tuned for, so that the model
+    answers as it was scored (qa_pipeline.py applies it), with the decoder settings the null odds came from.
+    A folder that cannot be written is only warned about."""
+    if "best_f1_thresh" not in results:
+        return
+    record = {"null_score_diff_threshold": results["best_f1_thresh"], "best_f1": results["best_f1"],
+              "best_exact": results["best_exact"], "best_exact_thresh": results["best_exact_thresh"],
+              **decoding, "step": prefix, "predict_file": str(predict_path) if predict_path else None}
+    try:
+        atomic_io.write_json_atomic(folder / THRESHOLD_FILE, record, indent=2)
+    except OSError as exc:
+        logger.warning("could not write the tuned threshold into %s (%s)", folder, exc.strerror or exc)
+        return
+    logger.info("tuned threshold %g (best F1 %.2f) written to %s", record["null_score_diff_threshold"],
+                record["best_f1"], folder / THRESHOLD_FILE)

@@ -45,9 +45,11 @@ except ImportError:  # torch without the public wrapper: _varlen_attn calls the 
 
 PACKED_ATTENTION = "packed_varlen"
 PACKED_ATTENTION_NO_DROPOUT = "packed_varlen_nodrop"
-SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "electra")
+SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "modernbert")
 # Model types whose position ids start after the padding index (fairseq convention).
 _OFFSET_POSITION_MODEL_TYPES = ("roberta", "xlm-roberta")
+# Model types without token type embeddings (their forward takes no token_type_ids).
+_NO_TOKEN_TYPE_MODEL_TYPES = ("modernbert",)
 
 # Keys of a packed batch that are model inputs (the rest is bookkeeping for the loss and unpacking).
 MODEL_INPUT_KEYS = ("input_ids", "token_type_ids", "position_ids")
@@ -242,15 +244,20 @@ def batch_to_device(batch: dict, device, non_blocking: bool = True) -> dict:
     }
 
 
-def model_kwargs(batch: dict) -> dict:
+def model_kwargs(batch: dict, model_type: str = "bert") -> dict:
     """The forward kwargs for a model switched by `enable_packed_attention` (no labels: see packed_qa_loss)."""
-    kwargs = {k: batch[k] for k in MODEL_INPUT_KEYS}
+    kwargs = {k: batch[k] for k in MODEL_INPUT_KEYS if not (k == "token_type_ids" and model_type in
+                                                             _NO_TOKEN_TYPE_MODEL_TYPES)}
     kwargs.update(
         cu_seq_lens_q=batch["cu_seqlens"],
         cu_seq_lens_k=batch["cu_seqlens"],
         max_length_q=batch["max_seqlen"],
         max_length_k=batch["max_seqlen"],
     )
+    if model_type == "modernbert":
+        # Its own masks per layer kind: none are needed (the packed kernels take cu_seqlens and the window),
+        # and a stream-long sliding-window mask would otherwise be built on every forward.
+        kwargs["attention_mask"] = {"full_attention": None, "sliding_attention": None}
     return kwargs
 
 
@@ -331,26 +338,53 @@ def _flash_varlen_usable(query) -> bool:
     )
 
 
-def _block_diagonal_sdpa(query, key, value, cu_seqlens, dropout: float, scaling):
-    """Exact reference path: SDPA over the whole stream with a mask keeping each segment to itself."""
-    total = query.shape[2]
-    positions = torch.arange(total, device=query.device)
-    segment = torch.searchsorted(cu_seqlens[1:].to(positions.dtype), positions, right=True)
-    mask = (segment[:, None] == segment[None, :])[None, None]
+def _segment_of(cu_seqlens, total: int, device):
+    positions = torch.arange(total, device=device)
+    return positions, torch.searchsorted(cu_seqlens[1:].to(positions.dtype), positions, right=True)
+
+
+def _block_diagonal_sdpa(query, key, value, cu_seqlens, dropout: float, scaling, window: int | None):
+    """Exact reference path: SDPA over the whole stream with a mask keeping each segment to itself (and,
+    for a local-attention layer, to tokens at most `window` positions away). One fixed-shape call: what
+    torch.compile sees; quadratic in the pack size."""
+    positions, segment = _segment_of(cu_seqlens, query.shape[2], query.device)
+    mask = segment[:, None] == segment[None, :]
+    if window is not None:
+        mask &= (positions[:, None] - positions[None, :]).abs() <= window
     out = torch.nn.functional.scaled_dot_product_attention(
-        query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling
+        query, key, value, attn_mask=mask[None, None], dropout_p=dropout, scale=scaling
     )
     return out.transpose(1, 2)
 
 
-def _flash_varlen(query, key, value, cu_seqlens, max_seqlen: int, dropout: float, scaling):
+def _per_segment_sdpa(query, key, value, cu_seqlens, dropout: float, scaling, window: int | None):
+    """Exact eager path off the GPU: one SDPA per feature (no work across features), so a CPU pack costs
+    what its features cost padded, not the square of the pack."""
+    bounds = cu_seqlens.tolist()  # on the CPU: no device to wait for
+    outs = []
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        if b == a:
+            continue
+        mask = None
+        if window is not None:
+            pos = torch.arange(b - a, device=query.device)
+            mask = ((pos[:, None] - pos[None, :]).abs() <= window)[None, None]
+        outs.append(torch.nn.functional.scaled_dot_product_attention(
+            query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], attn_mask=mask, dropout_p=dropout, scale=scaling))
+    return torch.cat(outs, dim=2).transpose(1, 2)
+
+
+def _flash_varlen(query, key, value, cu_seqlens, max_seqlen: int, dropout: float, scaling, window: int | None):
     """Flash attention's varlen kernel on [T, H, D] views of the [1, H, T, D] inputs."""
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))
     cu = cu_seqlens.to(torch.int32)
-    if dropout > 0.0:
-        # Same kernel varlen_attn wraps, but with dropout; aten's autograd formula gives the backward.
+    if dropout > 0.0 or window is not None:
+        # Same kernel varlen_attn wraps, with dropout and the local window (varlen_attn has no dropout,
+        # and may pick cuDNN, which has no window); aten's autograd formula gives the backward.
+        w = -1 if window is None else window
         out = torch.ops.aten._flash_attention_forward(
-            q, k, v, cu, cu, max_seqlen, max_seqlen, dropout, False, False, scale=scaling
+            q, k, v, cu, cu, max_seqlen, max_seqlen, dropout, False, False, scale=scaling,
+            window_size_left=w, window_size_right=w,
         )[0]
     else:
         out = _varlen_attn()(q, k, v, cu, cu, max_seqlen, max_seqlen, scale=scaling)
@@ -368,6 +402,13 @@ def _varlen_attn():
     return fallback
 
 
+def _local_window(kwargs: dict) -> int | None:
+    """Tokens each side a local-attention layer sees (ModernBERT passes sliding_window = half window + 1,
+    flash attention's inclusive convention), None for global attention."""
+    sliding = kwargs.get("sliding_window")
+    return None if sliding is None else int(sliding) - 1
+
+
 def _make_attention(apply_dropout: bool):
     def packed_attention_forward(
         module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs
@@ -381,10 +422,13 @@ def _make_attention(apply_dropout: bool):
         if query.shape[0] != 1:
             raise ValueError(f"packed attention expects one flat stream (batch 1), got batch {query.shape[0]}")
         dropout = dropout if apply_dropout else 0.0
+        window = _local_window(kwargs)
         if _flash_varlen_usable(query):
-            out = _flash_varlen(query, key, value, cu_seqlens, int(kwargs["max_length_q"]), dropout, scaling)
+            out = _flash_varlen(query, key, value, cu_seqlens, int(kwargs["max_length_q"]), dropout, scaling, window)
+        elif query.is_cuda or torch.compiler.is_compiling():
+            out = _block_diagonal_sdpa(query, key, value, cu_seqlens, dropout, scaling, window)
         else:
-            out = _block_diagonal_sdpa(query, key, value, cu_seqlens, dropout, scaling)
+            out = _per_segment_sdpa(query, key, value, cu_seqlens, dropout, scaling, window)
         return out, None
 
     return packed_attention_forward
@@ -451,9 +495,9 @@ def _set_attention(model, name: str) -> None:
         raise RuntimeError(f"could not switch {type(model).__name__} to attention {name!r}")
 
 
-def packed_forward(model, batch: dict):
+def packed_forward(model, batch: dict, model_type: str = "bert"):
     """Run the QA model on a packed batch (already on the device); returns (start_logits, end_logits) [1, T]."""
-    outputs = model(**model_kwargs(batch))
+    outputs = model(**model_kwargs(batch, model_type))
     return outputs.start_logits, outputs.end_logits
 
 

@@ -9,6 +9,8 @@ its own dropout masks, which a resumed run must continue. None of it is about SQ
 
 from __future__ import annotations
 
+import importlib
+import logging
 import os
 import random
 import re
@@ -17,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+logger = logging.getLogger("run_squad")
 
 
 class LaunchError(ValueError):
@@ -31,6 +35,7 @@ class Runtime:
     world_size: int
     local_rank: int
     device: torch.device
+    cpu_group: object = None  # a gloo group for host-side agreement (the stop signal) without touching the GPU
 
     @property
     def is_main(self) -> bool:
@@ -91,10 +96,36 @@ def setup(local_rank_flag: int, no_cuda: bool) -> Runtime:
         torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo", store=store, rank=rank,
                                              world_size=world_size)
         rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        cpu_group = torch.distributed.new_group(backend="gloo")
     else:
-        world_size = 1
+        world_size, cpu_group = 1, None
     device = torch.device("cuda", max(local_rank, 0)) if use_cuda else torch.device("cpu")
-    return Runtime(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+    return Runtime(rank=rank, world_size=world_size, local_rank=local_rank, device=device, cpu_group=cpu_group)
+
+
+def setup_logging(verbose: bool, rank: int) -> None:
+    """Timestamps and the rank on every line; rank 0 logs, the others only warnings."""
+    logging.basicConfig(
+        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
+        level=(logging.DEBUG if verbose else logging.INFO) if rank == 0 else logging.WARNING,
+        force=True,
+    )
+    # transformers is chatty at INFO about every file it reads.
+    logging.getLogger("transformers").setLevel(logging.WARNING)
+
+
+def start_debugger(server_ip: str, server_port: str) -> None:
+    """Classic --server_ip/--server_port remote debugging, through debugpy (the successor of ptvsd)."""
+    if not (server_ip and server_port):
+        return
+    try:
+        debugpy = importlib.import_module("debugpy")  # optional: only remote debugging needs it
+    except ImportError as exc:
+        raise LaunchError("--server_ip/--server_port need the debugpy package (pip install debugpy)") from exc
+    debugpy.listen((server_ip, int(server_port)))
+    logger.info("Waiting for a debugger to attach on %s:%s", server_ip, server_port)
+    debugpy.wait_for_client()
 
 
 def restarted_by_torchrun() -> bool:
@@ -121,11 +152,18 @@ def shutdown(rt: Runtime) -> None:
 
 
 class StopFlag:
-    """Set by SIGTERM/SIGINT; the loop finishes its optimizer step, checkpoints and exits with 3."""
+    """Set by SIGTERM/SIGINT; the loop finishes its optimizer step, checkpoints and exits with 3.
 
-    def __init__(self) -> None:
+    Under torchrun the ranks agree without waiting for the GPU: each step starts an asynchronous all-reduce
+    of the flag on a host-side (gloo) group and reads the previous step's, which has long finished. All
+    ranks therefore stop at the same step, one step after the signal reached any of them.
+    """
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
         self.signum: int | None = None
         self._previous: dict = {}
+        self._pending: tuple | None = None
 
     def install(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -134,20 +172,30 @@ class StopFlag:
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        if self._pending is not None:
+            self._pending[0].wait()  # every rank started it: finish it before the group is used again
+            self._pending = None
 
     def _handle(self, signum, frame) -> None:
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C stops at once
         self.signum = signum
 
-    def agreed(self, rt: Runtime) -> bool:
-        """All ranks stop at the same step when any of them was signalled."""
+    def agreed(self) -> bool:
+        """Whether all ranks stop now (called once per optimizer step on every rank)."""
         local = self.signum is not None
-        if not rt.distributed:
+        if not self.rt.distributed:
             return local
-        flag = torch.tensor([1.0 if local else 0.0], device=rt.device if rt.device.type == "cuda" else "cpu")
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return bool(flag.item() > 0)
+        stop = False
+        if self._pending is not None:
+            work, flag = self._pending
+            work.wait()
+            stop = bool(flag.item() > 0)  # a CPU tensor: reading it waits for no GPU work
+        flag = torch.tensor([1.0 if local else 0.0])
+        work = torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=self.rt.cpu_group,
+                                            async_op=True)
+        self._pending = (work, flag)
+        return stop
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import logging
 import math
+import queue
 import re
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +34,7 @@ import utils_squad
 logger = logging.getLogger("run_squad")
 
 # Model types whose classic inputs carry no token type ids (the classic script's list).
-NO_TOKEN_TYPES = {"xlm", "roberta", "distilbert", "camembert", "bart", "longformer", "xlm-roberta"}
+NO_TOKEN_TYPES = {"xlm", "roberta", "distilbert", "camembert", "bart", "longformer", "xlm-roberta", "modernbert"}
 BEAM_HEAD_TYPES = {"xlnet", "xlm"}
 
 
@@ -86,10 +89,14 @@ def uses_beam_head(model_type: str, simple_span_head: bool) -> bool:
     return model_type in BEAM_HEAD_TYPES and not simple_span_head
 
 
-def load_model(path: str, config, source: ModelSource, beam_head: bool, attn_implementation: str | None = None):
-    """The QA model for this config: beam head for XLNet/XLM, relative positions for such BERTs."""
-    # float32 master weights whatever the checkpoint's dtype: torch.amp computes in half precision.
-    kwargs = {**source.kwargs(), "dtype": torch.float32}
+def load_model(path: str, config, source: ModelSource, beam_head: bool, attn_implementation: str | None = None,
+               dtype: torch.dtype = torch.float32):
+    """The QA model for this config: beam head for XLNet/XLM, relative positions for such BERTs.
+
+    float32 by default whatever the checkpoint's dtype (master weights for training: torch.amp computes in
+    half precision); a model loaded only to evaluate on a GPU may take bf16/fp16 weights.
+    """
+    kwargs = {**source.kwargs(), "dtype": dtype}
     try:
         if beam_head:
             cls = XLNetForQuestionAnswering if config.model_type == "xlnet" else XLMForQuestionAnswering
@@ -174,8 +181,12 @@ class Decoding:
     null_score_diff_threshold: float = 0.0
 
 
-def _cpu(tensor: torch.Tensor) -> np.ndarray:
-    return tensor.float().cpu().numpy() if tensor.is_floating_point() else tensor.cpu().numpy()
+def _to_host(outputs: list[dict]) -> dict[str, np.ndarray]:
+    """Every batch's device outputs as host arrays, in one copy per name (the evaluation's only sync)."""
+    if not outputs:
+        return {}
+    joined = {name: torch.cat([o[name] for o in outputs]) for name in outputs[0]}
+    return {name: (t.float() if t.is_floating_point() else t).cpu().numpy() for name, t in joined.items()}
 
 
 class SpanHead:
@@ -186,15 +197,22 @@ class SpanHead:
     def inputs(self, batch: dict, training: bool, version_2: bool) -> dict:
         return {"start_positions": batch["start_positions"], "end_positions": batch["end_positions"]} if training else {}
 
-    def arrays(self, out, batch: dict) -> dict[str, np.ndarray]:
-        """This batch's logits at their flat token positions (padding dropped)."""
-        source = _cpu(batch["source_index"]).reshape(-1)
-        real = source >= 0
-        return {"token": source[real], "start_logits": _cpu(out.start_logits).reshape(-1)[real],
-                "end_logits": _cpu(out.end_logits).reshape(-1)[real]}
+    def outputs(self, out, batch: dict) -> dict[str, torch.Tensor]:
+        """This batch's logits with the flat token position of each (-1 for padding), left on the device."""
+        return {"token": batch["source_index"].reshape(-1), "start_logits": out.start_logits.detach().reshape(-1),
+                "end_logits": out.end_logits.detach().reshape(-1)}
+
+    def collect(self, outputs: list[dict]) -> dict[str, np.ndarray]:
+        """One process's outputs on the host, padding dropped."""
+        arrays = _to_host(outputs)
+        if not arrays:
+            return {}
+        real = arrays["token"] >= 0
+        return {name: values[real] for name, values in arrays.items()}
 
     def decode(self, examples, features, parts: list[dict], decoding: Decoding):
-        """Predictions, n-best lists and null odds from every batch's arrays (any order, any rank)."""
+        """Predictions, n-best lists and null odds from the outputs of every process."""
+        parts = [p for p in parts if p]
         chunks = [{"source_index": p["token"]} for p in parts]
         n = int(features.feature_start[-1])
         start = packing.unpack_logits([p["start_logits"] for p in parts], chunks, n)
@@ -221,16 +239,20 @@ class BeamHead:
                 inputs["is_impossible"] = batch["is_impossible"]
         return inputs
 
-    def arrays(self, out, batch: dict) -> dict[str, np.ndarray]:
+    def outputs(self, out, batch: dict) -> dict[str, torch.Tensor]:
         """Per feature of the batch, its indexes shifted back from the left padding to unpadded positions."""
-        arrays = {name: _cpu(getattr(out, name)) for name in BEAM_ARRAYS}
-        shift = _cpu(batch["left_pad"])[:, None]
+        arrays = {name: getattr(out, name).detach() for name in BEAM_ARRAYS}
+        shift = batch["left_pad"][:, None]
         arrays["start_top_index"] = arrays["start_top_index"] - shift
         arrays["end_top_index"] = arrays["end_top_index"] - shift
-        arrays["feature"] = _cpu(batch["feature_index"])
+        arrays["feature"] = batch["feature_index"]
         return arrays
 
+    def collect(self, outputs: list[dict]) -> dict[str, np.ndarray]:
+        return _to_host(outputs)
+
     def decode(self, examples, features, parts: list[dict], decoding: Decoding):
+        parts = [p for p in parts if p]
         order = np.concatenate([p["feature"] for p in parts])
         if sorted(order.tolist()) != list(range(len(features))):
             raise ValueError(f"beam outputs cover {len(set(order.tolist()))} of {len(features)} features")
@@ -267,7 +289,60 @@ def eval_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
 
 
 def to_device(batch: dict, device) -> dict:
-    return packing.batch_to_device(batch, device)
+    """Tensors to the device, without waiting for the copy (pinned host memory makes it asynchronous)."""
+    return packing.batch_to_device(batch, device, non_blocking=True)
+
+
+def pinned(batch: dict) -> dict:
+    return {k: (v.pin_memory() if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+_DONE = object()
+
+
+class Prefetcher:
+    """Runs ``build`` on each job in a background thread, up to ``depth`` jobs ahead, and yields the results
+    in order: the batches of step n+1 are built (and pinned, for a non-blocking copy) while step n runs.
+    An exception in the thread is raised where its result would have been yielded; close() stops the thread.
+    """
+
+    def __init__(self, jobs: Iterable, build: Callable, depth: int = 2):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(iter(jobs), build), daemon=True,
+                                        name="batch-prefetch")
+        self._thread.start()
+
+    def _run(self, jobs: Iterator, build: Callable) -> None:
+        try:
+            for job in jobs:
+                if not self._put(build(job)):
+                    return
+            self._put(_DONE)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            self._put(exc)
+
+    def _put(self, item) -> bool:
+        while not self._closed.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Iterator:
+        while True:
+            item = self._queue.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join(timeout=10)
 
 
 @dataclass(frozen=True)
@@ -279,6 +354,7 @@ class PaddedBatches:
     model_type: str
     version_2: bool = False
     lang_id: int = 0
+    pad_to_multiple_of: int = 8  # 64 under torch.compile: a handful of widths, so a handful of compilations
     packed = False
 
     def plan(self, lengths: np.ndarray, seed: int | None = None) -> list[np.ndarray]:
@@ -288,7 +364,8 @@ class PaddedBatches:
         return utils_squad.length_grouped_batches(lengths, self.batch_size, shuffle=True, seed=seed)
 
     def tensors(self, features, idx: np.ndarray, with_labels: bool) -> dict:
-        batch = {k: torch.from_numpy(v) for k, v in utils_squad.collate(features, idx, with_labels).items()}
+        arrays = utils_squad.collate(features, idx, with_labels, pad_to_multiple_of=self.pad_to_multiple_of)
+        batch = {k: torch.from_numpy(v) for k, v in arrays.items()}
         batch["source_index"] = torch.from_numpy(padded_source_index(features, idx, batch["input_ids"].shape[1]))
         batch["feature_index"] = torch.from_numpy(np.asarray(idx, dtype=np.int64))
         return batch
@@ -323,6 +400,7 @@ class PackedBatches:
 
     batch_size: int
     head: SpanHead
+    model_type: str
     tokens: int  # tokens per pack
     slots: int  # feature slots per pack
     max_seqlen: int  # longest feature
@@ -342,7 +420,7 @@ class PackedBatches:
                                          with_labels=with_labels, position_offset=self.position_offset)
 
     def forward(self, model, batch: dict, training: bool) -> SpanOutput:
-        start, end = packing.packed_forward(model, batch)
+        start, end = packing.packed_forward(model, batch, self.model_type)
         return SpanOutput(start, end, packing.packed_qa_loss(start, end, batch) if training else None)
 
 
@@ -357,8 +435,8 @@ def check_packing(config, model=None) -> None:
                  and (model is None or packing.supports_packing(model)))
     if not supported:
         raise PackingUnsupported(
-            f"--packing supports {', '.join(packing.SUPPORTED_MODEL_TYPES)} with absolute position embeddings, "
-            f"not {config.model_type} ({modeling_relative.position_embedding_type(config)}): drop --packing")
+            f"--packing supports {', '.join(packing.SUPPORTED_MODEL_TYPES)} (BERT-likes with absolute position "
+            f"embeddings), not {config.model_type} ({modeling_relative.position_embedding_type(config)}): drop --packing")
 
 
 def enable_packing(model, attention_dropout: bool) -> None:
@@ -368,11 +446,72 @@ def enable_packing(model, attention_dropout: bool) -> None:
 
 
 def make_batching(head, config, features, batch_size: int, *, packed: bool, pack_tokens: int, max_seq_length: int,
-                  version_2: bool, lang_id: int):
+                  version_2: bool, lang_id: int, compiled: bool = False):
     """Padded batches, or packs of a size fixed for the whole run from the features' lengths."""
     if not packed:
-        return PaddedBatches(batch_size, head, config.model_type, version_2, lang_id)
+        return PaddedBatches(batch_size, head, config.model_type, version_2, lang_id, 64 if compiled else 8)
     lengths = features.lengths()
     tokens = pack_tokens or max(max_seq_length, int(math.ceil(batch_size * lengths.mean() / 64)) * 64)
-    return PackedBatches(batch_size, head, tokens=tokens, slots=tokens // int(lengths.min()),
+    return PackedBatches(batch_size, head, config.model_type, tokens=tokens, slots=tokens // int(lengths.min()),
                          max_seqlen=int(lengths.max()), position_offset=packing.position_offset(config))
+
+
+# --------------------------------------------------------------------------------------------
+# Memory: the largest batch that fits (--auto_find_batch_size)
+# --------------------------------------------------------------------------------------------
+
+
+def smaller_batch(size: int) -> int:
+    """The largest divisor of `size` at most half of it (1 for a prime; `size` itself for 1), so that
+    accumulating size // divisor micro-batches keeps the global batch exactly."""
+    return next((d for d in range(size // 2, 0, -1) if size % d == 0), size)
+
+
+def probe_memory(model, batching, features, device, amp, extra_copies: int = 0) -> bool:
+    """Whether the worst batch of `batching` fits: its longest features (or a full pack) forward and backward
+    in training mode, beside room for Adam's two moments (and `extra_copies` more, for DDP's gradient
+    buckets). Leaves no trace: gradients are dropped and the random state is restored."""
+    lengths = features.lengths()
+    idx = batching.plan(lengths)[0] if batching.packed else np.argsort(lengths, kind="stable")[-batching.batch_size:]
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if device.type == "cuda" else None
+    reserved: list = []
+    try:
+        reserved = [torch.zeros_like(p) for p in model.parameters() if p.requires_grad for _ in range(2 + extra_copies)]
+        model.train()
+        batch = to_device(batching.tensors(features, idx, with_labels=True), device)
+        with amp:
+            loss = batching.forward(model, batch, training=True).loss
+        loss.backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return True
+    except torch.cuda.OutOfMemoryError:
+        return False
+    finally:
+        del reserved
+        model.zero_grad(set_to_none=True)
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+            torch.cuda.empty_cache()
+
+
+def find_batch_size(fits: Callable[[int], bool], size: int, accumulation: int, group=None) -> tuple[int, int]:
+    """Halve the per-device batch until `fits` (every rank agreeing, over `group`), raising the accumulation so
+    the global batch stays; (0, accumulation) when even one feature does not fit."""
+    while True:
+        ok = fits(size)
+        if group:
+            flag = torch.tensor([int(ok)])
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN, group=group)
+            ok = bool(flag.item())
+        if ok:
+            return size, accumulation
+        smaller = smaller_batch(size)
+        if smaller == size:
+            return 0, accumulation
+        logger.warning("--auto_find_batch_size: %d features per device do not fit in GPU memory; trying %d with "
+                       "--gradient_accumulation_steps %d (the same global batch)", size, smaller,
+                       accumulation * size // smaller)
+        size, accumulation = smaller, accumulation * size // smaller

@@ -20,13 +20,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import json
 import logging
 import math
-import os
 import sys
-import tempfile
 import time
 import traceback
 from dataclasses import dataclass
@@ -42,7 +39,7 @@ import utils_squad
 # The torch side (torch, transformers and the modules built on them) takes about five seconds to import.
 # It is imported once, by import_torch_side(), after the flags are parsed and checked, so that --help and
 # a mistyped flag answer at once: this is the one deferred import boundary of the command line.
-torch = transformers = checkpoints = process_group = qa_model = None
+torch = transformers = checkpoints = process_group = qa_model = train_log = None
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 3
 
@@ -145,6 +142,8 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--packing", action="store_true", help="Pack several features into fixed-size token streams: no compute on padding (BERT, RoBERTa, ELECTRA).")
     g.add_argument("--pack_tokens", type=int, default=0, help="With --packing: tokens per pack (default: the batch size times the mean feature length, rounded up to 64).")
     g.add_argument("--packed_attention_dropout", default="on", choices=["on", "off"], help="With --packing: attention dropout while training (off: the faster kernel without dropout).")
+    g.add_argument("--torch_compile", action="store_true", help="torch.compile the model for training and evaluation (padded widths rounded to 64).")
+    g.add_argument("--auto_find_batch_size", action="store_true", help="Before training, halve the per-device batch until its longest batch fits in GPU memory, raising --gradient_accumulation_steps to keep the global batch.")
     g.add_argument("--seed", type=int, default=42, help="Random seed.")
 
     g = p.add_argument_group("decoding")
@@ -262,8 +261,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def import_torch_side() -> None:
     """The deferred import boundary (see the comment at the top of this file)."""
-    global torch, transformers, checkpoints, process_group, qa_model
-    import checkpoints, process_group, qa_model, torch, transformers.optimization  # noqa: E401, I001 - the one boundary
+    global torch, transformers, checkpoints, process_group, qa_model, train_log
+    import checkpoints, process_group, qa_model, torch, train_log, transformers.optimization  # noqa: E401, I001
 
 
 def exit_code_for(exc: BaseException) -> int:
@@ -298,17 +297,21 @@ class RunSetup:
     context_first: bool
     source: object  # qa_model.ModelSource
 
-    def run_args(self, args) -> dict:
-        """The flags as training_args.json records them, with the derived paths and model type."""
+    def run_args(self, args, batches=None) -> dict:
+        """The flags as training_args.json records them, with the derived paths and model type, and the
+        micro-batches training used (--auto_find_batch_size may have changed them; the global batch is the
+        same): passed back as flags, they reproduce the run."""
         derived = {"model_type": self.model_type, "train_path": self.train_path, "predict_path": self.predict_path}
+        if batches is not None:
+            derived.update(per_gpu_train_batch_size=batches.batch_size, gradient_accumulation_steps=batches.accumulation)
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in {**vars(args), **derived}.items()}
 
 
 def run(args) -> int:
     """file -> examples -> features -> training -> evaluation, in that order."""
     rt = process_group.setup(args.local_rank, args.no_cuda)
-    setup_logging(args.verbose_logging, rt.rank)
-    start_debugger(args.server_ip, args.server_port)
+    process_group.setup_logging(args.verbose_logging, rt.rank)
+    process_group.start_debugger(args.server_ip, args.server_port)
     check_output_dir(args)
     process_group.barrier(rt)  # every rank has checked --output_dir before rank 0 writes anything into it
     train_path, predict_path = data_paths(args, rt)
@@ -335,53 +338,26 @@ def run(args) -> int:
         eval_data = (eval_examples, features, make_batching(args, head, config, features, args.per_gpu_eval_batch_size))
     if args.do_train:
         features = build_features(args, rt, tokenizer, train_path, train_examples, setup.context_first, True)
-        batching = make_batching(args, head, config, features, args.per_gpu_train_batch_size)
         resume = checkpoints.resolve_resume(Path(args.output_dir), args.resume_from_checkpoint
                                             or ("latest" if process_group.restarted_by_torchrun() else None))
         model = load_model(args, setup, config, str(resume) if resume else args.model_name_or_path)
-        global_step = train(args, setup, rt, model, tokenizer, features, batching, resume,
-                            eval_data if args.evaluate_during_training else None)
+        batches = train_batches(args, rt, model, head, config, features, resume)
+        summary = train(args, setup, rt, model, tokenizer, features, batches, resume,
+                        eval_data if args.evaluate_during_training else None)
         if rt.is_main:
-            checkpoints.save_final_model(Path(args.output_dir), model, tokenizer, setup.run_args(args), global_step)
+            checkpoints.save_final_model(Path(args.output_dir), model, tokenizer, setup.run_args(args, batches),
+                                         summary["global_step"])
         process_group.barrier(rt)
     if args.do_eval or args.do_predict:
         for folder, prefix in checkpoints.models_to_evaluate(Path(args.output_dir), args.eval_all_checkpoints,
                                                              args.do_train, args.model_name_or_path):
-            model = load_model(args, setup, config, folder)
-            results = evaluate(args, setup, rt, model, *eval_data, prefix=prefix, score=args.do_eval)
+            model = load_model(args, setup, config, folder, evaluation=rt.device)
+            results = evaluate(args, setup, rt, model, *eval_data, prefix=prefix, score=args.do_eval,
+                               model_folder=folder if Path(folder).is_dir() else None)
             if rt.is_main and args.do_eval:
                 print(json.dumps({"step": prefix, **results}), flush=True)
     process_group.shutdown(rt)
     return EXIT_OK
-
-
-def setup_logging(verbose: bool, rank: int) -> None:
-    logging.basicConfig(
-        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
-        datefmt="%Y-%m-%d %H:%M:%S",
-        level=(logging.DEBUG if verbose else logging.INFO) if rank == 0 else logging.WARNING,
-        force=True,
-    )
-    # transformers is chatty at INFO about every file it reads.
-    logging.getLogger("transformers").setLevel(logging.WARNING)
-
-
-def optional_import(module: str, what: str):
-    """An optional package (datasets, debugpy, tensorboardX), or a UsageError saying how to install it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise UsageError(f"{what} needs the optional `{module}` package (pip install {module})") from exc
-
-
-def start_debugger(server_ip: str, server_port: str) -> None:
-    """Classic --server_ip/--server_port remote debugging, through debugpy (the successor of ptvsd)."""
-    if not (server_ip and server_port):
-        return
-    debugpy = optional_import("debugpy", "--server_ip/--server_port")
-    debugpy.listen((server_ip, int(server_port)))
-    logger.info("Waiting for a debugger to attach on %s:%s", server_ip, server_port)
-    debugpy.wait_for_client()
 
 
 def check_output_dir(args) -> None:
@@ -389,7 +365,10 @@ def check_output_dir(args) -> None:
     out = Path(args.output_dir)
     if out.exists() and not out.is_dir():
         raise InputError(f"--output_dir {out}: exists and is not a folder")
-    check_writable(out)
+    try:
+        atomic_io.check_writable(out)
+    except OSError as exc:
+        raise InputError(f"--output_dir {out}: cannot write there ({exc.strerror or exc})") from exc
     if args.overwrite_output_dir or not out.is_dir():
         return
     resuming = args.resume_from_checkpoint is not None or process_group.restarted_by_torchrun()
@@ -406,21 +385,6 @@ def check_output_dir(args) -> None:
                                  "to replace it, or choose another --output_dir")
 
 
-def check_writable(folder: Path) -> None:
-    """Try a write where the folder is (or would be created): a read-only target fails now, not after
-    an hour of featurization. Permission bits alone do not tell (root ignores them)."""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    try:
-        if not existing.is_dir():
-            raise NotADirectoryError(20, "Not a directory", str(existing))
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as exc:
-        raise InputError(f"--output_dir {folder}: cannot write there ({exc.strerror or exc})") from exc
-
-
 def data_paths(args, rt) -> tuple[Path | None, Path | None]:
     """--train_file/--predict_file (relative to --data_dir, as in the classic script) or --dataset_name's
     splits, checked to exist before any is read (the reader refuses one too large for memory)."""
@@ -431,7 +395,7 @@ def data_paths(args, rt) -> tuple[Path | None, Path | None]:
         if path is not None and args.data_dir and not path.is_absolute():
             path = Path(args.data_dir) / path
         if path is None and args.dataset_name and wanted:
-            path = dataset_to_file(args, rt, split)
+            path = dataset_file(args, rt, split)
         if wanted and path is not None and path.is_dir():
             raise InputError(f"{flag} {path}: is a folder, not a data file")
         if wanted and path is not None and not path.is_file():
@@ -440,34 +404,13 @@ def data_paths(args, rt) -> tuple[Path | None, Path | None]:
     return paths[0], paths[1]
 
 
-def features_cache_dir(args) -> Path:
-    """Features are cached per user, not beside the data: data folders are often shared or read-only.
-
-    Cache names are content and settings hashes, so sweeps with other output folders reuse them safely.
-    """
-    if args.features_cache_dir:
-        return Path(args.features_cache_dir)
-    if os.environ.get("RUN_SQUAD_CACHE"):
-        return Path(os.environ["RUN_SQUAD_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "run_squad" / "features"
-
-
-def dataset_to_file(args, rt, split: str) -> Path:
-    """--dataset_name: rank 0 writes the split as HF-layout JSON Lines so the normal reader and cache apply.
-
-    The file goes beside the feature cache, not into --output_dir, which holds only this run's results.
-    """
-    target = features_cache_dir(args) / "datasets" / f"{Path(args.dataset_name).name}-{split}.jsonl"
+def dataset_file(args, rt, split: str) -> Path:
+    """--dataset_name: rank 0 writes the split as JSON Lines beside the feature cache (not into --output_dir,
+    which holds only this run's results), so the normal reader and cache apply."""
+    cache = utils_squad.features_cache_dir(args.features_cache_dir)
+    target = cache / "datasets" / f"{Path(args.dataset_name).name}-{split}.jsonl"
     if rt.is_main:
-        datasets = optional_import("datasets", "--dataset_name")
-        try:
-            ds = datasets.load_dataset(args.dataset_name, split=split, cache_dir=args.cache_dir or None)
-        except Exception as exc:  # noqa: BLE001 - any loading failure (offline, unknown name) is one line
-            raise InputError(f"--dataset_name {args.dataset_name}: cannot load split {split!r} ({first_line(exc)})") from exc
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fields = ("id", "title", "context", "question", "answers")
-        lines = [json.dumps({k: row[k] for k in fields if k in row}, ensure_ascii=False) for row in ds]
-        atomic_io.write_text_atomic(target, "\n".join(lines) + "\n")
+        utils_squad.dataset_to_jsonl(args.dataset_name, split, target, args.cache_dir or None)
     process_group.barrier(rt)
     return target
 
@@ -506,7 +449,7 @@ def check_model_settings(args, setup: RunSetup, config, tokenizer) -> None:
 
 def build_features(args, rt, tokenizer, path: Path, examples, context_first: bool, is_training: bool):
     """Featurize through the on-disk cache; rank 0 builds it while the other ranks wait."""
-    cache_dir = features_cache_dir(args)
+    cache_dir = utils_squad.features_cache_dir(args.features_cache_dir)
     if rt.is_main:
         cache_dir.mkdir(parents=True, exist_ok=True)
     else:
@@ -524,14 +467,40 @@ def build_features(args, rt, tokenizer, path: Path, examples, context_first: boo
 def make_batching(args, head, config, features, batch_size: int):
     return qa_model.make_batching(head, config, features, batch_size, packed=args.packing,
                                   pack_tokens=args.pack_tokens, max_seq_length=args.max_seq_length,
-                                  version_2=args.version_2_with_negative, lang_id=args.lang_id)
+                                  version_2=args.version_2_with_negative, lang_id=args.lang_id,
+                                  compiled=args.torch_compile)
 
 
-def load_model(args, setup: RunSetup, config, path: str):
-    model = qa_model.load_model(path, config, setup.source, setup.beam_head, args.attn_implementation)
+def load_model(args, setup: RunSetup, config, path: str, evaluation=None):
+    """The model, packed and compiled as asked. A model loaded only to evaluate on a GPU (``evaluation``
+    is its device) gets --bf16/--fp16 weights: half the memory and no autocast casts."""
+    half = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
+    dtype = half if half is not None and evaluation is not None and evaluation.type == "cuda" else torch.float32
+    model = qa_model.load_model(path, config, setup.source, setup.beam_head, args.attn_implementation, dtype)
     if args.packing:
         qa_model.enable_packing(model, attention_dropout=args.packed_attention_dropout == "on")
+    if args.torch_compile:
+        model.compile()  # in place: parameters, state_dict and save_pretrained stay those of the model
     return model
+
+
+def train_batches(args, rt, model, head, config, features, resume: Path | None) -> TrainBatches:
+    """The flags' micro-batches, or with --auto_find_batch_size the largest that fits (a resumed run keeps
+    its checkpoint's: the data plan must not change under it)."""
+    size, accum = args.per_gpu_train_batch_size, args.gradient_accumulation_steps
+    if args.auto_find_batch_size and resume is not None:
+        saved = json.loads((resume / checkpoints.TRAINING_ARGS).read_text())
+        size, accum = saved["per_gpu_train_batch_size"], saved["gradient_accumulation_steps"]
+    elif args.auto_find_batch_size:
+        def fits(batch_size: int) -> bool:
+            batching = make_batching(args, head, config, features, batch_size)
+            return qa_model.probe_memory(model.to(rt.device), batching, features, rt.device,
+                                         amp_context(args, rt.device), extra_copies=int(rt.distributed))
+        size, accum = qa_model.find_batch_size(fits, size, accum, rt.distributed and rt.cpu_group)
+        if size == 0:
+            raise OutOfMemory(f"out of GPU memory with one feature per device of up to --max_seq_length "
+                              f"{args.max_seq_length} tokens: shorten --max_seq_length or use a bigger GPU")
+    return TrainBatches(size, accum, make_batching(args, head, config, features, size))
 
 
 # --------------------------------------------------------------------------------------------
@@ -563,7 +532,151 @@ def optimizer_steps(plan_of_epoch, position: dict, total_steps: int):
         epoch, start = epoch + 1, 0
 
 
+@dataclass(frozen=True)
+class TrainBatches:
+    """Micro-batches per device and per optimizer step: the flags', a resumed checkpoint's, or what
+    --auto_find_batch_size found (the same global batch either way), and the batching built for them."""
+
+    batch_size: int
+    accumulation: int
+    batching: object
+
+    def describe(self, max_seq_length: int) -> str:
+        if self.batching.packed:
+            return f"packs of {self.batching.tokens} tokens (--per_gpu_train_batch_size {self.batch_size})"
+        return f"--per_gpu_train_batch_size {self.batch_size} and --max_seq_length {max_seq_length}"
+
+
+def train(args, setup: RunSetup, rt, model, tokenizer, features, batches: TrainBatches, resume_from: Path | None,
+          eval_data) -> dict:
+    """The training loop: optimizer steps, each over its micro-batches, then step, then log / evaluate /
+    save / stop. No host synchronisation inside a step: what the host must read waits for those steps.
+    Returns the summary (wall time, sequences/s, real tokens/s, peak GPU memory, the last step)."""
+    ddp, accum, batching = wrap_for_processes(model, rt, setup), batches.accumulation, batches.batching
+    total_steps, prefetch = plan_steps(args, setup, rt, features, batches)
+    opt = start_optimization(args, model, rt, total_steps)
+    position = start = resume(resume_from, opt, rt)
+    writer, stop, meter, progress = start_logs(args, rt, resume_from, batches, len(features), start, total_steps)
+    steps = prefetch(start)
+    clip = args.max_grad_norm if args.max_grad_norm > 0 else float("inf")  # 0: no clipping
+    try:
+        model.train()
+        for position, group in steps:
+            for micro, (batch, seqs, tokens) in enumerate(group):
+                batch = qa_model.to_device(batch, rt.device)
+                # Gradients are all-reduced once per optimizer step, on its last micro-batch.
+                with ddp.no_sync() if rt.distributed and micro < len(group) - 1 else contextlib.nullcontext():
+                    with amp_context(args, rt.device):
+                        loss = batching.forward(ddp, batch, training=True).loss / accum
+                    (opt.scaler.scale(loss) if opt.scaler is not None else loss).backward()
+                meter.add(loss.detach(), seqs, tokens)
+            # The step: unscale, clip, finiteness, step, zero. A non-finite gradient skips the update on the
+            # device: the fused AdamW kernel takes found_inf (from the scaler with --fp16), so nothing waits.
+            if opt.scaler is not None:
+                opt.scaler.unscale_(opt.optimizer)
+            skipped = ~torch.isfinite(torch.nn.utils.clip_grad_norm_(ddp.parameters(), clip))
+            if opt.scaler is not None:
+                opt.scaler.step(opt.optimizer)
+                opt.scaler.update()
+            else:
+                opt.optimizer.found_inf = skipped.float()
+                opt.optimizer.step()
+            opt.scheduler.step()
+            opt.optimizer.zero_grad(set_to_none=True)
+            step = position["global_step"]
+            meter.end_step(step, skipped, opt.scaler)
+            progress.update(1)
+            if step == start["global_step"] + 1 and args.torch_compile:
+                log_first_step(rt, meter)
+            # Logging, evaluation, saving and the stop signal: the steps where the host reads the device.
+            log_now, interrupted = step % args.logging_steps == 0, stop.agreed()
+            eval_now = eval_data is not None and step % (args.eval_steps or args.logging_steps) == 0
+            save_now = (args.save_steps and step % args.save_steps == 0) or interrupted
+            if log_now or eval_now or save_now:
+                check_skips(args, meter)
+            if log_now:
+                meter.log(writer, opt.scheduler, step)
+            if save_now:
+                save_checkpoint(args, setup, rt, model, tokenizer, opt, position, resume_from, batches)
+            if eval_now:  # after saving: the tuned threshold goes into that checkpoint
+                evaluate_during_training(args, setup, rt, model, eval_data, step, bool(save_now), writer)
+            if interrupted:
+                raise TrainingInterrupted(
+                    f"signal {stop.signum or 'on another rank'}: stopped at step {step}, checkpoint written to "
+                    f"{Path(args.output_dir) / (checkpoints.CHECKPOINT_PREFIX + str(step))}")
+        check_skips(args, meter)
+    except torch.cuda.OutOfMemoryError as exc:
+        failing = position["global_step"] + (position is start)  # the loop's position is the step it computes
+        raise OutOfMemory(out_of_memory_advice(args, batches, failing)) from exc
+    finally:
+        for closing in (steps.close, stop.restore, progress.close):
+            closing()
+        train_log.close_quietly(writer)
+    return {**meter.summary(position["global_step"] - start["global_step"]), "global_step": position["global_step"],
+            "last_window": meter.last_window}
+
+
+def evaluate_during_training(args, setup: RunSetup, rt, model, eval_data, step: int, saved: bool, writer) -> None:
+    folder = Path(args.output_dir) / f"{checkpoints.CHECKPOINT_PREFIX}{step}"
+    results = evaluate(args, setup, rt, model, *eval_data, prefix=str(step), score=not args.do_predict,
+                       model_folder=str(folder) if saved else None)
+    train_log.write_scalars(writer, "eval", results, step)
+    model.train()
+
+
+class OutOfMemory(Exception):
+    """The GPU ran out of memory (one line, with the flags that keep the same global batch)."""
+
+
+def out_of_memory_advice(args, batches: TrainBatches, step: int) -> str:
+    smaller = qa_model.smaller_batch(batches.batch_size)
+    advice = ("shorten --max_seq_length or use a bigger GPU" if smaller == batches.batch_size else
+              f"keep the same global batch with --per_gpu_train_batch_size {smaller} --gradient_accumulation_steps "
+              f"{batches.accumulation * batches.batch_size // smaller}, or let --auto_find_batch_size find it")
+    return f"out of GPU memory at step {step} with {batches.describe(args.max_seq_length)}: {advice}"
+
+
+def plan_steps(args, setup: RunSetup, rt, features, batches: TrainBatches):
+    """The number of optimizer steps, and a function giving those from a position on, their batches built
+    (and on a GPU pinned, for a non-blocking copy) in a background thread while the steps before run."""
+    lengths, batching = features.lengths(), batches.batching
+    pin = qa_model.pinned if rt.device.type == "cuda" else (lambda batch: batch)
+
+    def plan_of_epoch(epoch: int) -> list[list]:
+        return epoch_plan(batching, lengths, args.seed + epoch, rt.rank, rt.world_size, batches.accumulation)
+
+    def build(job):
+        position, group = job
+        return position, [(pin(batching.tensors(features, idx, with_labels=True)), len(idx),
+                           int(lengths[idx].sum())) for idx in group]
+
+    total = total_optimizer_steps(args, setup, rt, len(plan_of_epoch(0)), len(features), batches)
+    return total, lambda start: qa_model.Prefetcher(optimizer_steps(plan_of_epoch, start, total), build)
+
+
+def wrap_for_processes(model, rt, setup: RunSetup):
+    """DDP across processes (the model itself in one process)."""
+    model.to(rt.device)
+    if not rt.distributed:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
+        # XLNet's mask_emb (both heads) and the beam head's unused branches get no gradient.
+        find_unused_parameters=setup.model_type in qa_model.BEAM_HEAD_TYPES)
+
+
+def total_optimizer_steps(args, setup: RunSetup, rt, steps_per_epoch: int, num_features: int,
+                          batches: TrainBatches) -> int:
+    """--max_steps, else --num_train_epochs times the first epoch's steps (packs per epoch vary a little)."""
+    if steps_per_epoch == 0:
+        raise InputError(f"{setup.train_path}: too few features ({num_features}) for one optimizer step of "
+                         f"{batches.batch_size} x {batches.accumulation} x {rt.world_size} processes")
+    total = args.max_steps if args.max_steps > 0 else int(steps_per_epoch * args.num_train_epochs)
+    return max(total, 1)
+
+
 def build_optimizer(model, args, device):
+    """AdamW, fused: one kernel for the whole update, which also skips it on the device when told found_inf."""
     groups = qa_model.parameter_groups(model, args.learning_rate, args.weight_decay, args.layerwise_lr_decay)
     for g in groups:
         depth = f" (depth {g['depth']})" if args.layerwise_lr_decay < 1.0 else ""
@@ -571,10 +684,11 @@ def build_optimizer(model, args, device):
                     depth, g["lr"], g["weight_decay"], len(g["params"]), g["names"][0])
     params = [{k: v for k, v in g.items() if k not in ("names", "depth")} for g in groups]
     return torch.optim.AdamW(params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                             eps=args.adam_epsilon, fused=device.type == "cuda")
+                             eps=args.adam_epsilon, fused=True)
 
 
 def build_scheduler(optimizer, args, total_steps: int):
+    """The learning rate as a function of the optimizer step (skipped updates count as steps)."""
     opt = transformers.optimization
     warmup = args.warmup_steps or int(math.ceil(args.warmup_ratio * total_steps))
     if args.lr_scheduler_type == "linear":
@@ -614,114 +728,6 @@ class Optimization:
             self.scaler.load_state_dict(state["scaler"])
 
 
-@dataclass
-class Meter:
-    """Loss and throughput since the last log line; the loss stays on the device until it is logged."""
-
-    loss: object  # a 0-dim tensor on the training device
-    steps: int = 0
-    seqs: int = 0
-    tokens: int = 0
-    skipped: int = 0
-    t0: float = 0.0
-
-    def add(self, loss, seqs: int, tokens: int) -> None:
-        self.loss += loss
-        self.seqs += seqs
-        self.tokens += tokens
-
-
-def train(args, setup: RunSetup, rt, model, tokenizer, features, batching, resume_from: Path | None,
-          eval_data) -> int:
-    """The training loop: optimizer steps, each over its micro-batches, then step, then log / evaluate /
-    save / stop. Returns the global step."""
-    model.to(rt.device)
-    ddp = wrap_for_processes(model, rt, setup.model_type)
-    accum, lengths = args.gradient_accumulation_steps, features.lengths()
-
-    def plan_of_epoch(epoch: int) -> list[list]:
-        return epoch_plan(batching, lengths, args.seed + epoch, rt.rank, rt.world_size, accum)
-
-    total_steps = total_optimizer_steps(args, setup, rt, len(plan_of_epoch(0)), len(features))
-    opt = start_optimization(args, model, rt, total_steps)
-    position = start = resume(resume_from, opt, rt)
-    writer = start_logs(args, rt, resume_from, batching, len(features), total_steps)
-    stop, meter = process_group.StopFlag(), Meter(torch.zeros((), device=rt.device), t0=time.perf_counter())
-    stop.install()
-    progress = tqdm(total=total_steps, initial=start["global_step"], desc="train", disable=not rt.is_main,
-                    dynamic_ncols=True)
-    clip, nonfinite_run = (args.max_grad_norm if args.max_grad_norm > 0 else float("inf")), 0
-    try:
-        model.train()
-        for position, group in optimizer_steps(plan_of_epoch, start, total_steps):
-            for micro, idx in enumerate(group):
-                batch = qa_model.to_device(batching.tensors(features, idx, with_labels=True), rt.device)
-                # Gradients are all-reduced once per optimizer step, on its last micro-batch.
-                skip_sync = rt.distributed and micro < len(group) - 1
-                with ddp.no_sync() if skip_sync else contextlib.nullcontext():
-                    with amp_context(args, rt.device):
-                        loss = batching.forward(ddp, batch, training=True).loss / accum
-                    (opt.scaler.scale(loss) if opt.scaler is not None else loss).backward()
-                meter.add(loss.detach(), len(idx), int(lengths[idx].sum()))
-            # The step: unscale, clip, finiteness (a NaN update is never applied), step, zero.
-            if opt.scaler is not None:
-                opt.scaler.unscale_(opt.optimizer)
-            # --max_grad_norm 0 means no clipping; the norm is still computed for the finiteness test.
-            finite = bool(torch.isfinite(torch.nn.utils.clip_grad_norm_(ddp.parameters(), clip)))
-            if opt.scaler is not None:
-                opt.scaler.step(opt.optimizer)  # skips the update itself when gradients are not finite
-                opt.scaler.update()
-            elif finite:
-                opt.optimizer.step()
-            if finite:
-                opt.scheduler.step()
-            opt.optimizer.zero_grad(set_to_none=True)
-            step, nonfinite_run = position["global_step"], 0 if finite else nonfinite_run + 1
-            if not finite:
-                report_nonfinite(args, meter, opt.scaler, step, nonfinite_run)
-            meter.steps += 1
-            progress.update(1)
-            # Logging, evaluation, saving and the stop signal.
-            if step % args.logging_steps == 0:
-                log_training(writer, meter, opt.scheduler, step, rt.world_size)
-            if eval_data is not None and step % (args.eval_steps or args.logging_steps) == 0:
-                write_scalars(writer, "eval", evaluate(args, setup, rt, model, *eval_data, prefix=str(step),
-                                                       score=not args.do_predict), step)
-                model.train()
-            interrupted = stop.agreed(rt)
-            if (args.save_steps and step % args.save_steps == 0) or interrupted:
-                save_checkpoint(args, setup, rt, model, tokenizer, opt, position, resume_from)
-            if interrupted:
-                raise TrainingInterrupted(
-                    f"signal {stop.signum or 'on another rank'}: stopped at step {step}, checkpoint written to "
-                    f"{Path(args.output_dir) / (checkpoints.CHECKPOINT_PREFIX + str(step))}")
-    finally:
-        stop.restore()
-        progress.close()
-        close_quietly(writer)
-    return position["global_step"]
-
-
-def wrap_for_processes(model, rt, model_type: str):
-    """DDP across processes (the model itself in one process)."""
-    if not rt.distributed:
-        return model
-    return torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
-        # XLNet's mask_emb (both heads) and the beam head's unused branches get no gradient.
-        find_unused_parameters=model_type in qa_model.BEAM_HEAD_TYPES)
-
-
-def total_optimizer_steps(args, setup: RunSetup, rt, steps_per_epoch: int, num_features: int) -> int:
-    """--max_steps, else --num_train_epochs times the first epoch's steps (packs per epoch vary a little)."""
-    if steps_per_epoch == 0:
-        raise InputError(f"{setup.train_path}: too few features ({num_features}) for one optimizer step of "
-                         f"{args.per_gpu_train_batch_size} x {args.gradient_accumulation_steps} x "
-                         f"{rt.world_size} processes")
-    total = args.max_steps if args.max_steps > 0 else int(steps_per_epoch * args.num_train_epochs)
-    return max(total, 1)
-
-
 def start_optimization(args, model, rt, total_steps: int) -> Optimization:
     optimizer = build_optimizer(model, args, rt.device)
     scaler = torch.amp.GradScaler(rt.device.type) if args.fp16 else None
@@ -747,80 +753,51 @@ def resume(resume_from: Path | None, opt: Optimization, rt) -> dict:
 
 
 def save_checkpoint(args, setup: RunSetup, rt, model, tokenizer, opt: Optimization, position: dict,
-                    protect: Path | None) -> None:
+                    protect: Path | None, batches: TrainBatches) -> None:
     rng = process_group.gather_rng_states(rt)  # every rank's stream, so each resumes its own dropout masks
     if rt.is_main:
         output_dir = Path(args.output_dir)
         state = {**opt.state(), "rng": rng, "position": position}
-        checkpoints.save_checkpoint(output_dir, model, tokenizer, setup.run_args(args), state)
+        checkpoints.save_checkpoint(output_dir, model, tokenizer, setup.run_args(args, batches), state)
         checkpoints.prune(output_dir, args.save_total_limit, protect)
     process_group.barrier(rt)
 
 
-def report_nonfinite(args, meter: Meter, scaler, step: int, in_a_row: int) -> None:
-    """Count and log a skipped update; after --max_nonfinite_steps in a row, stop (NonFiniteError).
+def check_skips(args, meter) -> None:
+    """Log the updates skipped as non-finite; after --max_nonfinite_steps in a row, stop (NonFiniteError).
 
     With --fp16 a few skips are routine: the gradient scaler halves its scale after each overflow.
     """
-    meter.skipped += 1
-    scale = f"; fp16 loss scale lowered to {scaler.get_scale():g}" if scaler is not None else ""
-    logger.warning("step %d: non-finite loss or gradient, update skipped (%d in a row%s)", step, in_a_row, scale)
-    if in_a_row >= args.max_nonfinite_steps:
-        raise NonFiniteError(f"{in_a_row} consecutive non-finite steps ending at step {step}; "
+    limit = meter.skips(args.max_nonfinite_steps)
+    if limit is not None:
+        raise NonFiniteError(f"{limit[1]} consecutive non-finite steps ending at step {limit[0]}; "
                              f"last good checkpoint: {checkpoints.last_good(Path(args.output_dir))}")
 
 
-def start_logs(args, rt, resume_from: Path | None, batching, num_features: int, total_steps: int):
-    """Clean the output folder of a killed run's leftovers, say what will run; the TensorBoard writer."""
+def log_first_step(rt, meter) -> None:
+    """--torch_compile: the first step's time, compilation included (read once: one host sync)."""
+    if rt.device.type == "cuda":
+        torch.cuda.synchronize(rt.device)
+    logger.info("torch.compile: the first optimizer step took %.1f s (compilation included)",
+                time.perf_counter() - meter.start)
+
+
+def start_logs(args, rt, resume_from: Path | None, batches: TrainBatches, num_features: int, start: dict,
+               total_steps: int):
+    """Clean the output folder of a killed run's leftovers and say what will run. Returns the TensorBoard
+    writer, the stop flag (installed), the meter and the progress bar."""
     logger.info("training: %d features, %d processes x %d per device x %d accumulation, %d optimizer steps%s",
-                num_features, rt.world_size, args.per_gpu_train_batch_size, args.gradient_accumulation_steps,
-                total_steps, f"; packs of {batching.tokens} tokens" if batching.packed else "")
-    if not rt.is_main:
-        return None
-    checkpoints.clean_output_dir(Path(args.output_dir), resume_from)
-    try:
-        tensorboard = optional_import("tensorboardX", "TensorBoard logging")
-    except UsageError:
-        logger.warning("tensorboardX is not installed: no TensorBoard logs (pip install tensorboardX)")
-        return None
-    return tensorboard.SummaryWriter(logdir=str(Path(args.output_dir) / "runs"))
-
-
-def write_scalars(writer, tag: str, values: dict, step: int) -> None:
-    if writer is None or not values:
-        return
-    for key, value in values.items():
-        if isinstance(value, (int, float)):
-            writer.add_scalar(f"{tag}/{key}", value, step)
-
-
-def log_training(writer, meter: Meter, scheduler, step: int, world_size: int) -> None:
-    """Loss, learning rate and throughput since the last log (the only host sync for the loss)."""
-    elapsed = max(time.perf_counter() - meter.t0, 1e-9)
-    values = {
-        "loss": meter.loss.item() / max(meter.steps, 1),
-        "lr": scheduler.get_last_lr()[-1],
-        "seq_per_s": meter.seqs * world_size / elapsed,
-        "tokens_per_s": meter.tokens * world_size / elapsed,
-        "skipped_nonfinite": meter.skipped,
-    }
-    logger.info("step %d: loss %.4f, lr %.3g, %.1f seq/s, %.0f tokens/s%s", step, values["loss"],
-                values["lr"], values["seq_per_s"], values["tokens_per_s"],
-                f", {values['skipped_nonfinite']} non-finite steps skipped" if values["skipped_nonfinite"] else "")
-    write_scalars(writer, "train", values, step)
-    meter.loss.zero_()
-    meter.steps = meter.seqs = meter.tokens = meter.skipped = 0
-    meter.t0 = time.perf_counter()
-
-
-def close_quietly(writer) -> None:
-    """Close the TensorBoard writer; its failure (a full disk) must not hide the error being raised."""
-    if writer is None:
-        return
-    try:
-        writer.close()
-    except Exception as exc:  # noqa: BLE001 - logs are secondary to the run's own outcome
-        logger.warning("could not close the TensorBoard writer: %s", first_line(exc))
+                num_features, rt.world_size, batches.batch_size, batches.accumulation, total_steps,
+                f"; packs of {batches.batching.tokens} tokens" if batches.batching.packed else "")
+    writer = None
+    if rt.is_main:
+        checkpoints.clean_output_dir(Path(args.output_dir), resume_from)
+        writer = train_log.open_tensorboard(args.output_dir)
+    stop = process_group.StopFlag(rt)
+    stop.install()
+    progress = tqdm(total=total_steps, initial=start["global_step"], desc="train", disable=not rt.is_main,
+                    dynamic_ncols=True)
+    return writer, stop, train_log.Meter(rt.device, rt.world_size), progress
 
 
 # --------------------------------------------------------------------------------------------
@@ -828,51 +805,83 @@ def close_quietly(writer) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def evaluate(args, setup: RunSetup, rt, model, examples, features, batching, prefix: str, score: bool = True) -> dict:
-    """Distributed inference, then decoding, files and scores on rank 0. Returns the metrics (rank 0)."""
+def evaluate(args, setup: RunSetup, rt, model, examples, features, batching, prefix: str, score: bool = True,
+             model_folder: str | None = None) -> dict:
+    """Distributed inference, then decoding, files and scores on rank 0. Returns the metrics (rank 0).
+
+    SQuAD 2.0: the decoder gives every question's best span and its null odds; the predictions file is
+    those spans at --null_score_diff_threshold, and EM/F1/HasAns/NoAns score exactly that file, while the
+    best_* sweep runs over the spans themselves (a threshold already applied would hide spans from it).
+    The tuned threshold is written into the evaluated model folder, and with matplotlib the sweep and the
+    official precision-recall curves into no_answer_<step>.png.
+    """
     started = time.perf_counter()
     parts = process_group.gather_to_main(rt, infer(args, rt, model, features, batching))
     results: dict = {}
     if rt.is_main:
-        decoding = qa_model.Decoding(args.n_best_size, args.max_answer_length, args.version_2_with_negative,
-                                     args.null_score_diff_threshold)
-        predictions, nbest, null_odds = batching.head.decode(examples, features, [p for rank in parts for p in rank],
-                                                                 decoding)
-        with_nulls = args.version_2_with_negative or setup.beam_head
+        inferred, v2, threshold = time.perf_counter(), args.version_2_with_negative, args.null_score_diff_threshold
+        decoding = qa_model.Decoding(args.n_best_size, args.max_answer_length, v2, math.inf)
+        spans, nbest, null_odds = batching.head.decode(examples, features, parts, decoding)
+        predictions = squad_metrics.apply_null_threshold(spans, null_odds, threshold) if v2 and not setup.beam_head else spans
+        logger.info("inference on %d features: %.1f s; decoding %d questions: %.2f s", len(features),
+                    inferred - started, len(examples), time.perf_counter() - inferred)
         paths = squad_metrics.write_prediction_files(args.output_dir, prefix, predictions, nbest,
-                                                     null_odds if with_nulls else None)
+                                                     null_odds if v2 or setup.beam_head else None)
         logger.info("wrote %s", ", ".join(str(p) for p in paths.values()))
         if score:
-            # The scorer's --na-prob-thresh is the decoding threshold: a question whose null odds exceed
-            # it was predicted "" already, so EM/F1 describe exactly the predictions file just written
-            # (the official default of 1.0 would blank correct spans when the threshold is above 1).
-            results = dict(squad_metrics.squad_evaluate(
-                squad_metrics.gold_answers_from_examples(examples), predictions,
-                na_probs=null_odds if args.version_2_with_negative else None,
-                na_prob_thresh=args.null_score_diff_threshold, version_2=args.version_2_with_negative))
-            checkpoints.write_eval_results(Path(args.output_dir), prefix, results)
-            logger.info("evaluation %s: %s", prefix, json.dumps(results))
+            results = score_predictions(args, examples, predictions, spans, null_odds, prefix)
+            if v2 and model_folder is not None:
+                checkpoints.write_threshold(Path(model_folder), results, prefix, setup.predict_path,
+                                            {"n_best_size": args.n_best_size, "max_answer_length": args.max_answer_length})
         logger.info("evaluated %d features in %.1f s", len(features), time.perf_counter() - started)
     process_group.barrier(rt)
     return results
 
 
-def infer(args, rt, model, features, batching) -> list[dict]:
-    """The head's arrays for this rank's share of the batches.
+def score_predictions(args, examples, predictions, spans, null_odds, prefix: str) -> dict:
+    """Official scores of the predictions file; for SQuAD 2.0 the sweep over the spans, and plots."""
+    gold, v2 = squad_metrics.gold_answers_from_examples(examples), args.version_2_with_negative
+    # The scorer's --na-prob-thresh is the decoding threshold: a question whose null odds exceed it was
+    # predicted "" already, so EM/F1 describe exactly the predictions file just written (the official
+    # default of 1.0 would blank correct spans when the threshold is above 1).
+    results = dict(squad_metrics.squad_evaluate(
+        gold, predictions, na_probs=null_odds if v2 else None, na_prob_thresh=args.null_score_diff_threshold,
+        version_2=v2, sweep_preds=spans if v2 else None))
+    if v2 and squad_metrics.plots_available():
+        squad_metrics.plot_no_answer(gold, spans, null_odds, args.null_score_diff_threshold,
+                                     str(Path(args.output_dir) / f"no_answer_{prefix}.png"))
+    checkpoints.write_eval_results(Path(args.output_dir), prefix, results)
+    logger.info("evaluation %s: %s", prefix, json.dumps(results))
+    return results
+
+
+def infer(args, rt, model, features, batching) -> dict:
+    """The head's arrays for this rank's share of the batches, copied to the host once at the end.
 
     The batches (or packs) are those of one process, dealt out to the ranks, so every feature sees the
-    same neighbours and arithmetic whatever the number of processes.
+    same neighbours and arithmetic whatever the number of processes. Float32 weights (the training model)
+    compute under --bf16/--fp16 autocast; a model loaded for evaluation on a GPU has half-precision weights.
     """
     model.to(rt.device)
     model.eval()
-    parts = []
-    with torch.inference_mode():
-        for idx in batching.plan(features.lengths())[rt.rank::rt.world_size]:
-            batch = qa_model.to_device(batching.tensors(features, idx, with_labels=False), rt.device)
-            with amp_context(args, rt.device):
-                out = batching.forward(model, batch, training=False)
-            parts.append(batching.head.arrays(out, batch))
-    return parts
+    weights = next(model.parameters()).dtype
+    amp = amp_context(args, rt.device) if weights == torch.float32 else contextlib.nullcontext()
+    pin = qa_model.pinned if rt.device.type == "cuda" else (lambda batch: batch)
+    batches = qa_model.Prefetcher(batching.plan(features.lengths())[rt.rank::rt.world_size],
+                                  lambda idx: pin(batching.tensors(features, idx, with_labels=False)))
+    outputs = []
+    try:
+        with torch.inference_mode():
+            for batch in batches:
+                batch = qa_model.to_device(batch, rt.device)
+                with amp:
+                    outputs.append(batching.head.outputs(batching.forward(model, batch, training=False), batch))
+        return batching.head.collect(outputs)
+    except torch.cuda.OutOfMemoryError as exc:
+        raise OutOfMemory(f"out of GPU memory evaluating with --per_gpu_eval_batch_size {batching.batch_size}: "
+                          f"pass --per_gpu_eval_batch_size {max(1, batching.batch_size // 2)}") from exc
+    finally:
+        batches.close()
 
 
 if __name__ == "__main__":

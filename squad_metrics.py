@@ -179,6 +179,42 @@ def find_best_thresh(preds: Mapping[str, str], scores: Mapping, na_probs: Mappin
     return 100.0 * best_score / total, best_thresh
 
 
+def threshold_curve(preds: Mapping[str, str], scores: Mapping, na_probs: Mapping[str, float],
+                    qid_to_has_ans: Mapping[str, bool]) -> tuple[list[float], list[float]]:
+    """The summed score of answering exactly the questions whose no-answer value is at most t, for each t
+    where it can change: first "no answer anywhere" (t below every value), then every distinct value in
+    ascending order, a whole group of equal values at once (one threshold cannot split them).
+
+    Returns (thresholds, summed scores); thresholds[0] is the smallest value minus 1.0. A question
+    without a prediction scores 0 whatever the threshold and is left out, as in find_best_thresh.
+    """
+    walk = sorted((k for k in na_probs if k in scores), key=lambda k: na_probs[k])
+    current = sum(1 for qid in scores if not qid_to_has_ans[qid])
+    thresholds = [(na_probs[walk[0]] if walk else 0.0) - 1.0]
+    summed = [current]
+    for i, qid in enumerate(walk):
+        current += scores[qid] if qid_to_has_ans[qid] else (-1 if preds[qid] else 0)
+        if i + 1 == len(walk) or na_probs[walk[i + 1]] != na_probs[qid]:
+            thresholds.append(na_probs[qid])
+            summed.append(current)
+    return thresholds, summed
+
+
+def best_threshold(thresholds: Sequence[float], summed: Sequence[float]) -> float:
+    """The threshold of the best point of a threshold_curve; the lowest wins ties, as in the official sweep.
+    Unlike the official one it always reproduces the score when passed back as the decoding threshold
+    (predict "" when the no-answer value exceeds it), also when "no answer anywhere" wins."""
+    return thresholds[max(range(len(summed)), key=lambda i: (summed[i], -i))]
+
+
+def score_at_threshold(raw: Mapping, na_probs: Mapping[str, float], qid_to_has_ans: Mapping[str, bool],
+                       qid_list: Sequence[str], threshold: float) -> float:
+    """The score (0-100) over qid_list at a threshold, with the arithmetic of the exact/f1 keys (sums in data
+    order), so that a best score equals, to the last digit, the score printed when its threshold is used."""
+    thresholded = apply_no_ans_threshold(raw, na_probs, qid_to_has_ans, threshold)
+    return make_eval_dict(thresholded, thresholded, qid_list)["exact"]
+
+
 def make_precision_recall_eval(scores: Mapping, na_probs: Mapping[str, float], num_true_pos: int,
                                qid_to_has_ans: Mapping[str, bool]) -> tuple[float, list, list]:
     """Average precision (0-100) of ranking by no-answer value, with the curve's points."""
@@ -344,7 +380,7 @@ def _evaluate_v1(entries: Sequence[tuple[str, Sequence[str]]], preds: Mapping[st
 def squad_evaluate(gold_answers: Mapping[str, Sequence[str]] | Iterable[tuple[str, Sequence[str]]],
                    preds: Mapping[str, str], na_probs: Mapping[str, float] | None = None,
                    na_prob_thresh: float = 1.0, version_2: bool = True,
-                   out_image_dir: str | None = None) -> OrderedDict:
+                   out_image_dir: str | None = None, sweep_preds: Mapping[str, str] | None = None) -> OrderedDict:
     """Official SQuAD scores.
 
     gold_answers maps every question id (in data order) to its gold answer texts, [] when
@@ -385,8 +421,15 @@ def squad_evaluate(gold_answers: Mapping[str, Sequence[str]] | Iterable[tuple[st
         merge_eval(out_eval, make_eval_dict(exact_thresh, f1_thresh, no_ans_qids), "NoAns")
     if na_probs is not None:
         total = len(gold)
-        best_exact, exact_t = find_best_thresh(preds, exact_raw, na_probs, qid_to_has_ans, total)
-        best_f1, f1_t = find_best_thresh(preds, f1_raw, na_probs, qid_to_has_ans, total)
+        if sweep_preds is not None:
+            exact_raw, f1_raw = get_raw_scores(gold, sweep_preds)
+            exact_t = best_threshold(*threshold_curve(sweep_preds, exact_raw, na_probs, qid_to_has_ans))
+            f1_t = best_threshold(*threshold_curve(sweep_preds, f1_raw, na_probs, qid_to_has_ans))
+            best_exact = score_at_threshold(exact_raw, na_probs, qid_to_has_ans, list(gold), exact_t)
+            best_f1 = score_at_threshold(f1_raw, na_probs, qid_to_has_ans, list(gold), f1_t)
+        else:
+            best_exact, exact_t = find_best_thresh(preds, exact_raw, na_probs, qid_to_has_ans, total)
+            best_f1, f1_t = find_best_thresh(preds, f1_raw, na_probs, qid_to_has_ans, total)
         out_eval["best_exact"] = best_exact
         out_eval["best_exact_thresh"] = exact_t
         out_eval["best_f1"] = best_f1
@@ -858,6 +901,58 @@ def compute_predictions_log_probs(examples: Sequence[Any], features: Any, start_
         predictions[qid] = entries[0][0]
         null_odds[qid] = float(null_cls[ex_i]) if null_feat[ex_i] >= 0 else NO_SPAN_NULL_ODDS
     return predictions, all_nbest, null_odds
+
+
+def apply_null_threshold(span_predictions: Mapping[str, str], null_odds: Mapping[str, float],
+                         threshold: float) -> OrderedDict[str, str]:
+    """The predictions file at a decoding threshold: "" where the null odds exceed it, else the best span
+    (what compute_predictions_logits writes with null_score_diff_threshold=threshold)."""
+    return OrderedDict((qid, "" if null_odds[qid] > threshold else text) for qid, text in span_predictions.items())
+
+
+def plots_available() -> bool:
+    """Whether matplotlib is installed (the plots are optional)."""
+    try:
+        _import_matplotlib()
+    except ScoringInputError:
+        return False
+    return True
+
+
+def plot_no_answer(gold_answers: Mapping[str, Sequence[str]], sweep_preds: Mapping[str, str],
+                   na_probs: Mapping[str, float], used: float, path: str) -> None:
+    """One PNG of the no-answer decision: EM and F1 (%) against the threshold, with the threshold used and
+    the best F1 marked, beside the official precision-recall curves (exact, F1, oracle) with their APs."""
+    figure_cls = _import_matplotlib()
+    gold = OrderedDict(_question_entries(gold_answers))
+    has_ans = {qid: bool(answers) for qid, answers in gold.items()}
+    exact_raw, f1_raw = get_raw_scores(gold, sweep_preds)
+    fig = figure_cls(figsize=(11, 8))
+    (sweep, pr_exact), (pr_f1, pr_oracle) = fig.subplots(2, 2)
+    for name, raw in (("EM", exact_raw), ("F1", f1_raw)):
+        thresholds, summed = threshold_curve(sweep_preds, raw, na_probs, has_ans)
+        sweep.step(thresholds, [100.0 * v / len(gold) for v in summed], where="post", label=name)
+        if name == "F1":
+            at = best_threshold(thresholds, summed)
+            best = score_at_threshold(raw, na_probs, has_ans, list(gold), at)
+            sweep.plot([at], [best], "o", color="black", label=f"best F1 {best:.2f} at {at:.3g}")
+    sweep.axvline(used, color="grey", linestyle="--", label=f"threshold used: {used:g}")
+    sweep.set(xlabel='no-answer threshold (predict "" above it)', ylabel="score (%)",
+              title="EM and F1 against the no-answer threshold")
+    sweep.legend(loc="best", fontsize="small")
+    num_true_pos = sum(has_ans.values())
+    oracle = {k: float(v) for k, v in has_ans.items()}
+    for ax, scores, title in ((pr_exact, exact_raw, "exact match"), (pr_f1, f1_raw, "F1"), (pr_oracle, oracle, "oracle")):
+        if not num_true_pos:
+            ax.set_axis_off()
+            continue
+        ap, precisions, recalls = make_precision_recall_eval(scores, na_probs, num_true_pos, has_ans)
+        ax.step(recalls, precisions, color="b", alpha=0.2, where="post")
+        ax.fill_between(recalls, precisions, step="post", alpha=0.2, color="b")
+        ax.set(xlabel="Recall", ylabel="Precision", xlim=(0.0, 1.05), ylim=(0.0, 1.05),
+               title=f"Precision-recall, {title} (AP {ap:.2f})")
+    fig.tight_layout()
+    _save_figure(fig, path)
 
 
 def write_prediction_files(output_dir: str | os.PathLike, prefix: str, predictions: Mapping[str, str],

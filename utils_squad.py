@@ -15,6 +15,7 @@ can read, validate and featurize before it pays for importing torch.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import multiprocessing
@@ -83,10 +84,13 @@ class ReadReport:
 @dataclass
 class FeatureSettings:
     max_seq_length: int = 384
-    doc_stride: int = 128
+    doc_stride: int = 128  # the step between window starts (Google's and the classic meaning)
     max_query_length: int = 64
     context_first: bool = False
     is_training: bool = False
+    # Instead of doc_stride: consecutive windows share this many context tokens (the fast tokenizers' and
+    # transformers 4's pipeline's meaning), so each question's step is its window minus the overlap.
+    window_overlap: int | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -732,7 +736,8 @@ def _featurize_chunk(spec: _Spec, examples: Sequence[SquadExample], first_index:
         q_ids = np.asarray(q_enc.ids[: settings.max_query_length], dtype=np.int32)
         c_ids, c_offs = contexts[context_ids[ex.context]]
         window = settings.max_seq_length - len(q_ids) - spec.template.num_special
-        spans = _window_starts(len(c_ids), window, settings.doc_stride)
+        step = settings.doc_stride if settings.window_overlap is None else max(window - settings.window_overlap, 1)
+        spans = _window_starts(len(c_ids), window, step)
         owner = _max_context_owner(len(c_ids), spans)
         answer = _answer_token_span(ex, c_offs) if settings.is_training else None
         for w, (start, length) in enumerate(spans):
@@ -895,6 +900,36 @@ def features_cache_key(data_path, examples, tokenizer, settings: FeatureSettings
 def cache_path_for(cache_dir, data_path, settings: FeatureSettings, key: str) -> Path:
     split = "train" if settings.is_training else "eval"
     return Path(cache_dir) / f"cached_{Path(data_path).stem}_{split}_{key[:20]}.npz"
+
+
+def features_cache_dir(flag: str | None = None) -> Path:
+    """--features_cache_dir, else $RUN_SQUAD_CACHE, else ~/.cache/run_squad/features.
+
+    Features are cached per user, not beside the data: data folders are often shared or read-only. Cache
+    names are content and settings hashes, so sweeps with other output folders reuse them safely.
+    """
+    if flag:
+        return Path(flag)
+    if os.environ.get("RUN_SQUAD_CACHE"):
+        return Path(os.environ["RUN_SQUAD_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "run_squad" / "features"
+
+
+def dataset_to_jsonl(name: str, split: str, target: Path, cache_dir: str | None = None) -> None:
+    """A HuggingFace `datasets` split (--dataset_name) as HF-layout JSON Lines, for the normal reader and cache."""
+    try:
+        datasets = importlib.import_module("datasets")  # optional: only --dataset_name needs it
+    except ImportError as exc:
+        raise SquadDataError("--dataset_name needs the optional `datasets` package (pip install datasets)") from exc
+    try:
+        rows = datasets.load_dataset(name, split=split, cache_dir=cache_dir)
+    except Exception as exc:  # noqa: BLE001 - any loading failure (offline, unknown name) is one line
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SquadDataError(f"--dataset_name {name}: cannot load split {split!r} ({reason})") from exc
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fields = ("id", "title", "context", "question", "answers")
+    lines = [json.dumps({k: row[k] for k in fields if k in row}, ensure_ascii=False) for row in rows]
+    atomic_io.write_text_atomic(target, "\n".join(lines) + "\n")
 
 
 def remove_orphan_temporaries(folder) -> int:

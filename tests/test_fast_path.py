@@ -1,0 +1,234 @@
+"""The fast path on the CPU: no host sync inside an optimizer step, batches built ahead, out-of-memory as one
+line (and --auto_find_batch_size keeping the global batch), torch.compile equal to eager."""
+
+import collections
+import json
+import threading
+import traceback
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file
+from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+import qa_model
+import run_squad
+import utils_squad
+from cli_helpers import common_flags, small_v2_file
+
+# The loop's own files. (packing.py's CPU attention reads its segment bounds, which on a CPU are host memory;
+# on a GPU the packed kernels take them as a tensor.)
+PROJECT = {"run_squad.py", "train_log.py", "qa_model.py", "process_group.py", "checkpoints.py"}
+
+
+def flags(squad_dir: Path, tmp_path: Path, steps: int) -> list[str]:
+    train = small_v2_file(squad_dir, tmp_path / "train.json", questions=120)
+    return ["--do_train", "--train_file", str(train), "--max_steps", str(steps), "--save_steps", "0",
+            "--logging_steps", "1000", "--overwrite_output_dir"]
+
+
+class HostReads:
+    """Counts, while training runs, the tensor methods that copy device data to the host, by caller file."""
+
+    NAMES = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy", "cpu")
+
+    def __init__(self, monkeypatch):
+        self.by_file: collections.Counter = collections.Counter()
+        self.on = False
+        for name in self.NAMES:
+            monkeypatch.setattr(torch.Tensor, name, self._counting(name, getattr(torch.Tensor, name)))
+        real_train = run_squad.train
+
+        def train(*args, **kwargs):
+            self.on = True
+            try:
+                return real_train(*args, **kwargs)
+            finally:
+                self.on = False
+
+        monkeypatch.setattr(run_squad, "train", train)
+
+    def _counting(self, name, method):
+        def counted(tensor, *args, **kwargs):
+            if self.on and threading.current_thread() is threading.main_thread():
+                self.by_file[Path(traceback.extract_stack(limit=2)[0].filename).name] += 1
+            return method(tensor, *args, **kwargs)
+
+        return counted
+
+    def project(self) -> int:
+        return sum(n for file, n in self.by_file.items() if file in PROJECT)
+
+
+@pytest.mark.parametrize("steps", [4, 12])
+def test_an_optimizer_step_reads_nothing_from_the_device(steps, tiny_bert_dir, squad_dir, tmp_path, monkeypatch):
+    """The loop's only read is the end-of-training check of skipped updates: the same for 4 steps as for 12
+    (the finiteness test, the skip, the loss and the stop signal all stay on the device between logs)."""
+    reads = HostReads(monkeypatch)
+    out = tmp_path / "out"
+    assert run_squad.main([*common_flags(tiny_bert_dir, out), *flags(squad_dir, tmp_path, steps), "--packing"]) == 0
+    assert reads.project() == 1, reads.by_file
+
+
+def test_logging_steps_are_where_the_host_reads(tiny_bert_dir, squad_dir, tmp_path, monkeypatch):
+    reads = HostReads(monkeypatch)
+    command = [*common_flags(tiny_bert_dir, tmp_path / "out"), *flags(squad_dir, tmp_path, 12), "--packing",
+               "--logging_steps", "4"]
+    assert run_squad.main(command) == 0
+    # Three logs (steps 4, 8, 12), each reading the skipped-update flags and the loss (at the end nothing is
+    # left unread).
+    assert reads.project() == 3 * 2, reads.by_file
+
+
+class MemoryLimit(torch.nn.Module):
+    """Wraps a model and raises CUDA's out-of-memory error for batches of more than `rows` features."""
+
+    def __init__(self, module, rows: int):
+        super().__init__()
+        self.module = module  # `module`, like DDP, so checkpoints save the real model
+        self.config = module.config
+        self.rows = rows
+
+    def forward(self, **inputs):
+        if inputs["input_ids"].shape[0] > self.rows:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.50 GiB")
+        return self.module(**inputs)
+
+
+def memory_limit(monkeypatch, rows: int) -> None:
+    original = qa_model.load_model
+    monkeypatch.setattr(qa_model, "load_model", lambda *a, **k: MemoryLimit(original(*a, **k), rows))
+
+
+def test_out_of_memory_is_one_line_with_the_flags_that_keep_the_global_batch(tiny_bert_dir, squad_dir, tmp_path,
+                                                                            monkeypatch, capsys):
+    memory_limit(monkeypatch, rows=4)
+    command = [*common_flags(tiny_bert_dir, tmp_path / "out"), *flags(squad_dir, tmp_path, 3),
+               "--gradient_accumulation_steps", "3"]
+    assert run_squad.main(command) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == (
+        "error: out of GPU memory at step 1 with --per_gpu_train_batch_size 8 and --max_seq_length 192: keep the "
+        "same global batch with --per_gpu_train_batch_size 4 --gradient_accumulation_steps 6, or let "
+        "--auto_find_batch_size find it")
+    assert "Traceback" not in err
+
+
+def test_auto_find_batch_size_halves_before_training_and_keeps_the_recipe(tiny_bert_dir, squad_dir, tmp_path,
+                                                                         monkeypatch, capsys):
+    """8 x 1 does not fit, nor 4 x 2; 2 x 4 does: the run then equals one started with 2 x 4 (same global
+    batch, same data order, same random state: the probes leave no trace)."""
+    memory_limit(monkeypatch, rows=2)
+    found, direct = tmp_path / "found", tmp_path / "direct"
+    common = flags(squad_dir, tmp_path, 6)
+    assert run_squad.main([*common_flags(tiny_bert_dir, found), *common, "--auto_find_batch_size"]) == 0
+    err = capsys.readouterr().err
+    assert ("--auto_find_batch_size: 8 features per device do not fit in GPU memory; trying 4 with "
+            "--gradient_accumulation_steps 2 (the same global batch)") in err
+    assert "trying 2 with --gradient_accumulation_steps 4" in err
+    assert "1 processes x 2 per device x 4 accumulation, 6 optimizer steps" in err
+    saved = json.loads((found / "training_args.json").read_text())
+    assert (saved["per_gpu_train_batch_size"], saved["gradient_accumulation_steps"]) == (2, 4)
+    assert run_squad.main([*common_flags(tiny_bert_dir, direct), *common, "--per_gpu_train_batch_size", "2",
+                           "--gradient_accumulation_steps", "4"]) == 0
+    a, b = load_file(found / "model.safetensors"), load_file(direct / "model.safetensors")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_auto_find_batch_size_gives_up_at_one_feature(tiny_bert_dir, squad_dir, tmp_path, monkeypatch, capsys):
+    memory_limit(monkeypatch, rows=0)
+    command = [*common_flags(tiny_bert_dir, tmp_path / "out"), *flags(squad_dir, tmp_path, 3), "--auto_find_batch_size"]
+    assert run_squad.main(command) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "error: out of GPU memory with one feature per device of up to --max_seq_length 192 tokens: shorten "
+        "--max_seq_length or use a bigger GPU")
+
+
+@pytest.mark.parametrize("size,smaller", [(8, 4), (12, 6), (9, 3), (7, 1), (2, 1), (1, 1)])
+def test_a_smaller_batch_divides_the_batch(size, smaller):
+    assert qa_model.smaller_batch(size) == smaller
+
+
+def test_the_prefetcher_yields_every_build_in_order_and_raises_where_it_failed():
+    def build(job):
+        if job == 5:
+            raise ValueError("bad job 5")
+        return job * job
+
+    fetched = qa_model.Prefetcher(range(5), build)
+    assert list(fetched) == [0, 1, 4, 9, 16]
+    fetched.close()
+    failing = qa_model.Prefetcher(range(10), build)
+    seen = []
+    with pytest.raises(ValueError, match="bad job 5"):
+        for value in failing:
+            seen.append(value)
+    assert seen == [0, 1, 4, 9, 16]
+    failing.close()
+    endless = qa_model.Prefetcher(iter(int, 1), lambda job: job)  # never ends: close() must stop the thread
+    assert next(iter(endless)) == 0
+    endless.close()
+    assert not endless._thread.is_alive()
+
+
+def test_compiled_padded_forward_and_backward_equal_eager(tiny_bert_dir, squad_dir, tmp_path):
+    """Under --torch_compile padded widths are rounded to 64 (a handful of shapes); on the same batch the
+    compiled model gives the eager logits and gradients."""
+    examples, _ = utils_squad.read_squad_examples(small_v2_file(squad_dir, tmp_path / "t.json", questions=20),
+                                                  version_2_with_negative=True, is_training=True)
+    features = utils_squad.convert_examples_to_features(
+        examples, AutoTokenizer.from_pretrained(tiny_bert_dir), utils_squad.FeatureSettings(192, 64, 64, is_training=True))
+    batching = qa_model.PaddedBatches(8, qa_model.SpanHead(), "bert", pad_to_multiple_of=64)
+    batch = batching.tensors(features, np.arange(8), with_labels=True)
+    assert batch["input_ids"].shape[1] % 64 == 0
+    eager = AutoModelForQuestionAnswering.from_pretrained(tiny_bert_dir)
+    compiled = AutoModelForQuestionAnswering.from_pretrained(tiny_bert_dir)
+    compiled.compile()
+    logits = []
+    for model in (eager, compiled):
+        model.eval()  # no dropout: the two must compute the same thing
+        out = batching.forward(model, batch, training=True)
+        out.loss.backward()
+        logits.append(out.start_logits.detach())
+    torch.testing.assert_close(logits[1], logits[0], atol=1e-5, rtol=1e-4)
+    for (name, a), (_, b) in zip(eager.named_parameters(), compiled.named_parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_without_dropout(tmp_path_factory, tiny_bert_dir) -> Path:
+    """tiny_bert_dir with dropout off: compiled code draws its random numbers differently from eager."""
+    folder = tmp_path_factory.mktemp("tiny-bert-no-dropout")
+    model = AutoModelForQuestionAnswering.from_pretrained(tiny_bert_dir, hidden_dropout_prob=0.0,
+                                                          attention_probs_dropout_prob=0.0)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow
+def test_compiled_packed_training_and_evaluation_equal_eager(tiny_bert_without_dropout, squad_dir, tmp_path, capsys):
+    """--packing --torch_compile (one shape: one compilation for training, one for evaluation) against the
+    same run eager: the same weights and null odds within float tolerance."""
+    dev = small_v2_file(squad_dir, tmp_path / "dev.json", questions=20)
+    runs = {}
+    for name, extra in (("eager", []), ("compiled", ["--torch_compile"])):
+        out = tmp_path / name
+        command = [*common_flags(tiny_bert_without_dropout, out), *flags(squad_dir, tmp_path, 3), "--do_eval",
+                   "--predict_file",
+                   str(dev), "--packing", "--packed_attention_dropout", "off", *extra]
+        assert run_squad.main(command) == 0
+        runs[name] = out
+    assert "torch.compile: the first optimizer step took" in capsys.readouterr().err
+    # Adam turns float-level gradient differences on near-zero weights into differences of a fraction of one
+    # step (lr 1e-3): a tenth of a step is the tolerance. The QA head's bias is left out: its exact gradient
+    # is 0 (a constant added to all of a feature's logits leaves their softmax unchanged), so Adam's update of
+    # it is rounding noise scaled up to a step, in either run; the null odds below do not depend on it.
+    a, b = (load_file(runs[n] / "model.safetensors") for n in ("eager", "compiled"))
+    for key in sorted(set(a) - {"qa_outputs.bias"}):
+        np.testing.assert_allclose(b[key], a[key], atol=1e-4, rtol=1e-4, err_msg=key)
+    odds = [json.loads((runs[n] / "null_odds_3.json").read_text()) for n in ("eager", "compiled")]
+    assert odds[0].keys() == odds[1].keys()
+    np.testing.assert_allclose([odds[1][k] for k in odds[0]], list(odds[0].values()), atol=1e-3)
