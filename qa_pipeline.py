@@ -1,0 +1,874 @@
+#!/usr/bin/env python
+"""Answer questions about raw text with a fine-tuned model: transformers 4's question-answering pipeline,
+rebuilt for transformers 5 (which removed ``pipeline("question-answering")`` in 5.3).
+
+Migrating code changes one import::
+
+    from qa_pipeline import QuestionAnsweringPipeline      # was: from transformers import pipeline
+    qa = QuestionAnsweringPipeline("path/to/model")         # was: pipeline("question-answering", model=...)
+    qa(question="Where do I live?", context="My name is Wolfgang and I live in Berlin")
+    # {'score': 0.91, 'start': 34, 'end': 40, 'answer': 'Berlin'}
+
+and the same as a command::
+
+    python qa_pipeline.py MODEL_DIR [--input FILE.jsonl] [--top_k K] [--handle_impossible_answer] ...
+
+It reads JSON Lines {"question", "context", ...} (the file, or standard input) and writes one line per input,
+in input order: the input object with "score", "start", "end", "answer" added, or with top_k > 1 "answers",
+the list best first. Every line is checked before any is answered.
+
+Why a module of its own: it is the one path from raw (question, context) text to answers. It takes the
+windows of utils_squad.py (the featurizer evaluation uses), the batches and heads of qa_model.py, and the
+classic decoder of squad_metrics.py (for the tuned no-answer threshold); what it adds is 4.x's arithmetic.
+
+Scores are transformers 4.x's. Per window: start and end logits of the tokens that cannot be in an answer
+(question, special tokens, padding) set to -10000, softmax over the window (the CLS token takes part), the
+null score p_start(CLS) * p_end(CLS), then CLS zeroed; a span scores p_start * p_end, end - start <
+max_answer_len; each window keeps its best 2 * top_k + 10 spans (top_k without align_to_words), widened to
+whole words (the tokenizer's word ids, within the window), and spans of the same text (case-insensitive)
+add their scores, across windows too, at the first one's place. handle_impossible_answer adds "" with the
+smallest null score over the windows; the top_k by score are returned. The window arithmetic is float32,
+as 4.x's. Windows: 4.x passes ``doc_stride`` to the tokenizer as the *overlap* of consecutive windows; the
+featurizer steps ``window - doc_stride`` tokens, which gives the same windows.
+
+Where this differs from 4.x, on purpose:
+  - The null score is read at each window's CLS token; 4.x read position 0 (the same token, except for
+    tokenizers that put CLS last: XLNet). Question and special tokens are masked for every tokenizer; 4.x
+    masked nothing for tokenizers that put the context first (XLNet), so it could answer with the question.
+  - Only spans of a positive score are answers. 4.x could return score-0 junk (an end before the start,
+    a span starting at CLS) when a window had fewer valid spans than it pre-selected: now fewer answers.
+  - Answers never start or end with whitespace: character offsets are the featurizer's, trimmed. 4.x kept
+    the space that some SentencePiece tokenizers (DeBERTa-v2) put in a word's first token, so its answers
+    could start with a space, and spans differing only by it were separate answers; here they are one.
+  - The question is cut to max_question_len tokens and loses its leading whitespace, as in training (4.x
+    ignored max_question_len with fast tokenizers, despite its documentation). At most max_seq_len -
+    specials - 1 tokens, so that a window always holds context.
+  - XLNet / XLM beam-search heads (4.x could not run them): a span scores exp(start_log_prob +
+    end_log_prob), the probability the beam head gives the start times the end given that start, over its
+    top start_n_top x end_n_top pairs; the null score is sigmoid(cls_logits), the head's probability that
+    the question has no answer in the window (smallest over the windows).
+  - The tuned no-answer threshold. Evaluating a SQuAD 2.0 model writes null_score_diff_threshold.json into
+    its folder (the best-F1 threshold on the null odds). With ``handle_impossible_answer=True`` and a
+    threshold, "" is the answer exactly when the null odds exceed it, as evaluation decided: the null odds
+    of squad_metrics' classic decoder on the same windows (span heads: smallest start+end logit at CLS over
+    the windows minus the best valid span's start+end logits, n_best_size 20 and max_answer_length 30
+    unless the file says otherwise; beam heads: smallest cls_logits). "" then comes first with the 4.x
+    null score as its score, followed by top_k - 1 spans; otherwise only spans are returned.
+    ``null_threshold="auto"`` (default) reads the file when the folder has one, None never does, a float
+    is used as given. Without a threshold (or without handle_impossible_answer) the answers are 4.x's.
+
+Exit codes of the command: 0 success, 2 bad input, flags or model folder (one line on stderr, nothing on
+standard output), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+import utils_squad
+
+# The torch side (torch, transformers, qa_model) takes seconds to import. It is imported once, by
+# import_torch_side(), when a pipeline is built: --help and bad input answer at once. This is the one
+# deferred import boundary of the module.
+torch = transformers = qa_model = None
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+THRESHOLD_FILE = "null_score_diff_threshold.json"  # checkpoints.THRESHOLD_FILE (that module imports torch)
+# The classic decoder's settings behind a tuned threshold when its file does not record them: run_squad.py's
+# --n_best_size and --max_answer_length defaults.
+THRESHOLD_N_BEST_SIZE, THRESHOLD_MAX_ANSWER_LENGTH = 20, 30
+MASKED_LOGIT = -10000.0  # 4.x's logit for tokens that cannot be in an answer
+NO_NULL_SCORE = 1000000.0  # 4.x's starting "smallest null score" (large and positive)
+DEFAULT_BATCH_SIZE = 32
+ANSWER_KEYS = ("score", "start", "end", "answer")
+INPUT_KEYS = ("question", "context", "X", "data")
+HALF_DTYPES = ("float16", "bfloat16")
+
+
+class PipelineInputError(ValueError):
+    """Inputs, settings or a model folder the pipeline cannot answer with; str() is one line (exit code 2)."""
+
+
+def import_torch_side() -> None:
+    """The deferred import boundary (see the comment at the top of this file)."""
+    global torch, transformers, qa_model
+    if qa_model is None:
+        import qa_model, torch, transformers  # noqa: E401, I001
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs: every form 4.x's argument handler took
+# --------------------------------------------------------------------------------------------
+
+
+def _pair_of(item, position: int) -> tuple[str, str]:
+    """(question, context) of a dict or a SQuAD example object (4.x's SquadExample or ours)."""
+    if isinstance(item, dict):
+        for key in ("question", "context"):
+            if key not in item:
+                raise KeyError("You need to provide a dictionary with keys {question:..., context:...}")
+        question, context = item["question"], item["context"]
+    elif hasattr(item, "question_text") and hasattr(item, "context_text"):
+        question, context = item.question_text, item.context_text
+    elif isinstance(item, utils_squad.SquadExample):
+        question, context = item.question, item.context
+    else:
+        raise ValueError(f"{item} argument needs to be of type (SquadExample, dict)")
+    for key, value in (("question", question), ("context", context)):
+        if value is None:
+            raise ValueError(f"`{key}` cannot be None")
+        if not isinstance(value, str):
+            raise ValueError(f"input {position}: `{key}` must be a string, got {type(value).__name__}")
+        if not value:
+            raise ValueError(f"`{key}` cannot be empty")
+    return question, context
+
+
+def _keyword_inputs(question, context) -> list[dict]:
+    if isinstance(question, list) and isinstance(context, str):
+        return [{"question": q, "context": context} for q in question]
+    if isinstance(question, list) and isinstance(context, list):
+        if len(question) != len(context):
+            raise ValueError("Questions and contexts don't have the same lengths")
+        return [{"question": q, "context": c} for q, c in zip(question, context, strict=True)]
+    if isinstance(question, str) and isinstance(context, str):
+        return [{"question": question, "context": context}]
+    raise ValueError("Arguments can't be understood")
+
+
+def normalize_inputs(args: tuple, kwargs: dict) -> list[tuple[str, str]]:
+    """The (question, context) pairs of a call, from any form 4.x accepted: question=/context= (strings, lists,
+    or a list of questions about one context), one dict or a list of dicts (positionally, X= or data=), two
+    positional strings, SQuAD example objects."""
+    if args:
+        if len(args) == 1:
+            inputs = args[0]
+        elif len(args) == 2 and all(isinstance(a, str) for a in args):
+            inputs = [{"question": args[0], "context": args[1]}]
+        else:
+            inputs = list(args)
+    elif "X" in kwargs or "data" in kwargs:
+        inputs = kwargs["X"] if "X" in kwargs else kwargs["data"]
+    elif "question" in kwargs and "context" in kwargs:
+        inputs = _keyword_inputs(kwargs["question"], kwargs["context"])
+    else:
+        raise ValueError(f"Unknown arguments {kwargs}")
+    if isinstance(inputs, dict):
+        inputs = [inputs]
+    elif isinstance(inputs, Iterable) and not isinstance(inputs, str):
+        inputs = list(inputs)
+    else:
+        raise ValueError(f"Invalid arguments {kwargs}")
+    return [_pair_of(item, i) for i, item in enumerate(inputs)]
+
+
+# --------------------------------------------------------------------------------------------
+# Settings of a call
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CallSettings:
+    """The keyword arguments of a call (4.x's names and defaults), checked and resolved."""
+
+    top_k: int = 1
+    doc_stride: int = 128  # the overlap of consecutive windows, in tokens (4.x's meaning)
+    max_answer_len: int = 15
+    max_seq_len: int = 384
+    max_question_len: int = 64
+    handle_impossible_answer: bool = False
+    align_to_words: bool = True
+    batch_size: int = DEFAULT_BATCH_SIZE
+
+    @property
+    def pre_top_k(self) -> int:
+        """Spans kept per window before whole-word widening and merging (4.x's rule)."""
+        return self.top_k * 2 + 10 if self.align_to_words else self.top_k
+
+
+def _whole_number(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise PipelineInputError(f"{name} parameter should be an integer >= {minimum} (got {value!r})")
+    return int(value)
+
+
+def _given(kwargs: dict, key: str, default):
+    value = kwargs.get(key)
+    return default if value is None else value
+
+
+def call_settings(kwargs: dict, model_max_length: int, batch_size: int) -> CallSettings:
+    """4.x's defaults (max_seq_len min(model_max_length, 384), doc_stride min(max_seq_len // 2, 128)) and
+    checks; the deprecated ``topk`` is still taken. Unknown keywords are a TypeError."""
+    kwargs = dict(kwargs)
+    if "topk" in kwargs:
+        topk = kwargs.pop("topk")
+        if kwargs.get("top_k") is None:
+            warnings.warn("topk parameter is deprecated, use top_k instead", UserWarning, stacklevel=3)
+            kwargs["top_k"] = topk
+    unknown = sorted(set(kwargs) - set(CallSettings.__dataclass_fields__))
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s) {', '.join(unknown)}")
+    max_seq_len = _whole_number("max_seq_len", _given(kwargs, "max_seq_len", min(model_max_length, 384)), 1)
+    settings = CallSettings(
+        top_k=_whole_number("top_k", _given(kwargs, "top_k", 1), 1),
+        doc_stride=_whole_number("doc_stride", _given(kwargs, "doc_stride", min(max_seq_len // 2, 128)), 0),
+        max_answer_len=_whole_number("max_answer_len", _given(kwargs, "max_answer_len", 15), 1),
+        max_seq_len=max_seq_len,
+        max_question_len=_whole_number("max_question_len", _given(kwargs, "max_question_len", 64), 1),
+        handle_impossible_answer=bool(_given(kwargs, "handle_impossible_answer", False)),
+        align_to_words=bool(_given(kwargs, "align_to_words", True)),
+        batch_size=_whole_number("batch_size", _given(kwargs, "batch_size", batch_size), 1))
+    if settings.doc_stride > settings.max_seq_len:
+        raise PipelineInputError(f"`doc_stride` ({settings.doc_stride}) is larger than `max_seq_len` "
+                                 f"({settings.max_seq_len})")
+    return settings
+
+
+# --------------------------------------------------------------------------------------------
+# The tuned no-answer threshold
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NullThreshold:
+    """A null-odds threshold and the classic decoder settings it was tuned with."""
+
+    value: float
+    n_best_size: int = THRESHOLD_N_BEST_SIZE
+    max_answer_length: int = THRESHOLD_MAX_ANSWER_LENGTH
+    source: str = "argument"
+
+
+def _threshold_number(path: Path, record: dict, key: str, kind: type):
+    value = record[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise PipelineInputError(f"{path}: '{key}' must be a finite number, got {json.dumps(value)}")
+    if kind is int and (value != int(value) or value < 1):
+        raise PipelineInputError(f"{path}: '{key}' must be a positive integer, got {json.dumps(value)}")
+    return kind(value)
+
+
+def read_threshold_file(path: Path) -> NullThreshold:
+    """The tuned threshold written by evaluation; a bad file is one line naming it and what is wrong."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise PipelineInputError(f"{path}: cannot read file: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PipelineInputError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(record, dict):
+        raise PipelineInputError(f"{path}: expected a JSON object, got {_json_type(record)}")
+    if "null_score_diff_threshold" not in record:
+        raise PipelineInputError(f"{path}: missing key 'null_score_diff_threshold'")
+    extra = {key: _threshold_number(path, record, key, int) for key in ("n_best_size", "max_answer_length")
+             if key in record}
+    return NullThreshold(_threshold_number(path, record, "null_score_diff_threshold", float), source=str(path),
+                         **extra)
+
+
+def trained_context_first(folder: Path | None) -> bool:
+    """Whether run_squad.py fine-tuned the model in `folder` with --context_first (its training_args.json)."""
+    try:
+        return bool(json.loads((folder / "training_args.json").read_text()).get("context_first"))
+    except (TypeError, OSError, ValueError, AttributeError):
+        return False  # no folder, no record, or not ours: the tokenizer decides
+
+
+def resolve_threshold(null_threshold, folder: Path | None) -> NullThreshold | None:
+    """"auto": the folder's file when it has one; None: never; a number: that threshold."""
+    if null_threshold is None:
+        return None
+    if isinstance(null_threshold, str) and null_threshold == "auto":
+        path = folder / THRESHOLD_FILE if folder is not None else None
+        return read_threshold_file(path) if path is not None and path.is_file() else None
+    if isinstance(null_threshold, bool) or not isinstance(null_threshold, (int, float)):
+        raise ValueError(f"null_threshold must be 'auto', None or a number, got {null_threshold!r}")
+    return NullThreshold(float(null_threshold))
+
+
+# --------------------------------------------------------------------------------------------
+# Windows: the featurizer's features for raw questions, with 4.x's overlap-style doc_stride
+# --------------------------------------------------------------------------------------------
+
+
+def _context_backend(tokenizer) -> Tokenizer:
+    """The tokenizer's own backend without truncation or padding (the featurizer tokenizes contexts so)."""
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.no_truncation()
+    backend.no_padding()
+    return backend
+
+
+@dataclass
+class Windows:
+    """The features of one call, grouped by example in window order, and what 4.x's decoding needs of them."""
+
+    features: utils_squad.SquadFeatures
+    words: np.ndarray  # int64 [T]: word id of each context token in its context, -1 elsewhere
+    examples: list
+
+
+def _question_lengths(backend: Tokenizer, questions: Sequence[str], max_query_length: int) -> np.ndarray:
+    # As the featurizer encodes them: leading whitespace dropped, no special tokens, cut to max_query_length.
+    encodings = backend.encode_batch([q.lstrip() for q in questions], add_special_tokens=False)
+    return np.minimum(np.array([len(e.ids) for e in encodings], dtype=np.int64), max_query_length)
+
+
+def _steps(settings: CallSettings, n_question: np.ndarray, n_context: np.ndarray, specials: int) -> np.ndarray:
+    """The featurizer's step between window starts that makes 4.x's overlap: window - doc_stride tokens."""
+    window = settings.max_seq_len - n_question - specials
+    step = window - settings.doc_stride
+    too_long = (step < 1) & (n_context > window)
+    if too_long.any():
+        i = int(np.flatnonzero(too_long)[0])
+        raise PipelineInputError(
+            f"input {i}: doc_stride {settings.doc_stride} must be less than the {window[i]} context tokens a window "
+            f"holds with this question (max_seq_len {settings.max_seq_len} - {n_question[i]} question tokens - "
+            f"{specials} special tokens)")
+    return np.maximum(step, 1)  # a context that fits one window: any step gives that one window
+
+
+def _featurize(examples: list, tokenizer, settings: CallSettings, max_query_length: int,
+               context_first: bool) -> utils_squad.SquadFeatures:
+    """One featurizer call: each question steps its own window minus doc_stride (the overlap)."""
+    feature_settings = utils_squad.FeatureSettings(settings.max_seq_len, 1, max_query_length, context_first,
+                                                   is_training=False, window_overlap=settings.doc_stride)
+    return utils_squad.convert_examples_to_features(examples, tokenizer, feature_settings)
+
+
+def _window_words(features, steps: np.ndarray, contexts: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Per token the word id of its context token (window w of an example starts w * step tokens in)."""
+    words = np.full(len(features.input_ids), -1, dtype=np.int64)
+    first = np.searchsorted(features.example_index, features.example_index, side="left")
+    for f in range(len(features)):
+        ex = int(features.example_index[f])
+        sl = features.token_slice(f)
+        positions = np.flatnonzero(features.offsets[sl, 0] >= 0)
+        start = (f - int(first[f])) * int(steps[ex])
+        context_words, context_offsets = contexts[ex]
+        tokens = np.arange(start, start + len(positions))
+        if len(tokens) and (tokens[-1] >= len(context_words)
+                            or not np.array_equal(context_offsets[tokens], features.offsets[sl][positions])):
+            raise RuntimeError(f"input {ex}: window {f - int(first[f])} does not line up with its context's tokens")
+        words[sl.start + positions] = context_words[tokens]
+    return words
+
+
+def build_windows(pairs: list[tuple[str, str]], tokenizer, backend: Tokenizer, settings: CallSettings,
+                  context_first: bool) -> Windows:
+    """The windows 4.x made of each (question, context), as the featurizer's features: for each question its
+    own step (its window - doc_stride), the question cut to max_question_len, word ids for align_to_words."""
+    examples = [utils_squad.SquadExample(str(i), q, c, [], False) for i, (q, c) in enumerate(pairs)]
+    specials = tokenizer.num_special_tokens_to_add(pair=True)
+    if settings.max_seq_len < specials + 2:
+        raise PipelineInputError(f"max_seq_len {settings.max_seq_len} leaves no room for a question and a context "
+                                 f"beside this tokenizer's {specials} special tokens")
+    # The question may not fill the window: at least one context token always fits.
+    max_query_length = max(1, min(settings.max_question_len, settings.max_seq_len - specials - 1))
+    n_question = _question_lengths(backend, [q for q, _ in pairs], max_query_length)
+    contexts = []
+    for context, enc in zip((c for _, c in pairs), backend.encode_batch([c for _, c in pairs],
+                                                                         add_special_tokens=False), strict=True):
+        offsets = np.asarray(enc.offsets, dtype=np.int32).reshape(-1, 2)
+        word_ids = np.array([-1 if w is None else w for w in enc.word_ids], dtype=np.int64)
+        contexts.append((word_ids, utils_squad.trim_offsets_whitespace(context, offsets)))
+    n_context = np.array([len(w) for w, _ in contexts], dtype=np.int64)
+    steps = _steps(settings, n_question, n_context, specials)
+    features = _featurize(examples, tokenizer, settings, max_query_length, context_first)
+    return Windows(features, _window_words(features, steps, contexts), examples)
+
+
+# --------------------------------------------------------------------------------------------
+# 4.x's arithmetic: candidates per window, words, merging, ranking
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class WindowSpans:
+    """A window's candidate spans, best first: token positions in the feature, scores; and its null score."""
+
+    starts: np.ndarray
+    ends: np.ndarray
+    scores: np.ndarray
+    null: float
+
+
+def window_probabilities(logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """4.x's softmax of one window, [1, L] float32: tokens that cannot be in an answer at -10000 first."""
+    masked = np.where(allowed[None, :], logits[None, :].astype(np.float32), MASKED_LOGIT)
+    probs = np.exp(masked - masked.max(axis=-1, keepdims=True))
+    return probs / probs.sum()
+
+
+def top_indices(scores: np.ndarray, k: int) -> np.ndarray:
+    """The k largest flat positions, best first, chosen exactly as 4.x did (ties included)."""
+    if k == 1:
+        return np.array([np.argmax(scores)])
+    if len(scores) < k:
+        return np.argsort(-scores)
+    idx = np.argpartition(-scores, k)[0:k]
+    return idx[np.argsort(-scores[idx])]
+
+
+def span_window(start: np.ndarray, end: np.ndarray, allowed: np.ndarray, cls: int,
+                settings: CallSettings) -> WindowSpans:
+    """The best spans of one window by p_start * p_end (4.x's select_starts_ends and decode_spans)."""
+    p_start, p_end = window_probabilities(start, allowed), window_probabilities(end, allowed)
+    null = (p_start[0, cls] * p_end[0, cls]).item()
+    p_start[0, cls] = p_end[0, cls] = 0.0
+    outer = np.matmul(np.expand_dims(p_start, -1), np.expand_dims(p_end, 1))
+    candidates = np.tril(np.triu(outer), settings.max_answer_len - 1)
+    starts, ends = np.unravel_index(top_indices(candidates.flatten(), settings.pre_top_k), candidates.shape)[1:]
+    scores = candidates[0, starts, ends]
+    # 4.x kept score-0 pairs here (an end before the start, CLS); they are not answers.
+    keep = allowed[starts] & allowed[ends] & (scores > 0)
+    return WindowSpans(starts[keep], ends[keep], scores[keep], null)
+
+
+def beam_window(arrays: dict, f: int, allowed: np.ndarray, cls: int, settings: CallSettings) -> WindowSpans:
+    """The best spans of one window of a beam head by exp(start_log_prob + end_log_prob); null sigmoid(cls)."""
+    n_end = arrays["end_top_index"].shape[1] // arrays["start_top_index"].shape[1]
+    starts = np.repeat(arrays["start_top_index"][f], n_end).astype(np.int64)
+    ends = arrays["end_top_index"][f].astype(np.int64)
+    scores = np.exp(np.repeat(arrays["start_top_log_probs"][f], n_end).astype(np.float64)
+                    + arrays["end_top_log_probs"][f])
+    answerable = allowed.copy()
+    answerable[cls] = False
+    inside = (starts >= 0) & (starts < len(allowed)) & (ends >= 0) & (ends < len(allowed))
+    valid = inside & (ends >= starts) & (ends - starts < settings.max_answer_len) & (scores > 0)
+    valid[valid] = answerable[starts[valid]] & answerable[ends[valid]]
+    order = np.flatnonzero(valid)[np.argsort(-scores[valid], kind="stable")][:settings.pre_top_k]
+    null = 0.5 * (1.0 + math.tanh(0.5 * float(arrays["cls_logits"][f])))  # sigmoid, without overflow
+    return WindowSpans(starts[order], ends[order], scores[order], null)
+
+
+def word_spans(offsets: np.ndarray, words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per token of a window, the characters of its whole word within the window (4.x's word_to_chars: the
+    first token of the word here starts it, the last ends it); a token without a word keeps its own span."""
+    start, end = offsets[:, 0].copy(), offsets[:, 1].copy()
+    pos = np.flatnonzero(words >= 0)
+    if len(pos):
+        w = words[pos]
+        unique, first = np.unique(w, return_index=True)
+        _, last_reversed = np.unique(w[::-1], return_index=True)
+        last = len(w) - 1 - last_reversed
+        k = np.searchsorted(unique, w)
+        start[pos] = offsets[pos[first[k]], 0]
+        end[pos] = offsets[pos[last[k]], 1]
+    return start, end
+
+
+class AnswerList:
+    """An example's answers in 4.x's order of discovery; the same text (case-insensitive) adds its score."""
+
+    def __init__(self, context: str):
+        self.context = context
+        self.answers: list[dict] = []
+        self._by_text: dict[str, dict] = {}
+
+    def add(self, start: int, end: int, score: float) -> None:
+        text = self.context[start:end]
+        known = self._by_text.get(text.lower())
+        if known is not None:
+            known["score"] += score
+            return
+        answer = {"score": score, "start": start, "end": end, "answer": text}
+        self.answers.append(answer)
+        self._by_text[text.lower()] = answer
+
+    def ranked(self) -> list[dict]:
+        """Best first; equal scores in the order found (Python's stable sort, as 4.x)."""
+        return sorted(self.answers, key=lambda a: a["score"], reverse=True)
+
+
+def null_answer(score: float) -> dict:
+    return {"score": score, "start": 0, "end": 0, "answer": ""}
+
+
+def final_answers(spans: list[dict], null_score: float, null_wins: bool | None, settings: CallSettings) -> list[dict]:
+    """The top_k answers of an example. null_wins None: 4.x's rule ("" competes by its score when
+    handle_impossible_answer); True/False: the tuned threshold decided ("" first, or no "")."""
+    if not settings.handle_impossible_answer:
+        return spans[:settings.top_k]
+    if null_wins is None:
+        return sorted([*spans, null_answer(null_score)], key=lambda a: a["score"], reverse=True)[:settings.top_k]
+    if null_wins:
+        return [null_answer(null_score), *spans[:settings.top_k - 1]]
+    return spans[:settings.top_k]
+
+
+def four_x_shape(answers: list[dict]):
+    """4.x returned the answer itself when there was one, else the list (also for top_k > 1)."""
+    return answers[0] if len(answers) == 1 else answers
+
+
+# --------------------------------------------------------------------------------------------
+# The pipeline
+# --------------------------------------------------------------------------------------------
+
+
+def _dtype_of(dtype, device):
+    """float32 unless float16 / bfloat16 is asked for on a CUDA device."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, str):
+        name = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}.get(dtype, dtype)
+        if name not in ("float32", *HALF_DTYPES):
+            raise PipelineInputError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
+        dtype = getattr(torch, name)
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise PipelineInputError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
+    if dtype != torch.float32 and device.type != "cuda":
+        raise PipelineInputError(f"dtype {str(dtype).removeprefix('torch.')} needs a CUDA device (got {device})")
+    return dtype
+
+
+def _device_of(device, model=None):
+    """None: the model object's own device, else CUDA when available; 4.x's -1 / 0, 1, ... are taken too."""
+    if device is None:
+        if model is not None:
+            return next(model.parameters()).device
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(device, int) and not isinstance(device, bool):
+        device = torch.device("cpu") if device < 0 else torch.device("cuda", device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise PipelineInputError(f"device {device!r}: not a device ({exc})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PipelineInputError(f"device {device}: CUDA is not available on this machine")
+    return device
+
+
+def _is_path(value) -> bool:
+    return isinstance(value, (str, os.PathLike))
+
+
+def _model_folder(path) -> Path:
+    folder = Path(path)
+    if not folder.is_dir():
+        raise PipelineInputError(f"{folder}: no such model folder")
+    if not (folder / "config.json").is_file():
+        raise PipelineInputError(f"{folder}: not a model folder (no config.json)")
+    return folder
+
+
+def _origin_folder(model) -> Path | None:
+    """The folder a model object was loaded from (its tokenizer and tuned threshold live there), if any."""
+    named = str(getattr(model, "name_or_path", "") or "")
+    return Path(named) if named and Path(named).is_dir() else None
+
+
+def _simple_span_head(config) -> bool:
+    """An XLNet/XLM folder saved from the plain span head (--simple_span_head) says so in its architectures."""
+    return any(name.endswith("ForQuestionAnsweringSimple") for name in (config.architectures or []))
+
+
+class QuestionAnsweringPipeline:
+    """transformers 4.x's question-answering pipeline for transformers 5 (see the module docstring).
+
+    QuestionAnsweringPipeline("path/to/model") or QuestionAnsweringPipeline(model=model, tokenizer=tokenizer)
+    (objects, or a model object and a tokenizer folder). device: None (CUDA when available; a model object
+    stays where it is), "cpu", "cuda:1", a torch.device, or 4.x's -1 / 0, 1, ...; dtype: float32 (default), or
+    float16 / bfloat16 on CUDA. null_threshold: "auto" (the folder's null_score_diff_threshold.json when
+    present), None, or a number. context_first: None follows the tokenizer (context first when it pads on the
+    left, as 4.x) or the model folder's training_args.json (fine-tuned with --context_first); True or False
+    say it. batch_size: windows per forward pass (a call's batch_size= overrides it). lang_id: XLM's language id.
+
+    ``qa(question=..., context=..., top_k=1, doc_stride=None, max_answer_len=15, max_seq_len=None,
+    max_question_len=64, handle_impossible_answer=False, align_to_words=True, batch_size=None)`` answers as
+    4.x; ``qa.answer(pairs, **same keywords)`` gives every input's answers as a list, whatever their number.
+    """
+
+    def __init__(self, model=None, tokenizer=None, *, device=None, dtype=None, null_threshold="auto",
+                 batch_size: int = DEFAULT_BATCH_SIZE, context_first: bool | None = None, lang_id: int = 0):
+        if model is None:
+            raise ValueError("QuestionAnsweringPipeline needs a model folder (or model= and tokenizer=)")
+        import_torch_side()
+        if _is_path(model):
+            folder = _model_folder(model)
+            self.device = _device_of(device)
+            self.model, self.beam = self._load_model(folder, _dtype_of(dtype, self.device))
+        else:
+            folder = _origin_folder(model)
+            self.device = _device_of(device, model)
+            self.model = model if dtype is None else model.to(dtype=_dtype_of(dtype, self.device))
+            self.beam = isinstance(model, (transformers.XLNetForQuestionAnswering, transformers.XLMForQuestionAnswering))
+        self.tokenizer = self._load_tokenizer(tokenizer, folder)
+        self.model.to(self.device).eval()
+        self.model_type = self.model.config.model_type
+        self.head = qa_model.make_head(self.beam)
+        self.backend = _context_backend(self.tokenizer)
+        if context_first is None:  # as the model was fine-tuned: passage first for XLNet or --context_first
+            context_first = self.tokenizer.padding_side == "left" or trained_context_first(folder)
+        self.context_first = bool(context_first)
+        self.batch_size = _whole_number("batch_size", batch_size, 1)
+        self.lang_id = lang_id
+        self.threshold = resolve_threshold(null_threshold, folder)
+
+    @staticmethod
+    def _load_model(folder: Path, dtype):
+        source = qa_model.ModelSource(str(folder))
+        try:
+            config = qa_model.load_config(source)
+            beam = qa_model.uses_beam_head(config.model_type, _simple_span_head(config))
+            return qa_model.load_model(str(folder), config, source, beam, dtype=dtype), beam
+        except qa_model.ModelLoadError as exc:
+            raise PipelineInputError(str(exc).replace("--model_name_or_path ", "")) from None
+
+    def _load_tokenizer(self, tokenizer, folder: Path | None):
+        if tokenizer is None and folder is None:
+            raise ValueError("tokenizer= is required with a model object that was not loaded from a folder")
+        if tokenizer is None or _is_path(tokenizer):
+            try:
+                return qa_model.load_tokenizer(qa_model.ModelSource(str(tokenizer or folder)), do_lower_case=False)
+            except qa_model.ModelLoadError as exc:
+                raise PipelineInputError(str(exc).replace("--tokenizer_name ", "")) from None
+        if not getattr(tokenizer, "is_fast", False):
+            raise PipelineInputError(f"{type(tokenizer).__name__}: a fast tokenizer is required for character offsets")
+        return tokenizer
+
+    def __call__(self, *args, **kwargs):
+        """Answers as 4.x returned them: per input the best answer (a dict) for top_k 1, else a list of
+        answers (a dict when only one was found); one input gives its result, several a list of results."""
+        inputs = {k: kwargs.pop(k) for k in INPUT_KEYS if k in kwargs}
+        pairs = normalize_inputs(args, inputs)
+        results = [four_x_shape(answers) for answers in self.answer(pairs, **kwargs)]
+        return results[0] if len(results) == 1 else results
+
+    def answer(self, pairs: Sequence[tuple[str, str]], **kwargs) -> list[list[dict]]:
+        """Per (question, context) pair its answers, best first, always as a list (the command line's form)."""
+        settings = call_settings(kwargs, self.tokenizer.model_max_length, self.batch_size)
+        if not pairs:
+            return []
+        windows = build_windows(list(pairs), self.tokenizer, self.backend, settings, self.context_first)
+        arrays = self._forward(windows.features, settings.batch_size)
+        spans, nulls = self._rank(windows, arrays, settings)
+        decisions = self._threshold_decisions(windows, arrays, settings)
+        return [final_answers(s, n, d, settings) for s, n, d in zip(spans, nulls, decisions, strict=True)]
+
+    def _forward(self, features, batch_size: int) -> dict[str, np.ndarray]:
+        """The head's outputs for every feature, on the host (qa_model's batches: length-grouped, padded)."""
+        batching = qa_model.PaddedBatches(batch_size, self.head, self.model_type, lang_id=self.lang_id)
+        outputs = []
+        with torch.inference_mode():
+            for idx in batching.plan(features.lengths()):
+                batch = qa_model.to_device(batching.tensors(features, idx, with_labels=False), self.device)
+                outputs.append(self.head.outputs(batching.forward(self.model, batch, training=False), batch))
+        return self.head.collect(outputs)
+
+    def _window_spans(self, features, arrays: dict, settings: CallSettings):
+        """WindowSpans of every feature, in feature order."""
+        if self.beam:
+            order = np.argsort(arrays["feature"])
+            arrays = {name: values[order] for name, values in arrays.items()}
+        else:
+            start = np.zeros(len(features.input_ids), dtype=np.float32)
+            end = np.zeros(len(features.input_ids), dtype=np.float32)
+            start[arrays["token"]], end[arrays["token"]] = arrays["start_logits"], arrays["end_logits"]
+        for f in range(len(features)):
+            sl = features.token_slice(f)
+            allowed, cls = features.p_mask[sl] == 0, int(features.cls_index[f])
+            if self.beam:
+                yield beam_window(arrays, f, allowed, cls, settings)
+            else:
+                yield span_window(start[sl], end[sl], allowed, cls, settings)
+
+    def _rank(self, windows: Windows, arrays: dict, settings: CallSettings) -> tuple[list[list[dict]], list[float]]:
+        """Per example its spans (widened, merged, best first) and its smallest null score over the windows."""
+        features = windows.features
+        lists = [AnswerList(ex.context) for ex in windows.examples]
+        nulls = [NO_NULL_SCORE] * len(lists)
+        for f, found in enumerate(self._window_spans(features, arrays, settings)):
+            ex = int(features.example_index[f])
+            nulls[ex] = min(nulls[ex], found.null)
+            sl = features.token_slice(f)
+            offsets = features.offsets[sl]
+            if settings.align_to_words:
+                char_start, char_end = word_spans(offsets, windows.words[sl])
+            else:
+                char_start, char_end = offsets[:, 0], offsets[:, 1]
+            for s, e, score in zip(found.starts.tolist(), found.ends.tolist(), found.scores.tolist(), strict=True):
+                lists[ex].add(int(char_start[s]), int(char_end[e]), score)
+        return [answers.ranked() for answers in lists], nulls
+
+    def _threshold_decisions(self, windows: Windows, arrays: dict, settings: CallSettings) -> list[bool | None]:
+        """Per example whether its null odds exceed the tuned threshold (None: no threshold applies)."""
+        if self.threshold is None or not settings.handle_impossible_answer:
+            return [None] * len(windows.examples)
+        decoding = qa_model.Decoding(n_best_size=self.threshold.n_best_size,
+                                     max_answer_length=self.threshold.max_answer_length,
+                                     version_2_with_negative=True,
+                                     null_score_diff_threshold=self.threshold.value)
+        _, _, null_odds = self.head.decode(windows.examples, windows.features, [arrays], decoding)
+        return [null_odds[ex.qas_id] > self.threshold.value for ex in windows.examples]
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+class UsageError(Exception):
+    """Bad flags, input or model folder: one line on stderr, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: {message} (see --help)")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="qa_pipeline.py", allow_abbrev=False,
+                description="Answer questions with a fine-tuned extractive QA model (transformers 4's "
+                            "question-answering pipeline). Reads JSON Lines {\"question\", \"context\", ...} and "
+                            "writes one JSON line per input, in input order: the input object (every key, such as "
+                            "id) with score, start, end, answer added (answer == context[start:end]); with --top_k "
+                            "above 1 a key \"answers\" holding the list, best first, instead.")
+    p.add_argument("model_dir", help="Folder of a fine-tuned model (config.json, weights, tokenizer).")
+    p.add_argument("--input", default="-", help="JSON Lines file to read (default: standard input).")
+    p.add_argument("--top_k", type=positive_int, default=1, help="Answers per question (default 1).")
+    p.add_argument("--handle_impossible_answer", action="store_true", help="Allow the empty answer (no answer).")
+    p.add_argument("--no_threshold", action="store_true",
+                   help=f"Ignore the model folder's {THRESHOLD_FILE} (decide no-answer as transformers 4.x).")
+    p.add_argument("--batch_size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="Windows per forward pass.")
+    p.add_argument("--doc_stride", type=non_negative_int, default=None,
+                   help="Overlap of consecutive windows, in tokens (default min(max_seq_len // 2, 128)).")
+    p.add_argument("--max_answer_len", type=positive_int, default=15, help="Longest answer, in tokens (default 15).")
+    p.add_argument("--max_seq_len", type=positive_int, default=None,
+                   help="Tokens per window (default min(the tokenizer's model_max_length, 384)).")
+    p.add_argument("--max_question_len", type=positive_int, default=64, help="Question tokens kept (default 64).")
+    p.add_argument("--context_first", action="store_true",
+                   help="Put the passage before the question (a model fine-tuned with --context_first).")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when available).")
+    return p
+
+
+_JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+               type(None): "null"}
+
+
+def _json_type(value) -> str:
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def _record(name: str, line_no: int, line: str) -> dict:
+    """One checked input line; a bad one is a UsageError naming the file, the line and the problem."""
+    where = f"{name}: line {line_no}"
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(record, dict):
+        raise UsageError(f"{where}: expected a JSON object, got {_json_type(record)}")
+    for key in ("question", "context"):
+        if key not in record:
+            raise UsageError(f"{where}: missing key '{key}'")
+        if not isinstance(record[key], str):
+            raise UsageError(f"{where}: '{key}' must be a string, got {_json_type(record[key])}")
+        if not record[key].strip():
+            raise UsageError(f"{where}: '{key}' is empty")
+    return record
+
+
+def read_records(path: str) -> list[dict]:
+    """Every record of a JSON Lines file ("-": standard input), all checked before any is answered."""
+    name = "<stdin>" if path == "-" else path
+    try:
+        raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{name}: cannot read file: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{name}: not UTF-8 (invalid byte at offset {exc.start})") from None
+    # "\n" only: str.splitlines() would also split inside strings at U+2028 and other characters JSON allows.
+    records = [_record(name, n, line) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
+    if not records:
+        raise UsageError(f"{name}: empty file (expected JSON Lines: one {{\"question\", \"context\"}} object per line)")
+    return records
+
+
+def output_keys(top_k: int) -> tuple[str, ...]:
+    return ("answers",) if top_k > 1 else ANSWER_KEYS
+
+
+def output_line(record: dict, answers: list[dict], top_k: int) -> str:
+    """The input record (every key: question, context, id, ...), then the best answer's fields (top_k 1: "" at
+    0, 0 with score 0.0 when no span was found) or "answers", the list best first (top_k > 1); an input key of
+    the same name is replaced."""
+    out = dict(record)
+    if top_k > 1:
+        out["answers"] = answers
+    else:
+        out.update(answers[0] if answers else null_answer(0.0))
+    return json.dumps(out, ensure_ascii=False)
+
+
+def run(args: argparse.Namespace) -> list[str]:
+    records = read_records(args.input)
+    folder = _model_folder(args.model_dir)
+    import_torch_side()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    qa = QuestionAnsweringPipeline(str(folder), device=args.device, batch_size=args.batch_size,
+                                   null_threshold=None if args.no_threshold else "auto",
+                                   context_first=True if args.context_first else None)
+    settings = {k: getattr(args, k) for k in ("top_k", "doc_stride", "max_answer_len", "max_seq_len",
+                                              "max_question_len", "handle_impossible_answer")
+                if getattr(args, k) is not None}
+    answers = qa.answer([(r["question"], r["context"]) for r in records], **settings)
+    replaced = sorted({key for r in records for key in output_keys(args.top_k) if key in r})
+    if replaced:
+        print(f"qa_pipeline.py: warning: input key(s) {', '.join(replaced)} replaced by the answer in the output",
+              file=sys.stderr)
+    return [output_line(r, a, args.top_k) for r, a in zip(records, answers, strict=True)]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        lines = run(build_parser().parse_args(argv))
+    except (UsageError, PipelineInputError) as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("qa_pipeline.py: interrupted", file=sys.stderr)
+        return EXIT_FAILURE
+    except Exception as exc:  # noqa: BLE001 - one line, never a traceback, for whatever went wrong
+        text = str(exc).strip().splitlines()
+        print(f"qa_pipeline.py: error: {type(exc).__name__}: {text[0] if text else ''}", file=sys.stderr)
+        return EXIT_FAILURE
+    out = sys.stdout.buffer
+    out.write("".join(line + "\n" for line in lines).encode("utf-8"))
+    out.flush()
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

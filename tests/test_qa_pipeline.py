@@ -1,0 +1,467 @@
+"""qa_pipeline.py: transformers 4.x's question-answering pipeline on transformers 5.
+
+Parity: tests/fixtures/qa_pipeline/expected.json holds 4.x's own outputs (bench/pipeline_parity.py, run under
+transformers 4.57) for the small fine-tuned BERT in tests/fixtures/qa_pipeline/model, on real SQuAD 2.0 dev
+questions, most of them over several windows. Families: tiny random models of every family the command line
+fine-tunes (beam heads included), checked against a direct forward of the model on the tokenizer's own pair
+encoding. Threshold: the no-answer decision flips exactly at the classic decoder's null odds. Command line:
+JSON Lines in and out, and one line with exit code 2 for every kind of bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer, XLMForQuestionAnswering, XLNetForQuestionAnswering
+
+import qa_model
+import qa_pipeline
+import squad_metrics
+import utils_squad
+from qa_pipeline import PipelineInputError, QuestionAnsweringPipeline
+from tiny_models import FAMILIES, tiny_config, tiny_model_dir, tiny_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURE = REPO / "tests" / "fixtures" / "qa_pipeline"
+MODEL = FIXTURE / "model"
+EXPECTED = json.loads((FIXTURE / "expected.json").read_text(encoding="utf-8"))
+WINDOWED = EXPECTED["windowed"]
+SCORE_TOLERANCE = 1e-4
+CONTEXT = ("The Normans were the people who in the 10th and 11th centuries gave their name to Normandy, a region "
+           "in France. Warsaw is the capital and largest city of Poland.")
+QUESTION = "Who gave their name to Normandy?"
+
+
+@pytest.fixture(scope="module")
+def qa() -> QuestionAnsweringPipeline:
+    return QuestionAnsweringPipeline(str(MODEL), device="cpu", null_threshold=None)
+
+
+def pairs_of(inputs: list[dict]) -> list[tuple[str, str]]:
+    return [(x["question"], x["context"]) for x in inputs]
+
+
+def assert_same_answer(ours: dict, theirs: dict, context: str) -> None:
+    """The same answer and offsets, the score within SCORE_TOLERANCE, and an exact substring of the context."""
+    assert isinstance(ours, dict) and set(ours) == set(qa_pipeline.ANSWER_KEYS), ours
+    assert {k: ours[k] for k in ("start", "end", "answer")} == {k: theirs[k] for k in ("start", "end", "answer")}
+    assert ours["score"] == pytest.approx(theirs["score"], abs=SCORE_TOLERANCE)
+    assert ours["answer"] == context[ours["start"]:ours["end"]]
+
+
+def assert_same_result(ours, theirs, context: str) -> None:
+    """One input's result as 4.x shaped it: an answer (dict), or a list of answers."""
+    if isinstance(theirs, dict):
+        assert_same_answer(ours, theirs, context)
+        return
+    assert isinstance(ours, list) and len(ours) == len(theirs), (ours, theirs)
+    for a, b in zip(ours, theirs, strict=True):
+        assert_same_answer(a, b, context)
+
+
+def assert_same_output(ours, theirs, contexts: list[str]) -> None:
+    """A call's output: one input's result, or (several inputs) a list of results."""
+    if len(contexts) == 1:
+        assert_same_result(ours, theirs, contexts[0])
+        return
+    assert isinstance(ours, list) and len(ours) == len(theirs) == len(contexts)
+    for a, b, context in zip(ours, theirs, contexts, strict=True):
+        assert_same_result(a, b, context)
+
+
+# --------------------------------------------------------------------------------------------
+# Parity with transformers 4.x
+# --------------------------------------------------------------------------------------------
+
+
+def test_fixture_covers_what_parity_needs():
+    inputs = EXPECTED["inputs"]
+    assert EXPECTED["transformers_version"].startswith("4.")
+    assert sum(x["windows"] > 1 for x in inputs) >= 5 and max(x["windows"] for x in inputs) >= 3
+    assert any(x["is_impossible"] for x in inputs) and not all(x["is_impossible"] for x in inputs)
+    null_case = next(c for c in EXPECTED["cases"] if c["kwargs"] == {**WINDOWED, "top_k": 1,
+                                                                        "handle_impossible_answer": True})
+    empty = [out["answer"] == "" for out in null_case["outputs"]]
+    assert any(empty) and not all(empty), "4.x's no-answer decision should go both ways on the fixture"
+    sizes = sum(f.stat().st_size for f in MODEL.iterdir())
+    assert sizes < 3_200_000
+
+
+@pytest.mark.parametrize("case", EXPECTED["cases"], ids=lambda c: ",".join(f"{k}={v}" for k, v in c["kwargs"].items()))
+def test_matches_transformers_4(qa, case):
+    inputs = EXPECTED["inputs"]
+    ours = qa(question=[x["question"] for x in inputs], context=[x["context"] for x in inputs], **case["kwargs"])
+    assert_same_output(ours, case["outputs"], [x["context"] for x in inputs])
+
+
+def test_windows_match_transformers_4(qa):
+    settings = qa_pipeline.call_settings(WINDOWED, qa.tokenizer.model_max_length, 8)
+    windows = qa_pipeline.build_windows(pairs_of(EXPECTED["inputs"]), qa.tokenizer, qa.backend, settings, False)
+    counts = np.bincount(windows.features.example_index, minlength=len(EXPECTED["inputs"]))
+    assert counts.tolist() == [x["windows"] for x in EXPECTED["inputs"]]
+
+
+@pytest.mark.parametrize("call", EXPECTED["shapes"], ids=lambda c: c["call"])
+def test_call_shapes_match_transformers_4(qa, call):
+    args = [call["args"]] if "args" in call else []
+    ours = qa(*args, **call["kwargs"])
+    contexts = [x["context"] for x in call["args"]] if "args" in call else call["kwargs"]["context"]
+    contexts = [contexts] if isinstance(contexts, str) else contexts
+    if isinstance(call["kwargs"].get("question"), list) and isinstance(call["kwargs"]["context"], str):
+        contexts = [call["kwargs"]["context"]] * len(call["kwargs"]["question"])
+    assert_same_output(ours, call["output"], contexts)
+
+
+def test_shapes_of_every_call_form(qa):
+    one = qa(question=QUESTION, context=CONTEXT)
+    assert isinstance(one, dict) and set(one) == {"score", "start", "end", "answer"}
+    assert isinstance(one["score"], float) and isinstance(one["start"], int)
+    as_dict = {"question": QUESTION, "context": CONTEXT}
+    assert qa(QUESTION, CONTEXT) == qa(as_dict) == qa([as_dict]) == qa(X=[as_dict]) == qa(data=as_dict) == one
+    several = qa(question=[QUESTION, "What is the capital of Poland?"], context=[CONTEXT, CONTEXT])
+    assert isinstance(several, list) and len(several) == 2 and several[0] == one
+    top = qa(question=QUESTION, context=CONTEXT, top_k=4)
+    assert isinstance(top, list) and len(top) == 4 and top[0] == one
+    assert [a["score"] for a in top] == sorted((a["score"] for a in top), reverse=True)
+    with pytest.warns(UserWarning, match="topk"):
+        assert qa(question=QUESTION, context=CONTEXT, topk=4) == top
+    assert qa(question=[], context=[]) == []
+
+
+def test_answers_are_exact_substrings_of_the_context(qa):
+    inputs = EXPECTED["inputs"][::6]  # long and short contexts, answerable and not
+    for kwargs in ({"top_k": 5}, {"top_k": 5, "align_to_words": False}, {"top_k": 3, "handle_impossible_answer": True},
+                   {"top_k": 5, "max_seq_len": 48, "doc_stride": 16}):
+        answers = qa.answer(pairs_of(inputs), **kwargs)
+        for x, found in zip(inputs, answers, strict=True):
+            assert found and all(a["answer"] == x["context"][a["start"]:a["end"]] for a in found)
+            assert all(a["start"] < a["end"] for a in found if a["answer"])
+
+
+def test_model_and_tokenizer_objects_answer_as_the_folder(qa):
+    model = qa_model.load_model(str(MODEL), qa.model.config, qa_model.ModelSource(str(MODEL)), beam_head=False)
+    tokenizer = AutoTokenizer.from_pretrained(MODEL)
+    from_objects = QuestionAnsweringPipeline(model=model, tokenizer=tokenizer, null_threshold=None)
+    kwargs = {"top_k": 3, "handle_impossible_answer": True, **WINDOWED}
+    assert from_objects(question=QUESTION, context=CONTEXT, **kwargs) == qa(question=QUESTION, context=CONTEXT, **kwargs)
+
+
+def test_bad_calls_are_value_errors(qa):
+    with pytest.raises(ValueError, match="cannot be empty"):
+        qa(question="", context=CONTEXT)
+    with pytest.raises(ValueError, match="same lengths"):
+        qa(question=[QUESTION, QUESTION], context=[CONTEXT])
+    with pytest.raises(KeyError):
+        qa([{"question": QUESTION}])
+    with pytest.raises(ValueError, match="top_k"):
+        qa(question=QUESTION, context=CONTEXT, top_k=0)
+    with pytest.raises(ValueError, match="larger than `max_seq_len`"):
+        qa(question=QUESTION, context=CONTEXT, max_seq_len=32, doc_stride=40)
+    with pytest.raises(TypeError, match="max_answer_length"):
+        qa(question=QUESTION, context=CONTEXT, max_answer_length=3)
+    # An overlap as large as the window is refused only when the context needs a second window, as 4.x.
+    with pytest.raises(PipelineInputError, match="doc_stride 25 must be less than the 20 context tokens"):
+        qa(question="Who?", context=CONTEXT, max_seq_len=25, doc_stride=25)
+    assert qa(question="Who?", context="The Normans.", max_seq_len=25, doc_stride=25)["answer"]
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        QuestionAnsweringPipeline(str(MODEL), device="cpu", dtype="bfloat16")
+    with pytest.raises(PipelineInputError, match="no such model folder"):
+        QuestionAnsweringPipeline(str(MODEL / "absent"))
+
+
+def test_long_questions_are_cut_to_max_question_len(qa):
+    question = " ".join(["which"] * 80) + " name?"
+    windows = qa_pipeline.build_windows([(question, CONTEXT)], qa.tokenizer, qa.backend,
+                                        qa_pipeline.call_settings({"max_seq_len": 96, "doc_stride": 8}, 512, 8), False)
+    question_tokens = int((windows.features.token_type_ids[windows.features.token_slice(0)] == 0).sum()) - 2
+    assert question_tokens == 64
+    # Cut to 40 - 3 specials - 1 tokens: windows of one context token, one token apart.
+    assert qa(question=question, context=CONTEXT, max_seq_len=40, doc_stride=0)["answer"]
+
+
+# --------------------------------------------------------------------------------------------
+# Every family, beam heads included
+# --------------------------------------------------------------------------------------------
+
+BEAM_CLASSES = {"xlnet": XLNetForQuestionAnswering, "xlm": XLMForQuestionAnswering}
+
+
+@pytest.fixture(scope="module")
+def family_dirs(tmp_path_factory) -> dict[str, Path]:
+    dirs = {family: tiny_model_dir(family, tmp_path_factory) for family in FAMILIES}
+    for family, cls in BEAM_CLASSES.items():
+        tokenizer = tiny_tokenizer(family)
+        torch.manual_seed(0)
+        folder = tmp_path_factory.mktemp(f"tiny-{family}-beam")
+        cls(tiny_config(family, tokenizer)).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        dirs[f"{family}-beam"] = folder
+    return dirs
+
+
+def direct_logits(model, tokenizer, question: str, context: str, model_type: str):
+    """The model's outputs on the tokenizer's own pair encoding (context first when it pads on the left)."""
+    context_first = tokenizer.padding_side == "left"
+    pair = (context, question) if context_first else (question, context)
+    enc = tokenizer(*pair, return_offsets_mapping=True, return_token_type_ids=True, return_tensors="pt")
+    inputs = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    if model_type not in qa_model.NO_TOKEN_TYPES:  # the classic script's rule (ALBERT's tokenizer omits them)
+        inputs["token_type_ids"] = enc["token_type_ids"]
+    sequence = enc.sequence_ids(0)
+    is_context = np.array([s == (0 if context_first else 1) for s in sequence])
+    cls = enc["input_ids"][0].tolist().index(tokenizer.cls_token_id)
+    return inputs, is_context, cls, enc["offset_mapping"][0].numpy()
+
+
+def brute_force_spans(start: np.ndarray, end: np.ndarray, is_context: np.ndarray, cls: int, max_len: int):
+    """(score, start token, end token) of every span, best first, by softmax probabilities over context + CLS."""
+    allowed = is_context.copy()
+    allowed[cls] = True
+    p_start = np.exp(start[allowed] - start[allowed].max())
+    p_end = np.exp(end[allowed] - end[allowed].max())
+    prob_s = np.zeros(len(start))
+    prob_e = np.zeros(len(start))
+    prob_s[allowed], prob_e[allowed] = p_start / p_start.sum(), p_end / p_end.sum()
+    spans = [(prob_s[s] * prob_e[e], s, e) for s in np.flatnonzero(is_context) for e in np.flatnonzero(is_context)
+             if s <= e < s + max_len]
+    return sorted(spans, reverse=True)
+
+
+def brute_force_beam_spans(out, is_context: np.ndarray, max_len: int):
+    starts, ends = out.start_top_index[0].tolist(), out.end_top_index[0].tolist()
+    start_lp, end_lp = out.start_top_log_probs[0].tolist(), out.end_top_log_probs[0].tolist()
+    per_start = len(ends) // len(starts)
+    spans = [(math.exp(start_lp[i] + end_lp[i * per_start + j]), starts[i], ends[i * per_start + j])
+             for i in range(len(starts)) for j in range(per_start)]
+    return sorted((s for s in spans if is_context[s[1]] and is_context[s[2]] and s[1] <= s[2] < s[1] + max_len),
+                  reverse=True)
+
+
+@pytest.mark.parametrize("family", [*FAMILIES, *(f"{f}-beam" for f in BEAM_CLASSES)])
+def test_every_family_answers_as_a_direct_forward(family_dirs, family):
+    pipe = QuestionAnsweringPipeline(str(family_dirs[family]), device="cpu")
+    assert pipe.beam == family.endswith("-beam")
+    best = pipe(question=QUESTION, context=CONTEXT, align_to_words=False)
+    inputs, is_context, cls, offsets = direct_logits(pipe.model, pipe.tokenizer, QUESTION, CONTEXT, pipe.model_type)
+    with torch.inference_mode():
+        if pipe.beam:
+            p_mask = torch.tensor([[0.0 if c or i == cls else 1.0 for i, c in enumerate(is_context)]])
+            out = pipe.model(**inputs, p_mask=p_mask, cls_index=torch.tensor([cls]))
+            spans = brute_force_beam_spans(out, is_context, 15)
+        else:
+            out = pipe.model(**inputs)
+            spans = brute_force_spans(out.start_logits[0].double().numpy(), out.end_logits[0].double().numpy(),
+                                      is_context, cls, 15)
+    assert best["score"] == pytest.approx(spans[0][0], rel=1e-4)
+    # The best span's characters (trimmed of whitespace, as the pipeline's offsets), unless a near-tie decided.
+    chars = utils_squad.trim_offsets_whitespace(CONTEXT, offsets.astype(np.int32))
+    near = [(int(chars[s][0]), int(chars[e][1])) for score, s, e in spans if score >= spans[0][0] * (1 - 1e-5)]
+    assert (best["start"], best["end"]) in near
+    # Several windows, words, the null answer: still exact substrings. (Scores may exceed 1: the same text
+    # found in several windows adds up, as in 4.x.)
+    for kwargs in ({"top_k": 5, "handle_impossible_answer": True, "max_seq_len": 40, "doc_stride": 8},
+                   {"top_k": 3}):
+        answers = pipe.answer([(QUESTION, CONTEXT), ("What is the capital of Poland?", CONTEXT)], **kwargs)
+        for found in answers:
+            assert found and all(a["answer"] == CONTEXT[a["start"]:a["end"]] for a in found)
+            assert all(a["score"] > 0 for a in found)
+
+
+# --------------------------------------------------------------------------------------------
+# The tuned no-answer threshold
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model_copy(tmp_path_factory) -> Path:
+    return Path(shutil.copytree(MODEL, tmp_path_factory.mktemp("qa-threshold") / "model"))
+
+
+def classic_null_odds(qa, pairs) -> tuple[list[float], list[dict]]:
+    """squad_metrics' null odds of the inputs on the pipeline's windows (its logits), n-best 20, length 30; and
+    each input's "" answer with 4.x's null score."""
+    settings = qa_pipeline.call_settings(WINDOWED, qa.tokenizer.model_max_length, 8)
+    windows = qa_pipeline.build_windows(pairs, qa.tokenizer, qa.backend, settings, False)
+    arrays = qa._forward(windows.features, qa.batch_size)  # the pipeline's batches: the same logits, to the bit
+    start = np.zeros(len(windows.features.input_ids), dtype=np.float32)
+    end = np.zeros_like(start)
+    start[arrays["token"]], end[arrays["token"]] = arrays["start_logits"], arrays["end_logits"]
+    _, _, odds = squad_metrics.compute_predictions_logits(windows.examples, windows.features, start, end, 20, 30,
+                                                          version_2_with_negative=True)
+    _, nulls = qa._rank(windows, arrays, settings)
+    return [odds[ex.qas_id] for ex in windows.examples], [qa_pipeline.null_answer(score) for score in nulls]
+
+
+def write_threshold(folder: Path, value: float) -> None:
+    (folder / qa_pipeline.THRESHOLD_FILE).write_text(json.dumps({"null_score_diff_threshold": value, "best_f1": 50.0}))
+
+
+def test_the_threshold_decides_exactly_at_the_null_odds(qa, model_copy):
+    pairs = pairs_of(EXPECTED["inputs"][::2])
+    odds, nulls = classic_null_odds(qa, pairs)
+    spans = qa.answer(pairs, top_k=3, **WINDOWED)
+    assert nulls[0] in qa.answer(pairs[:1], top_k=100, handle_impossible_answer=True, **WINDOWED)[0]
+    middle = int(np.argsort(odds)[len(odds) // 2])
+    assert odds[middle] < squad_metrics.NO_SPAN_NULL_ODDS
+    for value in (odds[middle], float(np.nextafter(odds[middle], -np.inf))):
+        write_threshold(model_copy, value)
+        tuned = QuestionAnsweringPipeline(str(model_copy), device="cpu")
+        assert tuned.threshold.value == value
+        found = tuned.answer(pairs, top_k=3, handle_impossible_answer=True, **WINDOWED)
+        for i, answers in enumerate(found):
+            assert answers == ([nulls[i], *spans[i][:2]] if odds[i] > value else spans[i])
+        decisions = [a[0]["answer"] == "" for a in found]
+        assert decisions[middle] == (value < odds[middle]) and 0 < sum(decisions) < len(decisions)
+    # Without handle_impossible_answer the threshold is not used: 4.x's spans.
+    assert tuned.answer(pairs[:4], top_k=3, **WINDOWED) == spans[:4]
+
+
+def test_null_threshold_none_ignores_the_file_and_a_number_is_used(qa, model_copy):
+    write_threshold(model_copy, -1e9)
+    inputs = EXPECTED["inputs"]
+    kwargs = {**WINDOWED, "top_k": 1, "handle_impossible_answer": True}
+    case = next(c for c in EXPECTED["cases"] if c["kwargs"] == kwargs)
+    ignoring = QuestionAnsweringPipeline(str(model_copy), device="cpu", null_threshold=None)
+    assert ignoring.threshold is None
+    assert_same_output(ignoring(question=[x["question"] for x in inputs], context=[x["context"] for x in inputs],
+                                **kwargs), case["outputs"], [x["context"] for x in inputs])
+    some = pairs_of(inputs[::4])
+    everything_null = QuestionAnsweringPipeline(str(model_copy), device="cpu")
+    assert all(a[0]["answer"] == "" for a in everything_null.answer(some, **kwargs))
+    never_null = QuestionAnsweringPipeline(str(model_copy), device="cpu", null_threshold=1e9)
+    assert not any(a[0]["answer"] == "" for a in never_null.answer(some, **kwargs))
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "not valid JSON"),
+    ("[1.5]", "expected a JSON object, got array"),
+    ('{"best_f1": 3}', "missing key 'null_score_diff_threshold'"),
+    ('{"null_score_diff_threshold": "high"}', "'null_score_diff_threshold' must be a finite number, got \"high\""),
+])
+def test_a_bad_threshold_file_is_one_line_naming_it(tmp_path, content, message):
+    (tmp_path / qa_pipeline.THRESHOLD_FILE).write_text(content)
+    with pytest.raises(PipelineInputError) as err:
+        qa_pipeline.resolve_threshold("auto", tmp_path)
+    assert str(err.value).startswith(f"{tmp_path / qa_pipeline.THRESHOLD_FILE}: ") and message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_beam_head_threshold_is_on_the_smallest_cls_logit(family_dirs, tmp_path):
+    folder = Path(shutil.copytree(family_dirs["xlnet-beam"], tmp_path / "xlnet"))
+    pipe = QuestionAnsweringPipeline(str(folder), device="cpu", null_threshold=None)
+    pairs = [(QUESTION, CONTEXT), ("What is the capital of Poland?", CONTEXT)]
+    settings = qa_pipeline.call_settings({"max_seq_len": 40, "doc_stride": 8}, 512, 8)
+    windows = qa_pipeline.build_windows(pairs, pipe.tokenizer, pipe.backend, settings, True)
+    arrays = pipe._forward(windows.features, pipe.batch_size)
+    smallest = [float(arrays["cls_logits"][windows.features.example_index[arrays["feature"]] == i].min())
+                for i in range(2)]
+    for value, expect_null in ((smallest[0], False), (float(np.nextafter(smallest[0], -np.inf)), True)):
+        write_threshold(folder, value)
+        found = QuestionAnsweringPipeline(str(folder), device="cpu").answer(
+            pairs[:1], handle_impossible_answer=True, max_seq_len=40, doc_stride=8)
+        assert (found[0][0]["answer"] == "") == expect_null
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "qa_pipeline.py", *args], cwd=REPO, input=stdin, capture_output=True,
+                          text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"})
+
+
+def records(n: int) -> list[dict]:
+    return [{"id": f"q{i}", "question": x["question"], "context": x["context"], "source": "dev"}
+            for i, x in enumerate(EXPECTED["inputs"][:n])]
+
+
+def test_cli_answers_a_file_in_order_with_ids(qa, tmp_path):
+    given = records(5)
+    path = tmp_path / "in.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in given) + "\n\n")
+    done = run_cli(str(MODEL), "--input", str(path), "--handle_impossible_answer", "--max_seq_len", "128",
+                   "--doc_stride", "32", "--no_threshold")
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    expected = qa.answer(pairs_of(given), handle_impossible_answer=True, **WINDOWED)
+    assert [line["id"] for line in lines] == [r["id"] for r in given]
+    for line, record, answers in zip(lines, given, expected, strict=True):
+        assert set(line) == {"id", "question", "context", "source", "score", "start", "end", "answer"}
+        assert {k: line[k] for k in record} == record
+        assert line["answer"] == record["context"][line["start"]:line["end"]]
+        assert {k: line[k] for k in ("start", "end", "answer")} == {k: answers[0][k] for k in ("start", "end", "answer")}
+        assert line["score"] == pytest.approx(answers[0]["score"], abs=1e-6)
+
+
+def test_cli_reads_standard_input_and_lists_top_k(qa):
+    given = [{**r, "answers": ["gold"]} for r in records(3)]
+    done = run_cli(str(MODEL), "--top_k", "3", stdin="".join(json.dumps(r) + "\n" for r in given))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.endswith("qa_pipeline.py: warning: input key(s) answers replaced by the answer in the output\n")
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [line["id"] for line in lines] == ["q0", "q1", "q2"]
+    for line, answers in zip(lines, qa.answer(pairs_of(given), top_k=3), strict=True):
+        assert [a["answer"] for a in line["answers"]] == [a["answer"] for a in answers] and len(answers) == 3
+
+
+GOOD = json.dumps({"question": "Who?", "context": "The Normans."})
+
+
+@pytest.mark.parametrize("content, message", [
+    (GOOD + "\n{oops\n", "line 2: not valid JSON (Expecting property name enclosed in double quotes at column 2)"),
+    (GOOD + "\n\n[1, 2]\n", "line 3: expected a JSON object, got array"),
+    ('{"context": "The Normans."}\n', "line 1: missing key 'question'"),
+    (GOOD + '\n{"question": "Who?", "context": 7}\n', "line 2: 'context' must be a string, got number"),
+    ('{"question": " ", "context": "The Normans."}\n', "line 1: 'question' is empty"),
+    ("\n\n", "empty file (expected JSON Lines: one {\"question\", \"context\"} object per line)"),
+])
+def test_cli_malformed_input_is_one_line_and_exit_2(tmp_path, content, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content)
+    done = run_cli(str(MODEL), "--input", str(path))
+    assert (done.returncode, done.stdout, done.stderr) == (2, "", f"{path}: {message}\n")
+    from_stdin = run_cli(str(MODEL), stdin=content)
+    assert (from_stdin.returncode, from_stdin.stdout, from_stdin.stderr) == (2, "", f"<stdin>: {message}\n")
+
+
+def test_cli_missing_model_folder_input_file_and_bad_flag(tmp_path):
+    absent = tmp_path / "no-model"
+    done = run_cli(str(absent), stdin=GOOD + "\n")
+    assert (done.returncode, done.stdout, done.stderr) == (2, "", f"{absent}: no such model folder\n")
+    done = run_cli(str(MODEL), "--input", str(tmp_path / "absent.jsonl"))
+    assert (done.returncode, done.stdout, done.stderr) == (
+        2, "", f"{tmp_path / 'absent.jsonl'}: cannot read file: No such file or directory\n")
+    done = run_cli(str(MODEL), "--top_k", "0", stdin=GOOD)
+    assert done.returncode == 2 and done.stdout == "" and len(done.stderr.splitlines()) == 1
+    assert "--top_k" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_help_and_bad_input_do_not_import_torch():
+    done = run_cli("--help")
+    assert done.returncode == 0 and "--handle_impossible_answer" in done.stdout
+    probe = subprocess.run([sys.executable, "-c", "import sys, qa_pipeline; qa_pipeline.build_parser(); "
+                            "print(sorted({'torch', 'transformers'} & set(sys.modules)))"],
+                           cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert probe.stdout.strip() == "[]", probe.stderr
+
+
+def test_output_line_keeps_extra_keys_and_shapes_answers():
+    record = {"id": "x", "question": "q", "context": "c", "meta": [1]}
+    answer = {"score": 0.5, "start": 0, "end": 1, "answer": "c"}
+    assert json.loads(qa_pipeline.output_line(record, [answer], 1)) == {**record, **answer}
+    assert json.loads(qa_pipeline.output_line(record, [answer], 2)) == {**record, "answers": [answer]}
+    assert json.loads(qa_pipeline.output_line(record, [], 1)) == {**record, "score": 0.0, "start": 0, "end": 0,
+                                                                  "answer": ""}
+    assert list(json.loads(qa_pipeline.output_line(record, [answer], 1))) == [*record, *answer]  # input keys first
