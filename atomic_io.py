@@ -79,6 +79,15 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 4)
     write_text_atomic(path, json.dumps(obj, indent=indent) + "\n")
 
 
+def fsync_files(folder: Path) -> None:
+    """Flush every file under ``folder`` to disk, so that a folder complete under its final name after a
+    crash of the machine (not only of the process) holds complete files."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
 @contextmanager
 def folder_atomic(final: Path) -> Iterator[Path]:
     """Yield an empty temporary folder; on success it replaces ``final`` whole, on failure it is removed.
@@ -90,6 +99,7 @@ def folder_atomic(final: Path) -> Iterator[Path]:
     tmp.mkdir(parents=True)
     try:
         yield tmp
+        fsync_files(tmp)
         if final.exists():
             old = temporary_path(final)
             os.replace(final, old)
@@ -113,6 +123,7 @@ def files_atomic(folder: Path, name: str) -> Iterator[Path]:
     tmp.mkdir(parents=True)
     try:
         yield tmp
+        fsync_files(tmp)
         for item in sorted(tmp.iterdir()):
             os.replace(item, folder / item.name)
         tmp.rmdir()

@@ -128,6 +128,10 @@ def save_checkpoint(output_dir: Path, model, tokenizer, run_args: dict, state: d
 
 def save_final_model(output_dir: Path, model, tokenizer, run_args: dict, global_step: int) -> None:
     """The model and tokenizer in <output_dir> (HuggingFace layout), each file renamed into place."""
+    stale = output_dir / THRESHOLD_FILE
+    if stale.is_file():  # tuned for the model this one replaces: never apply it to the new weights
+        stale.unlink()
+        logger.info("removed %s, tuned for the model this run replaces", stale)
     try:
         with atomic_io.files_atomic(output_dir, FINAL_MODEL_TMP) as tmp:
             write_model_folder(tmp, model, tokenizer, run_args)
@@ -135,18 +139,15 @@ def save_final_model(output_dir: Path, model, tokenizer, run_args: dict, global_
     except Exception as exc:  # noqa: BLE001 - as in save_checkpoint
         raise CheckpointWriteError(f"could not write the final model to {output_dir} ({write_failure_reason(exc)}); "
                                    f"last good checkpoint: {last_good(output_dir)}") from exc
-    stale = output_dir / THRESHOLD_FILE
-    if stale.is_file():  # tuned for the model this one replaces: never apply it to the new weights
-        stale.unlink()
-        logger.info("removed %s, tuned for the model this run replaced", stale)
     logger.info("saved the final model and tokenizer in %s", output_dir)
 
 
-def prune(output_dir: Path, limit: int, protect: Path | None) -> None:
-    """--save_total_limit: keep the newest K; the checkpoint being resumed from is never deleted."""
+def prune(output_dir: Path, limit: int, protect: Path | None, step: int) -> None:
+    """--save_total_limit: keep the newest K up to this step; the checkpoint being resumed from is never
+    deleted, nor one of a later step (an earlier run's, left in the folder: it never pushes out this run's)."""
     if limit <= 0:
         return
-    for old in list_checkpoints(output_dir)[:-limit]:
+    for old in [c for c in list_checkpoints(output_dir) if checkpoint_step(c) <= step][:-limit]:
         if protect is not None and old.resolve() == protect.resolve():
             continue
         shutil.rmtree(old, ignore_errors=True)

@@ -173,8 +173,11 @@ class StopFlag:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         if self._pending is not None:
-            self._pending[0].wait()  # every rank started it: finish it before the group is used again
-            self._pending = None
+            work, self._pending = self._pending[0], None
+            try:
+                work.wait()  # every rank started it: finish it before the group is used again
+            except Exception as exc:  # noqa: BLE001 - a lost peer must not hide the error being raised
+                logger.warning("the stop-signal all-reduce did not finish: %s", str(exc).strip().splitlines()[:1])
 
     def _handle(self, signum, frame) -> None:
         if self.signum is not None and signum == signal.SIGINT:

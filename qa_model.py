@@ -495,6 +495,7 @@ def probe_memory(model, batching, features, device, amp, extra_copies: int = 0) 
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
             torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)  # the run's peak is training's, not the probe's
 
 
 def find_batch_size(fits: Callable[[int], bool], size: int, accumulation: int, group=None) -> tuple[int, int]:

@@ -854,15 +854,15 @@ def run(args: argparse.Namespace) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         lines = run(build_parser().parse_args(argv))
-    except (UsageError, PipelineInputError) as exc:
-        print(str(exc), file=sys.stderr)
+    except (UsageError, PipelineInputError) as exc:  # the project's one-line form, as run_squad.py's
+        print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("qa_pipeline.py: interrupted", file=sys.stderr)
+        print("interrupted", file=sys.stderr)
         return EXIT_FAILURE
     except Exception as exc:  # noqa: BLE001 - one line, never a traceback, for whatever went wrong
         text = str(exc).strip().splitlines()
-        print(f"qa_pipeline.py: error: {type(exc).__name__}: {text[0] if text else ''}", file=sys.stderr)
+        print(f"error: {text[0] if text else type(exc).__name__}", file=sys.stderr)
         return EXIT_FAILURE
     out = sys.stdout.buffer
     out.write("".join(line + "\n" for line in lines).encode("utf-8"))

@@ -11,7 +11,8 @@ transformers 5. The story, in the order of this file:
 
 The plumbing has one home each: process_group.py (torchrun, Slurm, barriers, the stop signal, random
 state), checkpoints.py (what is on disk in --output_dir), atomic_io.py (every write), qa_model.py (the
-model, its inputs, padded or packed batches, span or beam heads), packing.py (packed attention).
+model, its inputs, padded or packed batches, span or beam heads, batches built ahead, the memory probe),
+packing.py (packed attention), train_log.py (what training reports, read from the device on logging steps).
 
 Exit codes: 0 success, 2 bad input or flags, 3 interrupted with a checkpoint written, 1 anything else.
 """
@@ -143,6 +144,8 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pack_tokens", type=int, default=0, help="With --packing: tokens per pack (default: the batch size times the mean feature length, rounded up to 64).")
     g.add_argument("--packed_attention_dropout", default="on", choices=["on", "off"], help="With --packing: attention dropout while training (off: the faster kernel without dropout).")
     g.add_argument("--torch_compile", action="store_true", help="torch.compile the model for training and evaluation (padded widths rounded to 64).")
+    g.add_argument("--torch_compile_backend", default="inductor", help="With --torch_compile: the backend (as HuggingFace's Trainer).")
+    g.add_argument("--torch_compile_mode", default=None, help="With --torch_compile: the mode (default, reduce-overhead, max-autotune).")
     g.add_argument("--auto_find_batch_size", action="store_true", help="Before training, halve the per-device batch until its longest batch fits in GPU memory, raising --gradient_accumulation_steps to keep the global batch.")
     g.add_argument("--seed", type=int, default=42, help="Random seed.")
 
@@ -227,6 +230,8 @@ def check_flag_combinations(args: argparse.Namespace) -> None:
     if args.pack_tokens and args.pack_tokens < args.max_seq_length:
         raise UsageError(f"--pack_tokens ({args.pack_tokens}) must hold a whole feature: at least --max_seq_length "
                          f"({args.max_seq_length})")
+    if args.auto_find_batch_size and args.pack_tokens:
+        raise UsageError("--auto_find_batch_size sizes packs through --per_gpu_train_batch_size: drop --pack_tokens")
     if args.do_train and args.evaluate_during_training and not (args.predict_file or args.dataset_name):
         raise UsageError("--evaluate_during_training needs --predict_file (or --dataset_name)")
     if args.lr_scheduler_type == "polynomial" and args.lr_end >= args.learning_rate:
@@ -480,7 +485,8 @@ def load_model(args, setup: RunSetup, config, path: str, evaluation=None):
     if args.packing:
         qa_model.enable_packing(model, attention_dropout=args.packed_attention_dropout == "on")
     if args.torch_compile:
-        model.compile()  # in place: parameters, state_dict and save_pretrained stay those of the model
+        # In place: parameters, state_dict and save_pretrained stay those of the model.
+        model.compile(backend=args.torch_compile_backend, mode=args.torch_compile_mode)
     return model
 
 
@@ -590,7 +596,7 @@ def train(args, setup: RunSetup, rt, model, tokenizer, features, batches: TrainB
                 log_first_step(rt, meter)
             # Logging, evaluation, saving and the stop signal: the steps where the host reads the device.
             log_now, interrupted = step % args.logging_steps == 0, stop.agreed()
-            eval_now = eval_data is not None and step % (args.eval_steps or args.logging_steps) == 0
+            eval_now = eval_data is not None and step % (args.eval_steps or args.logging_steps) == 0 and not interrupted
             save_now = (args.save_steps and step % args.save_steps == 0) or interrupted
             if log_now or eval_now or save_now:
                 check_skips(args, meter)
@@ -600,6 +606,8 @@ def train(args, setup: RunSetup, rt, model, tokenizer, features, batches: TrainB
                 save_checkpoint(args, setup, rt, model, tokenizer, opt, position, resume_from, batches)
             if eval_now:  # after saving: the tuned threshold goes into that checkpoint
                 evaluate_during_training(args, setup, rt, model, eval_data, step, bool(save_now), writer)
+            if save_now or eval_now:
+                meter.t0 = time.perf_counter()  # the next window's throughput is the training's own
             if interrupted:
                 raise TrainingInterrupted(
                     f"signal {stop.signum or 'on another rank'}: stopped at step {step}, checkpoint written to "
@@ -759,7 +767,7 @@ def save_checkpoint(args, setup: RunSetup, rt, model, tokenizer, opt: Optimizati
         output_dir = Path(args.output_dir)
         state = {**opt.state(), "rng": rng, "position": position}
         checkpoints.save_checkpoint(output_dir, model, tokenizer, setup.run_args(args, batches), state)
-        checkpoints.prune(output_dir, args.save_total_limit, protect)
+        checkpoints.prune(output_dir, args.save_total_limit, protect, position["global_step"])
     process_group.barrier(rt)
 
 
@@ -831,8 +839,9 @@ def evaluate(args, setup: RunSetup, rt, model, examples, features, batching, pre
         if score:
             results = score_predictions(args, examples, predictions, spans, null_odds, prefix)
             if v2 and model_folder is not None:
-                checkpoints.write_threshold(Path(model_folder), results, prefix, setup.predict_path,
-                                            {"n_best_size": args.n_best_size, "max_answer_length": args.max_answer_length})
+                checkpoints.write_threshold(Path(model_folder), results, prefix, setup.predict_path, {
+                    name: getattr(args, name) for name in ("n_best_size", "max_answer_length", "max_seq_length",
+                                                           "doc_stride", "max_query_length")})
         logger.info("evaluated %d features in %.1f s", len(features), time.perf_counter() - started)
     process_group.barrier(rt)
     return results

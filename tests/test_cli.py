@@ -74,6 +74,8 @@ BAD_COMBINATIONS = [
     (BASE + "--do_train --train_file t --lr_scheduler_type steps", "invalid choice: 'steps'"),
     (BASE + "--do_train --train_file t --packing --pack_tokens 100",
      "--pack_tokens (100) must hold a whole feature: at least --max_seq_length (384)"),
+    (BASE + "--do_train --train_file t --packing --pack_tokens 4096 --auto_find_batch_size",
+     "--auto_find_batch_size sizes packs through --per_gpu_train_batch_size: drop --pack_tokens"),
     (BASE + "--do_train --train_file t --evaluate_during_training",
      "--evaluate_during_training needs --predict_file"),
     (BASE + "--do_train --train_file t --lr_scheduler_type polynomial --learning_rate 1e-5 --lr_end 1e-5",
@@ -150,6 +152,26 @@ def test_checkpoints_sort_by_step_as_numbers(tmp_path):
         (folder / checkpoints.TRAINER_STATE).write_bytes(b"")
     (tmp_path / "checkpoint-7").mkdir()  # incomplete: no trainer state, never listed
     assert [p.name for p in checkpoints.list_checkpoints(tmp_path)] == ["checkpoint-3", "checkpoint-20", "checkpoint-100"]
+
+
+def test_save_total_limit_never_lets_an_earlier_runs_later_steps_push_out_this_runs(tmp_path):
+    """A folder reused with --overwrite_output_dir still holds checkpoint-21000 and -22000 of an earlier run:
+    this run's checkpoint-500 must not be the one deleted for being "oldest"."""
+    def make(step):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / checkpoints.TRAINER_STATE).write_bytes(b"")
+
+    for step in (21000, 22000, 500):
+        make(step)
+    checkpoints.prune(tmp_path, 2, None, step=500)
+    assert [p.name for p in checkpoints.list_checkpoints(tmp_path)] == ["checkpoint-500", "checkpoint-21000",
+                                                                        "checkpoint-22000"]
+    for step in (1000, 1500):
+        make(step)
+        checkpoints.prune(tmp_path, 2, None, step=step)
+    assert [p.name for p in checkpoints.list_checkpoints(tmp_path)] == ["checkpoint-1000", "checkpoint-1500",
+                                                                        "checkpoint-21000", "checkpoint-22000"]
 
 
 def test_eval_batches_are_the_same_for_any_number_of_processes():

@@ -431,21 +431,21 @@ def test_cli_malformed_input_is_one_line_and_exit_2(tmp_path, content, message):
     path = tmp_path / "bad.jsonl"
     path.write_text(content)
     done = run_cli(str(MODEL), "--input", str(path))
-    assert (done.returncode, done.stdout, done.stderr) == (2, "", f"{path}: {message}\n")
+    assert (done.returncode, done.stdout, done.stderr) == (2, "", f"error: {path}: {message}\n")
     from_stdin = run_cli(str(MODEL), stdin=content)
-    assert (from_stdin.returncode, from_stdin.stdout, from_stdin.stderr) == (2, "", f"<stdin>: {message}\n")
+    assert (from_stdin.returncode, from_stdin.stdout, from_stdin.stderr) == (2, "", f"error: <stdin>: {message}\n")
 
 
 def test_cli_missing_model_folder_input_file_and_bad_flag(tmp_path):
     absent = tmp_path / "no-model"
     done = run_cli(str(absent), stdin=GOOD + "\n")
-    assert (done.returncode, done.stdout, done.stderr) == (2, "", f"{absent}: no such model folder\n")
+    assert (done.returncode, done.stdout, done.stderr) == (2, "", f"error: {absent}: no such model folder\n")
     done = run_cli(str(MODEL), "--input", str(tmp_path / "absent.jsonl"))
     assert (done.returncode, done.stdout, done.stderr) == (
-        2, "", f"{tmp_path / 'absent.jsonl'}: cannot read file: No such file or directory\n")
+        2, "", f"error: {tmp_path / 'absent.jsonl'}: cannot read file: No such file or directory\n")
     done = run_cli(str(MODEL), "--top_k", "0", stdin=GOOD)
     assert done.returncode == 2 and done.stdout == "" and len(done.stderr.splitlines()) == 1
-    assert "--top_k" in done.stderr and "Traceback" not in done.stderr
+    assert done.stderr.startswith("error: ") and "--top_k" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_help_and_bad_input_do_not_import_torch():

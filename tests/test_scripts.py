@@ -55,3 +55,23 @@ def test_the_sweep_script_runs_each_grid_point_and_tables_them():
     assert args.train_file == "/data/train-v2.0.json" and args.output_dir == "/out/run"
     assert args.resume_from_checkpoint == "latest"  # a rerun after a kill continues the sweep
     assert "scripts/sweep_table.py" in (SCRIPT_DIR / "sweep_squad2.sh").read_text()
+
+
+def test_the_set_up_refuses_a_python_older_than_3_10_in_one_line(tmp_path):
+    """scripts/setup_env.sh (behind the README's two commands) on a machine whose python is too old."""
+    import os
+    import shutil
+    import subprocess
+
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(SCRIPT_DIR / "setup_env.sh", tmp_path / "scripts" / "setup_env.sh")
+    (tmp_path / "requirements.txt").write_text("numpy\n")
+    old = tmp_path / "python3.9"
+    old.write_text('#!/bin/sh\n[ "$1" = "-V" ] && { echo "Python 3.9.18"; exit 0; }\nexit 1\n')
+    old.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "CONDA_PREFIX")}
+    done = subprocess.run(["bash", "-c", "source scripts/setup_env.sh"], cwd=tmp_path, capture_output=True, text=True,
+                          env={**env, "PYTHON": str(old)}, timeout=60)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == f"error: Python 3.10 or newer is needed (found: {old}, Python 3.9.18)\n"
+    assert not (tmp_path / ".venv").exists()

@@ -135,3 +135,13 @@ def test_evaluation_sweeps_spans_writes_the_threshold_and_reproduces_it(tiny_ber
                            "--null_score_diff_threshold", repr(results["best_f1_thresh"])]) == 0
     assert json.loads((again / "eval_results.json").read_text())["8"]["f1"] == results["best_f1"]
     assert (out / "no_answer_8.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_threshold_tuned_for_a_replaced_model_is_removed_with_it(tiny_bert_dir, squad_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / checkpoints.THRESHOLD_FILE).write_text(json.dumps({"null_score_diff_threshold": 9.0}))
+    train = small_v2_file(squad_dir, tmp_path / "train.json", questions=40)
+    assert run_squad.main([*common_flags(tiny_bert_dir, out), "--do_train", "--train_file", str(train),
+                           "--max_steps", "2", "--save_steps", "0", "--overwrite_output_dir"]) == 0
+    assert (out / "model.safetensors").is_file() and not (out / checkpoints.THRESHOLD_FILE).exists()
