@@ -128,17 +128,23 @@ def save_checkpoint(output_dir: Path, model, tokenizer, run_args: dict, state: d
 
 def save_final_model(output_dir: Path, model, tokenizer, run_args: dict, global_step: int) -> None:
     """The model and tokenizer in <output_dir> (HuggingFace layout), each file renamed into place."""
-    stale = output_dir / THRESHOLD_FILE
-    if stale.is_file():  # tuned for the model this one replaces: never apply it to the new weights
-        stale.unlink()
-        logger.info("removed %s, tuned for the model this run replaces", stale)
+    # The threshold tuned for the model this one replaces must never meet the new weights: it is moved
+    # aside before they arrive, put back if they do not, and deleted once they have.
+    stale, aside = output_dir / THRESHOLD_FILE, atomic_io.temporary_path(output_dir / THRESHOLD_FILE)
+    if stale.is_file():
+        stale.replace(aside)
     try:
         with atomic_io.files_atomic(output_dir, FINAL_MODEL_TMP) as tmp:
             write_model_folder(tmp, model, tokenizer, run_args)
             (tmp / TRAINING_STATE).write_text(json.dumps({"global_step": global_step}))
     except Exception as exc:  # noqa: BLE001 - as in save_checkpoint
+        if aside.is_file():
+            aside.replace(stale)
         raise CheckpointWriteError(f"could not write the final model to {output_dir} ({write_failure_reason(exc)}); "
                                    f"last good checkpoint: {last_good(output_dir)}") from exc
+    if aside.is_file():
+        aside.unlink()
+        logger.info("removed %s, tuned for the model this run replaced", stale)
     logger.info("saved the final model and tokenizer in %s", output_dir)
 
 

@@ -145,3 +145,18 @@ def test_a_threshold_tuned_for_a_replaced_model_is_removed_with_it(tiny_bert_dir
     assert run_squad.main([*common_flags(tiny_bert_dir, out), "--do_train", "--train_file", str(train),
                            "--max_steps", "2", "--save_steps", "0", "--overwrite_output_dir"]) == 0
     assert (out / "model.safetensors").is_file() and not (out / checkpoints.THRESHOLD_FILE).exists()
+
+
+def test_a_failed_final_save_keeps_the_old_models_threshold(tmp_path, monkeypatch):
+    kept = json.dumps({"null_score_diff_threshold": 9.0})
+    (tmp_path / checkpoints.THRESHOLD_FILE).write_text(kept)
+
+    def full_disk(folder, *args):
+        (folder / "model.safetensors").write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoints, "write_model_folder", full_disk)
+    with pytest.raises(checkpoints.CheckpointWriteError, match="No space left"):
+        checkpoints.save_final_model(tmp_path, None, None, {}, 5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [checkpoints.THRESHOLD_FILE]  # no temporaries left
+    assert (tmp_path / checkpoints.THRESHOLD_FILE).read_text() == kept
