@@ -355,13 +355,15 @@ class PaddedBatches:
     version_2: bool = False
     lang_id: int = 0
     pad_to_multiple_of: int = 8  # 64 under torch.compile: a handful of widths, so a handful of compilations
+    grouped: bool = True  # training batches of similar lengths; False: random batches, as the classic script
     packed = False
 
     def plan(self, lengths: np.ndarray, seed: int | None = None) -> list[np.ndarray]:
         """Feature indices per batch: shuffled by seed for training, deterministic (sorted) without."""
         if seed is None:
             return eval_batches(lengths, self.batch_size)
-        return utils_squad.length_grouped_batches(lengths, self.batch_size, shuffle=True, seed=seed)
+        return utils_squad.length_grouped_batches(lengths, self.batch_size, shuffle=True, seed=seed,
+                                                  mega_batch_mult=50 if self.grouped else 1)
 
     def tensors(self, features, idx: np.ndarray, with_labels: bool) -> dict:
         arrays = utils_squad.collate(features, idx, with_labels, pad_to_multiple_of=self.pad_to_multiple_of)
@@ -446,10 +448,10 @@ def enable_packing(model, attention_dropout: bool) -> None:
 
 
 def make_batching(head, config, features, batch_size: int, *, packed: bool, pack_tokens: int, max_seq_length: int,
-                  version_2: bool, lang_id: int, compiled: bool = False):
+                  version_2: bool, lang_id: int, compiled: bool = False, grouped: bool = True):
     """Padded batches, or packs of a size fixed for the whole run from the features' lengths."""
     if not packed:
-        return PaddedBatches(batch_size, head, config.model_type, version_2, lang_id, 64 if compiled else 8)
+        return PaddedBatches(batch_size, head, config.model_type, version_2, lang_id, 64 if compiled else 8, grouped)
     lengths = features.lengths()
     tokens = pack_tokens or max(max_seq_length, int(math.ceil(batch_size * lengths.mean() / 64)) * 64)
     return PackedBatches(batch_size, head, config.model_type, tokens=tokens, slots=tokens // int(lengths.min()),

@@ -143,6 +143,7 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--packing", action="store_true", help="Pack several features into fixed-size token streams: no compute on padding (BERT, RoBERTa, ELECTRA).")
     g.add_argument("--pack_tokens", type=int, default=0, help="With --packing: tokens per pack (default: the batch size times the mean feature length, rounded up to 64).")
     g.add_argument("--packed_attention_dropout", default="on", choices=["on", "off"], help="With --packing: attention dropout while training (off: the faster kernel without dropout).")
+    g.add_argument("--length_grouping", default="on", choices=["on", "off"], help="Padded training batches of similar lengths (on: little padding, as HF's --group_by_length; off: random batches, as the classic script).")
     g.add_argument("--torch_compile", action="store_true", help="torch.compile the model for training and evaluation (padded widths rounded to 64).")
     g.add_argument("--torch_compile_backend", default="inductor", help="With --torch_compile: the backend (as HuggingFace's Trainer).")
     g.add_argument("--torch_compile_mode", default=None, help="With --torch_compile: the mode (default, reduce-overhead, max-autotune).")
@@ -473,7 +474,7 @@ def make_batching(args, head, config, features, batch_size: int):
     return qa_model.make_batching(head, config, features, batch_size, packed=args.packing,
                                   pack_tokens=args.pack_tokens, max_seq_length=args.max_seq_length,
                                   version_2=args.version_2_with_negative, lang_id=args.lang_id,
-                                  compiled=args.torch_compile)
+                                  compiled=args.torch_compile, grouped=args.length_grouping == "on")
 
 
 def load_model(args, setup: RunSetup, config, path: str, evaluation=None):

@@ -47,6 +47,15 @@ def test_classic_defaults():
     assert (args.logging_steps, args.save_steps, args.seed, args.warmup_steps) == (500, 500, 42, 0)
 
 
+@pytest.mark.parametrize("flag, grouped", [([], True), (["--length_grouping", "off"], False)])
+def test_length_grouping_reaches_the_padded_batches(flag, grouped):
+    args = run_squad.parse_args(["--model_name_or_path", "m", "--output_dir", "o", "--do_eval",
+                                 "--predict_file", "p.json", *flag])
+    config = type("Config", (), {"model_type": "bert"})()
+    run_squad.import_torch_side()
+    assert run_squad.make_batching(args, qa_model.SpanHead(), config, None, 8).grouped is grouped
+
+
 def test_newer_spellings_are_aliases():
     args = run_squad.parse_args(shlex.split(
         "--model_name_or_path m --output_dir o --do_train --train_file t.json "

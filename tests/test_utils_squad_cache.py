@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import atomic_io
+import qa_model
 import utils_squad as us
 from tiny_models import tiny_tokenizer
 from utils_squad import FeatureSettings
@@ -174,6 +175,17 @@ def test_length_grouped_batches_deterministic_complete_and_grouped():
     evaluation = us.length_grouped_batches(lengths, 8, shuffle=False, seed=0)
     order = np.concatenate(evaluation)
     assert sorted(order.tolist()) == list(range(1000)) and (np.diff(lengths[order]) <= 0).all()
+
+
+def test_length_grouping_off_gives_the_classic_random_batches():
+    """--length_grouping off: the seeded permutation cut into consecutive batches (their order shuffled)."""
+    lengths = np.random.default_rng(1).integers(10, 400, size=203)
+    plan = qa_model.PaddedBatches(8, qa_model.SpanHead(), "bert", grouped=False).plan(lengths, seed=5)
+    perm = np.random.default_rng(5).permutation(203)
+    expected = {frozenset(perm[i:i + 8].tolist()) for i in range(0, 203, 8)}
+    assert [len(b) for b in plan].count(8) == 25 and {frozenset(b.tolist()) for b in plan} == expected
+    grouped = qa_model.PaddedBatches(8, qa_model.SpanHead(), "bert").plan(lengths, seed=5)
+    assert {frozenset(b.tolist()) for b in grouped} != expected  # the default groups by length
 
 
 def small_features(family):
