@@ -222,8 +222,13 @@ def write_eval_results(output_dir: Path, prefix: str, results: dict) -> None:
 def write_threshold(folder: Path, results: dict, prefix: str, predict_path: Path | None, decoding: dict) -> None:
     """The tuned no-answer threshold (best F1's), into the model folder it was tuned for, so that the model
     answers as it was scored (qa_pipeline.py applies it), with the decoder settings the null odds came from.
-    A folder that cannot be written is only warned about."""
+    Only a folder this tool trained (it holds training_args.json) is written: a pretrained or installed model
+    given to --model_name_or_path is input, never modified. A folder that cannot be written is warned about."""
     if "best_f1_thresh" not in results:
+        return
+    if not (folder / TRAINING_ARGS).is_file():
+        logger.info("tuned threshold %g kept in eval_results.json only: %s was not trained by run_squad.py",
+                    results["best_f1_thresh"], folder)
         return
     record = {"null_score_diff_threshold": results["best_f1_thresh"], "best_f1": results["best_f1"],
               "best_exact": results["best_exact"], "best_exact_thresh": results["best_exact_thresh"],

@@ -3,6 +3,7 @@ written into the evaluated model folder; the predictions file's own scores stay 
 
 import json
 import random
+import shutil
 from collections import OrderedDict
 
 import pytest
@@ -160,3 +161,14 @@ def test_a_failed_final_save_keeps_the_old_models_threshold(tmp_path, monkeypatc
         checkpoints.save_final_model(tmp_path, None, None, {}, 5)
     assert sorted(p.name for p in tmp_path.iterdir()) == [checkpoints.THRESHOLD_FILE]  # no temporaries left
     assert (tmp_path / checkpoints.THRESHOLD_FILE).read_text() == kept
+
+
+def test_a_pretrained_model_folder_is_input_and_never_gets_a_threshold(tiny_bert_dir, squad_dir, tmp_path):
+    pretrained = tmp_path / "pretrained"
+    shutil.copytree(tiny_bert_dir, pretrained)
+    before = sorted(p.name for p in pretrained.iterdir())
+    dev = small_v2_file(squad_dir, tmp_path / "dev.json", questions=30)
+    out = tmp_path / "out"
+    assert run_squad.main([*common_flags(pretrained, out), "--do_eval", "--predict_file", str(dev)]) == 0
+    assert sorted(p.name for p in pretrained.iterdir()) == before
+    assert "best_f1_thresh" in next(iter(json.loads((out / "eval_results.json").read_text()).values()))
