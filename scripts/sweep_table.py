@@ -124,8 +124,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", choices=("markdown", "csv"), default="markdown")
     parser.add_argument("--output", "-o", type=Path, help="write the table here (default: standard output)")
     opts = parser.parse_args(argv)
+    # A shell glob over a sweep folder also matches the files beside the runs (the sweep's own sweep.md,
+    # logs): those are named and left out; a path that does not exist stays an error (a typo).
+    folders = [path for path in opts.folders if not path.is_file()]
+    for path in sorted(set(opts.folders) - set(folders)):
+        print(f"skipped {path}: a file, not a run folder", file=sys.stderr)
     try:
-        header, rows = table(opts.folders)
+        if not folders:
+            raise SweepError("no run folders among the paths given")
+        header, rows = table(folders)
     except SweepError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

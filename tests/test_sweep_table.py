@@ -53,6 +53,19 @@ def test_squad1_runs_get_em_and_f1_only(tmp_path):
                                                  "| a | 2.0 | 80.00 | 88.50 |", "| b | 3.0 | 81.00 | 88.00 |"]
 
 
+def test_files_a_glob_matches_beside_the_runs_are_named_and_left_out(tmp_path):
+    a = fake_run(tmp_path / "a", {"seed": 1}, {"9": {"exact_match": 80.0, "f1": 88.5}}, 9)
+    b = fake_run(tmp_path / "b", {"seed": 2}, {"9": {"exact_match": 81.0, "f1": 88.0}}, 9)
+    (tmp_path / "a.log").write_text("training...\n")
+    (tmp_path / "sweep.md").write_text("| old table |\n")
+    done = sweep(sorted(tmp_path.iterdir()))
+    assert done.returncode == 0 and done.stdout.splitlines()[2:] == ["| a | 1 | 80.00 | 88.50 |", "| b | 2 | 81.00 | 88.00 |"]
+    assert done.stderr.splitlines() == [f"skipped {tmp_path / name}: a file, not a run folder" for name in ("a.log", "sweep.md")]
+    only_files = sweep([tmp_path / "a.log"])
+    assert (only_files.returncode, only_files.stderr.splitlines()[-1]) == (2, "error: no run folders among the paths given")
+    assert (a / "eval_results.json").is_file() and (b / "eval_results.json").is_file()
+
+
 def test_a_folder_that_is_not_a_finished_run_is_one_line_and_nothing_is_written(tmp_path):
     good = fake_run(tmp_path / "good", {}, {"1": scores(1.0, 2.0, 0.0)}, 1)
     (tmp_path / "unfinished").mkdir()
