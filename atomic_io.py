@@ -32,6 +32,13 @@ def host() -> str:
     return socket.gethostname().replace(".", "_").replace("-", "_") or "host"  # the name is split on . and -
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's first line (its type when it has no message), for the project's one-line errors. Here
+    because every module that reports a failure already depends on this one, which imports no torch."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
 def temporary_path(final: str | os.PathLike) -> Path:
     """Where to write ``final`` before renaming it into place: same folder, writer named."""
     final = Path(final)

@@ -83,12 +83,7 @@ def load_trainer_state(path: Path) -> dict:
         return torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointInputError(f"{path / TRAINER_STATE}: refused to load, it holds more than tensors and plain "
-                                   f"data ({first_line(exc)})") from exc
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+                                   f"data ({atomic_io.first_line(exc)})") from exc
 
 
 def write_failure_reason(exc: BaseException) -> str:
@@ -98,7 +93,7 @@ def write_failure_reason(exc: BaseException) -> str:
         if isinstance(seen, OSError) and seen.strerror:
             return seen.strerror
         seen = seen.__cause__ or seen.__context__
-    return first_line(exc)
+    return atomic_io.first_line(exc)
 
 
 def write_model_folder(folder: Path, model, tokenizer, run_args: dict) -> None:

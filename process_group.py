@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+import atomic_io
+
 logger = logging.getLogger("run_squad")
 
 
@@ -177,7 +179,7 @@ class StopFlag:
             try:
                 work.wait()  # every rank started it: finish it before the group is used again
             except Exception as exc:  # noqa: BLE001 - a lost peer must not hide the error being raised
-                logger.warning("the stop-signal all-reduce did not finish: %s", str(exc).strip().splitlines()[:1])
+                logger.warning("the stop-signal all-reduce did not finish: %s", atomic_io.first_line(exc))
 
     def _handle(self, signum, frame) -> None:
         if self.signum is not None and signum == signal.SIGINT:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoTokenizer, XLMForQuestionAnswering, XLNetForQuestionAnswering
 
+import atomic_io
 import modeling_relative
 import packing
 import squad_metrics
@@ -66,7 +67,7 @@ def load_config(source: ModelSource, model_type: str | None = None):
         config = AutoConfig.from_pretrained(source.config_name or source.name_or_path, **source.kwargs())
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"--model_name_or_path {source.name_or_path}: cannot load a config "
-                             f"({first_line(exc)})") from exc
+                             f"({atomic_io.first_line(exc)})") from exc
     if model_type and model_type != config.model_type:
         raise ModelLoadError(f"--model_type {model_type} disagrees with the config of {source.name_or_path} "
                              f"(model_type {config.model_type})")
@@ -78,7 +79,7 @@ def load_tokenizer(source: ModelSource, do_lower_case: bool):
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, **source.kwargs())
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"--tokenizer_name {name}: cannot load a tokenizer ({first_line(exc)})") from exc
+        raise ModelLoadError(f"--tokenizer_name {name}: cannot load a tokenizer ({atomic_io.first_line(exc)})") from exc
     if not getattr(tokenizer, "is_fast", False):
         raise ModelLoadError(f"{name}: a fast tokenizer (tokenizer.json) is required for character offsets")
     # Casing through the tokenizer's normalizer, never by lower-casing text: offsets stay exact.
@@ -104,12 +105,7 @@ def load_model(path: str, config, source: ModelSource, beam_head: bool, attn_imp
         return modeling_relative.load_question_answering_model(
             path, config=config, attn_implementation=attn_implementation, **kwargs)
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"{path}: cannot load the model ({first_line(exc)})") from exc
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+        raise ModelLoadError(f"{path}: cannot load the model ({atomic_io.first_line(exc)})") from exc
 
 
 # --------------------------------------------------------------------------------------------
@@ -293,7 +289,10 @@ def to_device(batch: dict, device) -> dict:
     return packing.batch_to_device(batch, device, non_blocking=True)
 
 
-def pinned(batch: dict) -> dict:
+def pinned(batch: dict, device: torch.device) -> dict:
+    """The batch in pinned host memory when it is going to a GPU (a non-blocking copy); else as it is."""
+    if device.type != "cuda":
+        return batch
     return {k: (v.pin_memory() if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 

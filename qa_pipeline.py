@@ -248,7 +248,6 @@ class NullThreshold:
     value: float
     n_best_size: int = THRESHOLD_N_BEST_SIZE
     max_answer_length: int = THRESHOLD_MAX_ANSWER_LENGTH
-    source: str = "argument"
 
 
 def _threshold_number(path: Path, record: dict, key: str, kind: type):
@@ -274,8 +273,7 @@ def read_threshold_file(path: Path) -> NullThreshold:
         raise PipelineInputError(f"{path}: missing key 'null_score_diff_threshold'")
     extra = {key: _threshold_number(path, record, key, int) for key in ("n_best_size", "max_answer_length")
              if key in record}
-    return NullThreshold(_threshold_number(path, record, "null_score_diff_threshold", float), source=str(path),
-                         **extra)
+    return NullThreshold(_threshold_number(path, record, "null_score_diff_threshold", float), **extra)
 
 
 def trained_context_first(folder: Path | None) -> bool:
@@ -710,8 +708,7 @@ class QuestionAnsweringPipeline:
             return [None] * len(windows.examples)
         decoding = qa_model.Decoding(n_best_size=self.threshold.n_best_size,
                                      max_answer_length=self.threshold.max_answer_length,
-                                     version_2_with_negative=True,
-                                     null_score_diff_threshold=self.threshold.value)
+                                     version_2_with_negative=True)
         _, _, null_odds = self.head.decode(windows.examples, windows.features, [arrays], decoding)
         return [null_odds[ex.qas_id] > self.threshold.value for ex in windows.examples]
 

@@ -283,13 +283,8 @@ def exit_code_for(exc: BaseException) -> int:
 def report_error(exc: BaseException, code: int, verbose: bool, prefix: str = "error") -> int:
     if verbose:
         traceback.print_exc()
-    print(f"{prefix}: {first_line(exc)}", file=sys.stderr)
+    print(f"{prefix}: {atomic_io.first_line(exc)}", file=sys.stderr)
     return code
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -359,7 +354,7 @@ def run(args) -> int:
                                                              args.do_train, args.model_name_or_path):
             model = load_model(args, setup, config, folder, evaluation=rt.device)
             results = evaluate(args, setup, rt, model, *eval_data, prefix=prefix, score=args.do_eval,
-                               model_folder=folder if Path(folder).is_dir() else None)
+                               model_folder=folder)
             if rt.is_main and args.do_eval:
                 print(json.dumps({"step": prefix, **results}), flush=True)
     process_group.shutdown(rt)
@@ -649,14 +644,13 @@ def plan_steps(args, setup: RunSetup, rt, features, batches: TrainBatches):
     """The number of optimizer steps, and a function giving those from a position on, their batches built
     (and on a GPU pinned, for a non-blocking copy) in a background thread while the steps before run."""
     lengths, batching = features.lengths(), batches.batching
-    pin = qa_model.pinned if rt.device.type == "cuda" else (lambda batch: batch)
 
     def plan_of_epoch(epoch: int) -> list[list]:
         return epoch_plan(batching, lengths, args.seed + epoch, rt.rank, rt.world_size, batches.accumulation)
 
     def build(job):
         position, group = job
-        return position, [(pin(batching.tensors(features, idx, with_labels=True)), len(idx),
+        return position, [(qa_model.pinned(batching.tensors(features, idx, with_labels=True), rt.device), len(idx),
                            int(lengths[idx].sum())) for idx in group]
 
     total = total_optimizer_steps(args, setup, rt, len(plan_of_epoch(0)), len(features), batches)
@@ -876,9 +870,8 @@ def infer(args, rt, model, features, batching) -> dict:
     model.eval()
     weights = next(model.parameters()).dtype
     amp = amp_context(args, rt.device) if weights == torch.float32 else contextlib.nullcontext()
-    pin = qa_model.pinned if rt.device.type == "cuda" else (lambda batch: batch)
     batches = qa_model.Prefetcher(batching.plan(features.lengths())[rt.rank::rt.world_size],
-                                  lambda idx: pin(batching.tensors(features, idx, with_labels=False)))
+                                  lambda idx: qa_model.pinned(batching.tensors(features, idx, with_labels=False), rt.device))
     outputs = []
     try:
         with torch.inference_mode():

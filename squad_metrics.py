@@ -252,15 +252,15 @@ def _save_figure(fig, path: str) -> None:
 def plot_pr_curve(precisions: list, recalls: list, out_image: str, title: str, *, figure_cls) -> None:
     # A Figure object, not pyplot: no global state or GUI backend is touched inside a library call.
     fig = figure_cls()
-    ax = fig.subplots()
+    draw_pr_curve(fig.subplots(), precisions, recalls, title)
+    _save_figure(fig, out_image)
+
+
+def draw_pr_curve(ax, precisions: list, recalls: list, title: str) -> None:
+    """The official script's precision-recall drawing, on one matplotlib axis."""
     ax.step(recalls, precisions, color="b", alpha=0.2, where="post")
     ax.fill_between(recalls, precisions, step="post", alpha=0.2, color="b")
-    ax.set_xlabel("Recall")
-    ax.set_ylabel("Precision")
-    ax.set_xlim([0.0, 1.05])
-    ax.set_ylim([0.0, 1.05])
-    ax.set_title(title)
-    _save_figure(fig, out_image)
+    ax.set(xlabel="Recall", ylabel="Precision", xlim=(0.0, 1.05), ylim=(0.0, 1.05), title=title)
 
 
 def _histogram_range(values: Sequence[float]) -> tuple[float, float]:
@@ -947,10 +947,7 @@ def plot_no_answer(gold_answers: Mapping[str, Sequence[str]], sweep_preds: Mappi
             ax.set_axis_off()
             continue
         ap, precisions, recalls = make_precision_recall_eval(scores, na_probs, num_true_pos, has_ans)
-        ax.step(recalls, precisions, color="b", alpha=0.2, where="post")
-        ax.fill_between(recalls, precisions, step="post", alpha=0.2, color="b")
-        ax.set(xlabel="Recall", ylabel="Precision", xlim=(0.0, 1.05), ylim=(0.0, 1.05),
-               title=f"Precision-recall, {title} (AP {ap:.2f})")
+        draw_pr_curve(ax, precisions, recalls, f"Precision-recall, {title} (AP {ap:.2f})")
     fig.tight_layout()
     _save_figure(fig, path)
 

@@ -15,6 +15,8 @@ import time
 
 import torch
 
+import atomic_io
+
 logger = logging.getLogger("run_squad")
 
 
@@ -125,5 +127,4 @@ def close_quietly(writer) -> None:
     try:
         writer.close()
     except Exception as exc:  # noqa: BLE001 - logs are secondary to the run's own outcome
-        logger.warning("could not close the TensorBoard writer: %s", str(exc).strip().splitlines()[0] if str(exc) else
-                       type(exc).__name__)
+        logger.warning("could not close the TensorBoard writer: %s", atomic_io.first_line(exc))

@@ -924,7 +924,7 @@ def dataset_to_jsonl(name: str, split: str, target: Path, cache_dir: str | None 
     try:
         rows = datasets.load_dataset(name, split=split, cache_dir=cache_dir)
     except Exception as exc:  # noqa: BLE001 - any loading failure (offline, unknown name) is one line
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = atomic_io.first_line(exc)
         raise SquadDataError(f"--dataset_name {name}: cannot load split {split!r} ({reason})") from exc
     target.parent.mkdir(parents=True, exist_ok=True)
     fields = ("id", "title", "context", "question", "answers")
