@@ -84,3 +84,9 @@ def test_an_owned_folder_drops_every_temporary_a_shared_one_only_orphans(tmp_pat
     assert recent.exists() and not old_file.exists()
     assert atomic_io.remove_stale_temporaries(tmp_path, "checkpoint-*", owned=True) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize("exc, line", [(OSError("disk full\nerrno 28"), "disk full"), (RuntimeError("  \n "), "RuntimeError"),
+                                       (ValueError(), "ValueError")])
+def test_first_line_of_any_exception(exc, line):
+    assert atomic_io.first_line(exc) == line
