@@ -1,13 +1,12 @@
-"""Packed variable-length execution of encoder QA models: no compute spent on padding.
+"""Packed attention and the packed loss: the model side of packed batches, no compute spent on padding.
 
-Why a module of its own: this is neither data reading (utils_squad.py owns examples, features and
-padded batches) nor the command line or the training loop (run_squad.py). It is an execution
-strategy for the model: several features share one flat token stream, attention is restricted to
-each feature's own tokens, position ids restart per feature, and the QA loss is a cross-entropy over
-each feature's own tokens. run_squad.py (--packing) and bench/train_throughput.py use it.
+Why a module of its own: a packed batch (batching.py builds it) is one flat token stream [1, T] holding
+several whole features; the model can only run on it if attention stays inside each feature and the loss is
+each feature's own. That is a change to how the model computes, not to the data, so it lives apart from the
+batches: this module swaps the attention of a loaded model and computes the loss; batching.PackedBatches uses it.
 
 How the attention is swapped: transformers 5 models of the BERT family (BERT incl. MiniLM, RoBERTa,
-ELECTRA) look up their attention function by name in `AttentionInterface`, and pass any extra
+ELECTRA, ModernBERT) look up their attention function by name in `AttentionInterface`, and pass any extra
 forward kwargs (here `cu_seq_lens_q`/`cu_seq_lens_k`/`max_length_q`/`max_length_k`, the same names
 the flash-attention integration uses) down to it. `enable_packed_attention` registers two functions
 ("packed_varlen" and "packed_varlen_nodrop") and switches the model to one of them. The names are
@@ -16,23 +15,19 @@ also registered in `AttentionMaskInterface` with the sdpa mask builder, so a nor
 
 Kernels: on CUDA with fp16/bf16 tensors, flash attention's variable-length kernel
 (`torch.nn.attention.varlen.varlen_attn` when there is no dropout; `aten._flash_attention_forward`,
-the same kernel with dropout and autograd, when attention dropout is on). Anywhere else (CPU, fp32)
-an exact SDPA with a block-diagonal mask over the whole stream (fine for tests, quadratic in the
-pack size). `varlen_attn` hard-codes dropout to 0, hence the choice `attention_dropout` in
-`enable_packed_attention` (the CLI exposes it as `--packed_attention_dropout`).
+the same kernel with dropout and autograd, when attention dropout is on). On the CPU in eager mode one
+exact SDPA per feature; under torch.compile (or on CUDA in fp32) one SDPA over the whole stream with a
+block-diagonal mask (fixed shape, quadratic in the pack size). `varlen_attn` hard-codes dropout to 0,
+hence the choice `attention_dropout` in `enable_packed_attention` (the CLI's `--packed_attention_dropout`).
 
-Fixed shapes (for torch.compile and CUDA graphs): every pack has exactly `tokens_per_pack` tokens
-and `max_features` feature slots. Unused tokens form dummy segments of at most `max_seqlen` tokens
-each (so every token is computed by the kernel: nothing uninitialised can leak NaN into a weight
-gradient), unused slots are zero-length segments. Nothing in `packed_qa_loss` syncs with the host.
+Fixed shapes (for torch.compile and CUDA graphs): every pack has exactly `tokens_per_pack` tokens and
+`max_features` feature slots (batching.make_packed_batch). Unused tokens form dummy segments, so every token
+is computed by the kernel and nothing uninitialised can leak NaN into a weight gradient; unused slots are
+zero-length segments. Nothing in `packed_qa_loss` syncs with the host.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-
-import numpy as np
 import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -53,195 +48,6 @@ _NO_TOKEN_TYPE_MODEL_TYPES = ("modernbert",)
 
 # Keys of a packed batch that are model inputs (the rest is bookkeeping for the loss and unpacking).
 MODEL_INPUT_KEYS = ("input_ids", "token_type_ids", "position_ids")
-
-
-# ----------------------------------------------------------------------------------------------
-# Packing (numpy only)
-# ----------------------------------------------------------------------------------------------
-class _MaxTree:
-    """Segment tree over bin capacities: find the first bin with room for `need` in O(log bins)."""
-
-    def __init__(self, num_bins: int, capacity: int):
-        self.size = 1 << max(1, math.ceil(math.log2(max(num_bins, 1))))
-        self.tree = np.zeros(2 * self.size, dtype=np.int64)
-        self.tree[self.size : self.size + num_bins] = capacity
-        for node in range(self.size - 1, 0, -1):
-            self.tree[node] = max(self.tree[2 * node], self.tree[2 * node + 1])
-
-    def first_fit(self, need: int) -> int:
-        if self.tree[1] < need:
-            return -1
-        node = 1
-        while node < self.size:
-            node = 2 * node if self.tree[2 * node] >= need else 2 * node + 1
-        return node - self.size
-
-    def set(self, leaf: int, value: int) -> None:
-        node = leaf + self.size
-        self.tree[node] = value
-        node //= 2
-        while node:
-            self.tree[node] = max(self.tree[2 * node], self.tree[2 * node + 1])
-            node //= 2
-
-
-def pack_features(
-    lengths: np.ndarray,
-    tokens_per_pack: int,
-    max_features: int | None = None,
-    order: np.ndarray | None = None,
-) -> list[np.ndarray]:
-    """Group feature indices into packs of at most `tokens_per_pack` tokens (and `max_features` features).
-
-    First-fit decreasing by default (longest first, ties by index: deterministic and within a few
-    percent of optimal). With `order` (e.g. a seeded permutation for training) features are placed
-    first-fit in that order instead, so packs differ between epochs. Indices inside a pack are sorted.
-    """
-    lengths = np.asarray(lengths, dtype=np.int64)
-    if lengths.ndim != 1:
-        raise ValueError(f"pack_features: lengths must be 1-D, got shape {lengths.shape}")
-    if len(lengths) and int(lengths.max()) > tokens_per_pack:
-        raise ValueError(
-            f"pack_features: a feature of {int(lengths.max())} tokens exceeds tokens_per_pack={tokens_per_pack}"
-        )
-    if len(lengths) and int(lengths.min()) < 1:
-        raise ValueError("pack_features: every feature needs at least one token")
-    if order is None:
-        order = np.lexsort((np.arange(len(lengths)), -lengths))
-    else:
-        order = np.asarray(order, dtype=np.int64)
-        if sorted(order.tolist()) != list(range(len(lengths))):
-            raise ValueError("pack_features: order must be a permutation of range(len(lengths))")
-    max_features = max_features or tokens_per_pack
-    # Upper bound on the number of bins: one per feature.
-    tree = _MaxTree(len(lengths), tokens_per_pack)
-    room = np.full(len(lengths), tokens_per_pack, dtype=np.int64)
-    count = np.zeros(len(lengths), dtype=np.int64)
-    members: list[list[int]] = []
-    for index in order.tolist():
-        need = int(lengths[index])
-        bin_id = tree.first_fit(need)
-        if bin_id == len(members):
-            members.append([])
-        members[bin_id].append(index)
-        room[bin_id] -= need
-        count[bin_id] += 1
-        tree.set(bin_id, 0 if count[bin_id] >= max_features else int(room[bin_id]))
-    return [np.array(sorted(m), dtype=np.int64) for m in members]
-
-
-def pad_slots_needed(tokens_per_pack: int, max_seqlen: int) -> int:
-    """Number of dummy segments that can cover any unused tail of a pack (each at most max_seqlen)."""
-    return math.ceil(tokens_per_pack / max_seqlen)
-
-
-def make_packed_batch(
-    features,
-    indices: np.ndarray,
-    tokens_per_pack: int,
-    max_features: int,
-    max_seqlen: int,
-    with_labels: bool = True,
-    position_offset: int = 0,
-    pad_token_id: int | None = None,
-) -> dict:
-    """Build one fixed-shape packed batch (CPU tensors) from CONTRACT SquadFeatures rows `indices`.
-
-    Keys: input_ids, token_type_ids, position_ids [1, T]; cu_seqlens int32 [max_features + pad_slots + 1];
-    max_seqlen (int); segment_ids [T] (feature slot per token, pad tokens -> max_features);
-    feature_index [max_features] (row in `features`, -1 for an empty slot); feature_valid [max_features];
-    token_start [max_features] (slot offset in the stream); start_positions / end_positions
-    [max_features] in stream coordinates (with labels); source_index [T] (position in the features'
-    flat arrays, -1 for pad); num_features, num_tokens (ints, known without a device sync).
-    `position_offset` is padding_idx + 1 for RoBERTa-style position embeddings, else 0.
-    """
-    indices = np.asarray(indices, dtype=np.int64)
-    starts = np.asarray(features.feature_start, dtype=np.int64)
-    lengths = starts[indices + 1] - starts[indices]
-    total = int(lengths.sum())
-    _check_pack(len(indices), total, lengths, tokens_per_pack, max_features, max_seqlen)
-    pad_id = features.pad_token_id if pad_token_id is None else pad_token_id
-    offsets_in_pack = np.concatenate([[0], np.cumsum(lengths)])
-    stream = _token_stream(features, starts, indices, lengths, tokens_per_pack, pad_id)
-    position_ids, cu_seqlens = _segments(lengths, total, tokens_per_pack, max_features, max_seqlen)
-    stream["position_ids"] = position_ids + position_offset
-
-    segment_ids = np.full(tokens_per_pack, max_features, dtype=np.int64)
-    segment_ids[:total] = np.repeat(np.arange(len(indices)), lengths)
-    feature_index = np.full(max_features, -1, dtype=np.int64)
-    feature_index[: len(indices)] = indices
-    token_start = np.zeros(max_features, dtype=np.int64)
-    token_start[: len(indices)] = offsets_in_pack[:-1]
-    batch = {name: torch.from_numpy(stream[name]).unsqueeze(0) for name in MODEL_INPUT_KEYS}
-    batch.update({
-        "cu_seqlens": torch.from_numpy(cu_seqlens),
-        "max_seqlen": int(max_seqlen),
-        "segment_ids": torch.from_numpy(segment_ids),
-        "feature_index": torch.from_numpy(feature_index),
-        "feature_valid": torch.from_numpy(feature_index >= 0),
-        "token_start": torch.from_numpy(token_start),
-        "source_index": torch.from_numpy(stream["source_index"]),
-        "num_features": len(indices),
-        "num_tokens": total,
-    })
-    if with_labels:
-        for key in ("start_positions", "end_positions"):
-            labels = np.zeros(max_features, dtype=np.int64)
-            labels[: len(indices)] = token_start[: len(indices)] + np.asarray(getattr(features, key))[indices]
-            batch[key] = torch.from_numpy(labels)
-    return batch
-
-
-def _check_pack(n: int, total: int, lengths: np.ndarray, tokens_per_pack: int, max_features: int,
-                max_seqlen: int) -> None:
-    if n > max_features:
-        raise ValueError(f"make_packed_batch: {n} features exceed max_features={max_features}")
-    if total > tokens_per_pack:
-        raise ValueError(f"make_packed_batch: {total} tokens exceed tokens_per_pack={tokens_per_pack}")
-    if len(lengths) and int(lengths.max()) > max_seqlen:
-        raise ValueError(f"make_packed_batch: a feature of {int(lengths.max())} tokens exceeds max_seqlen={max_seqlen}")
-
-
-def _token_stream(features, starts, indices, lengths, tokens_per_pack: int, pad_id: int) -> dict:
-    """input_ids, token_type_ids and source_index of the stream: the features' tokens, then padding."""
-    total = int(lengths.sum())
-    # Flat source positions of every real token, in pack order.
-    source = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in indices]) if len(indices) else (
-        np.zeros(0, dtype=np.int64)
-    )
-    stream = {"input_ids": np.full(tokens_per_pack, pad_id, dtype=np.int64),
-              "token_type_ids": np.zeros(tokens_per_pack, dtype=np.int64),
-              "source_index": np.full(tokens_per_pack, -1, dtype=np.int64)}
-    stream["input_ids"][:total] = np.asarray(features.input_ids)[source]
-    stream["token_type_ids"][:total] = np.asarray(features.token_type_ids)[source]
-    stream["source_index"][:total] = source
-    return stream
-
-
-def _segments(lengths: np.ndarray, total: int, tokens_per_pack: int, max_features: int, max_seqlen: int):
-    """Position ids restarting per segment, and cu_seqlens: real features, then dummy pad segments of
-    <= max_seqlen tokens (so every token is computed), then empty ones."""
-    offsets_in_pack = np.concatenate([[0], np.cumsum(lengths)])
-    position_ids = np.zeros(tokens_per_pack, dtype=np.int64)
-    position_ids[:total] = np.arange(total, dtype=np.int64) - np.repeat(offsets_in_pack[:-1], lengths)
-    n_pad_slots = pad_slots_needed(tokens_per_pack, max_seqlen)
-    pad_tail = tokens_per_pack - total
-    pad_lengths = [min(max_seqlen, pad_tail - k * max_seqlen) for k in range(math.ceil(pad_tail / max_seqlen))]
-    # Pad tokens get position ids restarting per dummy segment, so they stay within the table.
-    for k, n in enumerate(pad_lengths):
-        begin = total + k * max_seqlen
-        position_ids[begin : begin + n] = np.arange(n)
-    seg_lengths = np.zeros(max_features + n_pad_slots, dtype=np.int64)
-    seg_lengths[: len(lengths)] = lengths
-    seg_lengths[max_features : max_features + len(pad_lengths)] = pad_lengths
-    return position_ids, np.concatenate([[0], np.cumsum(seg_lengths)]).astype(np.int32)
-
-
-def batch_to_device(batch: dict, device, non_blocking: bool = True) -> dict:
-    """Move the tensors of a packed batch to `device` (ints stay ints)."""
-    return {
-        k: (v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()
-    }
 
 
 def model_kwargs(batch: dict, model_type: str = "bert") -> dict:
@@ -295,35 +101,6 @@ def packed_qa_loss(start_logits, end_logits, batch: dict):
     per_feature = (ce_start + ce_end) / 2
     per_feature = torch.where(valid, per_feature, torch.zeros_like(per_feature))
     return per_feature.sum() / valid.sum().clamp_min(1)
-
-
-def unpack_logits(packed_logits, batches, num_tokens: int) -> np.ndarray:
-    """Scatter packed logits back to the features' flat layout (aligned with features.feature_start).
-
-    `packed_logits` / `batches`: one array or tensor of shape [1, T] or [T] per packed batch, or a single
-    one of each. Returns float32 [num_tokens]; raises ValueError if some token was never covered
-    (a batch missing) or covered twice (a feature packed twice).
-    """
-    if isinstance(batches, dict):
-        batches, packed_logits = [batches], [packed_logits]
-    out = np.full(num_tokens, np.nan, dtype=np.float32)
-    written = np.zeros(num_tokens, dtype=np.int32)
-    for logits, batch in zip(packed_logits, batches, strict=True):
-        values = _to_numpy(logits).reshape(-1).astype(np.float32)
-        source = _to_numpy(batch["source_index"]).reshape(-1)
-        real = source >= 0
-        out[source[real]] = values[real]
-        np.add.at(written, source[real], 1)
-    if not np.all(written == 1):
-        missing, twice = int(np.sum(written == 0)), int(np.sum(written > 1))
-        raise ValueError(f"unpack_logits: {missing} tokens never unpacked, {twice} unpacked more than once")
-    return out
-
-
-def _to_numpy(value) -> np.ndarray:
-    if hasattr(value, "detach"):
-        return value.detach().float().cpu().numpy() if value.is_floating_point() else value.cpu().numpy()
-    return np.asarray(value)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -467,8 +244,7 @@ def enable_packed_attention(model, attention_dropout: bool = True) -> str:
 
     attention_dropout=False uses `varlen_attn` without dropout during training (a different
     regulariser than the published recipes; faster to compile, deterministic). Inference never
-    uses dropout either way. Call `disable_packed_attention(model, previous)` before padded use
-    if you want the original implementation back (padded calls also work while enabled).
+    uses dropout either way. Padded calls still work while enabled (plain SDPA with their mask).
     """
     if not supports_packing(model):
         raise ValueError(f"packing is not supported for {type(model).__name__} ({model.config.model_type})")
@@ -476,10 +252,6 @@ def enable_packed_attention(model, attention_dropout: bool = True) -> str:
     previous = model.config._attn_implementation
     _set_attention(model, PACKED_ATTENTION if attention_dropout else PACKED_ATTENTION_NO_DROPOUT)
     return previous
-
-
-def disable_packed_attention(model, previous: str = "sdpa") -> None:
-    _set_attention(model, previous)
 
 
 def _set_attention(model, name: str) -> None:
@@ -499,35 +271,3 @@ def packed_forward(model, batch: dict, model_type: str = "bert"):
     """Run the QA model on a packed batch (already on the device); returns (start_logits, end_logits) [1, T]."""
     outputs = model(**model_kwargs(batch, model_type))
     return outputs.start_logits, outputs.end_logits
-
-
-def lengths_of(features) -> np.ndarray:
-    starts = np.asarray(features.feature_start, dtype=np.int64)
-    return starts[1:] - starts[:-1]
-
-
-def plan_packs(lengths: np.ndarray, tokens_per_pack: int, max_seqlen: int, order=None) -> tuple[list, int]:
-    """pack_features plus the fixed slot count to give make_packed_batch for all of them."""
-    packs = pack_features(lengths, tokens_per_pack, order=order)
-    max_features = max((len(p) for p in packs), default=1)
-    return packs, max_features
-
-
-__all__: Sequence[str] = (
-    "PACKED_ATTENTION",
-    "PACKED_ATTENTION_NO_DROPOUT",
-    "batch_to_device",
-    "disable_packed_attention",
-    "enable_packed_attention",
-    "lengths_of",
-    "make_packed_batch",
-    "model_kwargs",
-    "pack_features",
-    "packed_forward",
-    "packed_qa_loss",
-    "plan_packs",
-    "position_offset",
-    "register_packed_attention",
-    "supports_packing",
-    "unpack_logits",
-)

@@ -22,7 +22,7 @@ import torch
 
 import atomic_io
 
-logger = logging.getLogger("run_squad")
+logger = logging.getLogger(__name__)
 
 
 class LaunchError(ValueError):
@@ -128,10 +128,6 @@ def start_debugger(server_ip: str, server_port: str) -> None:
     debugpy.listen((server_ip, int(server_port)))
     logger.info("Waiting for a debugger to attach on %s:%s", server_ip, server_port)
     debugpy.wait_for_client()
-
-
-def restarted_by_torchrun() -> bool:
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
 
 
 def barrier(rt: Runtime) -> None:

@@ -18,8 +18,9 @@ in input order: the input object with "score", "start", "end", "answer" added, o
 the list best first. Every line is checked before any is answered.
 
 Why a module of its own: it is the one path from raw (question, context) text to answers. It takes the
-windows of utils_squad.py (the featurizer evaluation uses), the batches and heads of qa_model.py, and the
-classic decoder of squad_metrics.py (for the tuned no-answer threshold); what it adds is 4.x's arithmetic.
+windows of utils_squad.py (the featurizer evaluation uses), the model of qa_model.py, the batches and heads of
+batching.py, and the classic decoder of decoding.py (for the tuned no-answer threshold); what it adds is 4.x's
+arithmetic. The command's flags and input lines are checked by cli.py before torch is imported.
 
 Scores are transformers 4.x's. Per window: start and end logits of the tokens that cannot be in an answer
 (question, special tokens, padding) set to -10000, softmax over the window (the CLS token takes part), the
@@ -63,34 +64,38 @@ standard output), 1 anything else.
 
 from __future__ import annotations
 
-import argparse
+import sys
+
+import cli
+
+if __name__ == "__main__":  # the flags, the model folder and every input line are checked before torch is imported
+    command = cli.exit_now_if_bad(lambda: cli.check_pipeline_command(sys.argv[1:]))
+
 import json
 import math
 import os
-import sys
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+import transformers
 from tokenizers import Tokenizer
 
+import batching
+import decoding
+import qa_model
 import utils_squad
+from output_folder import THRESHOLD_FILE
 
-# The torch side (torch, transformers, qa_model) takes seconds to import. It is imported once, by
-# import_torch_side(), when a pipeline is built: --help and bad input answer at once. This is the one
-# deferred import boundary of the module.
-torch = transformers = qa_model = None
-
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-THRESHOLD_FILE = "null_score_diff_threshold.json"  # checkpoints.THRESHOLD_FILE (that module imports torch)
 # The classic decoder's settings behind a tuned threshold when its file does not record them: run_squad.py's
 # --n_best_size and --max_answer_length defaults.
 THRESHOLD_N_BEST_SIZE, THRESHOLD_MAX_ANSWER_LENGTH = 20, 30
 MASKED_LOGIT = -10000.0  # 4.x's logit for tokens that cannot be in an answer
 NO_NULL_SCORE = 1000000.0  # 4.x's starting "smallest null score" (large and positive)
-DEFAULT_BATCH_SIZE = 32
+DEFAULT_BATCH_SIZE = cli.PIPELINE_BATCH_SIZE
 ANSWER_KEYS = ("score", "start", "end", "answer")
 INPUT_KEYS = ("question", "context", "X", "data")
 HALF_DTYPES = ("float16", "bfloat16")
@@ -98,13 +103,6 @@ HALF_DTYPES = ("float16", "bfloat16")
 
 class PipelineInputError(ValueError):
     """Inputs, settings or a model folder the pipeline cannot answer with; str() is one line (exit code 2)."""
-
-
-def import_torch_side() -> None:
-    """The deferred import boundary (see the comment at the top of this file)."""
-    global torch, transformers, qa_model
-    if qa_model is None:
-        import qa_model, torch, transformers  # noqa: E401, I001
 
 
 # --------------------------------------------------------------------------------------------
@@ -268,7 +266,7 @@ def read_threshold_file(path: Path) -> NullThreshold:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PipelineInputError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(record, dict):
-        raise PipelineInputError(f"{path}: expected a JSON object, got {_json_type(record)}")
+        raise PipelineInputError(f"{path}: expected a JSON object, got {cli.json_type(record)}")
     if "null_score_diff_threshold" not in record:
         raise PipelineInputError(f"{path}: missing key 'null_score_diff_threshold'")
     extra = {key: _threshold_number(path, record, key, int) for key in ("n_best_size", "max_answer_length")
@@ -299,14 +297,6 @@ def resolve_threshold(null_threshold, folder: Path | None) -> NullThreshold | No
 # --------------------------------------------------------------------------------------------
 # Windows: the featurizer's features for raw questions, with 4.x's overlap-style doc_stride
 # --------------------------------------------------------------------------------------------
-
-
-def _context_backend(tokenizer) -> Tokenizer:
-    """The tokenizer's own backend without truncation or padding (the featurizer tokenizes contexts so)."""
-    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
-    backend.no_truncation()
-    backend.no_padding()
-    return backend
 
 
 @dataclass
@@ -555,12 +545,10 @@ def _is_path(value) -> bool:
 
 
 def _model_folder(path) -> Path:
-    folder = Path(path)
-    if not folder.is_dir():
-        raise PipelineInputError(f"{folder}: no such model folder")
-    if not (folder / "config.json").is_file():
-        raise PipelineInputError(f"{folder}: not a model folder (no config.json)")
-    return folder
+    try:
+        return cli.model_folder(path)
+    except cli.InputError as exc:
+        raise PipelineInputError(str(exc)) from None
 
 
 def _origin_folder(model) -> Path | None:
@@ -594,7 +582,6 @@ class QuestionAnsweringPipeline:
                  batch_size: int = DEFAULT_BATCH_SIZE, context_first: bool | None = None, lang_id: int = 0):
         if model is None:
             raise ValueError("QuestionAnsweringPipeline needs a model folder (or model= and tokenizer=)")
-        import_torch_side()
         if _is_path(model):
             folder = _model_folder(model)
             self.device = _device_of(device)
@@ -607,8 +594,8 @@ class QuestionAnsweringPipeline:
         self.tokenizer = self._load_tokenizer(tokenizer, folder)
         self.model.to(self.device).eval()
         self.model_type = self.model.config.model_type
-        self.head = qa_model.make_head(self.beam)
-        self.backend = _context_backend(self.tokenizer)
+        self.head = batching.make_head(self.beam)
+        self.backend = utils_squad.plain_backend(self.tokenizer.backend_tokenizer.to_str())
         if context_first is None:  # as the model was fine-tuned: passage first for XLNet or --context_first
             context_first = self.tokenizer.padding_side == "left" or trained_context_first(folder)
         self.context_first = bool(context_first)
@@ -658,13 +645,13 @@ class QuestionAnsweringPipeline:
         return [final_answers(s, n, d, settings) for s, n, d in zip(spans, nulls, decisions, strict=True)]
 
     def _forward(self, features, batch_size: int) -> dict[str, np.ndarray]:
-        """The head's outputs for every feature, on the host (qa_model's batches: length-grouped, padded)."""
-        batching = qa_model.PaddedBatches(batch_size, self.head, self.model_type, lang_id=self.lang_id)
+        """The head's outputs for every feature, on the host (batching.py's length-sorted padded batches)."""
+        padded = batching.PaddedBatches(batch_size, self.head, self.model_type, lang_id=self.lang_id)
         outputs = []
         with torch.inference_mode():
-            for idx in batching.plan(features.lengths()):
-                batch = qa_model.to_device(batching.tensors(features, idx, with_labels=False), self.device)
-                outputs.append(self.head.outputs(batching.forward(self.model, batch, training=False), batch))
+            for idx in padded.plan(features.lengths()):
+                batch = batching.to_device(padded.tensors(features, idx, with_labels=False), self.device)
+                outputs.append(self.head.outputs(padded.forward(self.model, batch, training=False), batch))
         return self.head.collect(outputs)
 
     def _window_spans(self, features, arrays: dict, settings: CallSettings):
@@ -706,110 +693,16 @@ class QuestionAnsweringPipeline:
         """Per example whether its null odds exceed the tuned threshold (None: no threshold applies)."""
         if self.threshold is None or not settings.handle_impossible_answer:
             return [None] * len(windows.examples)
-        decoding = qa_model.Decoding(n_best_size=self.threshold.n_best_size,
-                                     max_answer_length=self.threshold.max_answer_length,
-                                     version_2_with_negative=True)
-        _, _, null_odds = self.head.decode(windows.examples, windows.features, [arrays], decoding)
+        settings = decoding.DecodingSettings(n_best_size=self.threshold.n_best_size,
+                                             max_answer_length=self.threshold.max_answer_length,
+                                             version_2_with_negative=True)
+        null_odds = self.head.decode(windows.examples, windows.features, [arrays], settings).null_odds
         return [null_odds[ex.qas_id] > self.threshold.value for ex in windows.examples]
 
 
 # --------------------------------------------------------------------------------------------
-# Command line
+# Command line (its flags and input records: cli.py, checked before torch is imported)
 # --------------------------------------------------------------------------------------------
-
-
-class UsageError(Exception):
-    """Bad flags, input or model folder: one line on stderr, exit code 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise UsageError(f"{self.prog}: {message} (see --help)")
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="qa_pipeline.py", allow_abbrev=False,
-                description="Answer questions with a fine-tuned extractive QA model (transformers 4's "
-                            "question-answering pipeline). Reads JSON Lines {\"question\", \"context\", ...} and "
-                            "writes one JSON line per input, in input order: the input object (every key, such as "
-                            "id) with score, start, end, answer added (answer == context[start:end]); with --top_k "
-                            "above 1 a key \"answers\" holding the list, best first, instead.")
-    p.add_argument("model_dir", help="Folder of a fine-tuned model (config.json, weights, tokenizer).")
-    p.add_argument("--input", default="-", help="JSON Lines file to read (default: standard input).")
-    p.add_argument("--top_k", type=positive_int, default=1, help="Answers per question (default 1).")
-    p.add_argument("--handle_impossible_answer", action="store_true", help="Allow the empty answer (no answer).")
-    p.add_argument("--no_threshold", action="store_true",
-                   help=f"Ignore the model folder's {THRESHOLD_FILE} (decide no-answer as transformers 4.x).")
-    p.add_argument("--batch_size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="Windows per forward pass.")
-    p.add_argument("--doc_stride", type=non_negative_int, default=None,
-                   help="Overlap of consecutive windows, in tokens (default min(max_seq_len // 2, 128)).")
-    p.add_argument("--max_answer_len", type=positive_int, default=15, help="Longest answer, in tokens (default 15).")
-    p.add_argument("--max_seq_len", type=positive_int, default=None,
-                   help="Tokens per window (default min(the tokenizer's model_max_length, 384)).")
-    p.add_argument("--max_question_len", type=positive_int, default=64, help="Question tokens kept (default 64).")
-    p.add_argument("--context_first", action="store_true",
-                   help="Put the passage before the question (a model fine-tuned with --context_first).")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when available).")
-    return p
-
-
-_JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
-               type(None): "null"}
-
-
-def _json_type(value) -> str:
-    return _JSON_TYPES.get(type(value), type(value).__name__)
-
-
-def _record(name: str, line_no: int, line: str) -> dict:
-    """One checked input line; a bad one is a UsageError naming the file, the line and the problem."""
-    where = f"{name}: line {line_no}"
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-    if not isinstance(record, dict):
-        raise UsageError(f"{where}: expected a JSON object, got {_json_type(record)}")
-    for key in ("question", "context"):
-        if key not in record:
-            raise UsageError(f"{where}: missing key '{key}'")
-        if not isinstance(record[key], str):
-            raise UsageError(f"{where}: '{key}' must be a string, got {_json_type(record[key])}")
-        if not record[key].strip():
-            raise UsageError(f"{where}: '{key}' is empty")
-    return record
-
-
-def read_records(path: str) -> list[dict]:
-    """Every record of a JSON Lines file ("-": standard input), all checked before any is answered."""
-    name = "<stdin>" if path == "-" else path
-    try:
-        raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
-    except OSError as exc:
-        raise UsageError(f"{name}: cannot read file: {exc.strerror or exc}") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"{name}: not UTF-8 (invalid byte at offset {exc.start})") from None
-    # "\n" only: str.splitlines() would also split inside strings at U+2028 and other characters JSON allows.
-    records = [_record(name, n, line) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
-    if not records:
-        raise UsageError(f"{name}: empty file (expected JSON Lines: one {{\"question\", \"context\"}} object per line)")
-    return records
 
 
 def output_keys(top_k: int) -> tuple[str, ...]:
@@ -828,44 +721,37 @@ def output_line(record: dict, answers: list[dict], top_k: int) -> str:
     return json.dumps(out, ensure_ascii=False)
 
 
-def run(args: argparse.Namespace) -> list[str]:
-    records = read_records(args.input)
-    folder = _model_folder(args.model_dir)
-    import_torch_side()
+def run(command: cli.PipelineCommand) -> list[str]:
+    """The answers to the command's records, one JSON line each, in input order."""
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    qa = QuestionAnsweringPipeline(str(folder), device=args.device, batch_size=args.batch_size,
-                                   null_threshold=None if args.no_threshold else "auto",
-                                   context_first=True if args.context_first else None)
-    settings = {k: getattr(args, k) for k in ("top_k", "doc_stride", "max_answer_len", "max_seq_len",
-                                              "max_question_len", "handle_impossible_answer")
-                if getattr(args, k) is not None}
+    qa = QuestionAnsweringPipeline(str(_model_folder(command.model_dir)), device=command.device,
+                                   batch_size=command.batch_size,
+                                   null_threshold=None if command.no_threshold else "auto",
+                                   context_first=True if command.context_first else None)
+    settings = {k: getattr(command, k) for k in ("top_k", "doc_stride", "max_answer_len", "max_seq_len",
+                                                 "max_question_len", "handle_impossible_answer")
+                if getattr(command, k) is not None}
+    records = command.records
     answers = qa.answer([(r["question"], r["context"]) for r in records], **settings)
-    replaced = sorted({key for r in records for key in output_keys(args.top_k) if key in r})
+    replaced = sorted({key for r in records for key in output_keys(command.top_k) if key in r})
     if replaced:
         print(f"qa_pipeline.py: warning: input key(s) {', '.join(replaced)} replaced by the answer in the output",
               file=sys.stderr)
-    return [output_line(r, a, args.top_k) for r, a in zip(records, answers, strict=True)]
+    return [output_line(r, a, command.top_k) for r, a in zip(records, answers, strict=True)]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        lines = run(build_parser().parse_args(argv))
-    except (UsageError, PipelineInputError) as exc:  # the project's one-line form, as run_squad.py's
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_FAILURE
-    except Exception as exc:  # noqa: BLE001 - one line, never a traceback, for whatever went wrong
-        text = str(exc).strip().splitlines()
-        print(f"error: {text[0] if text else type(exc).__name__}", file=sys.stderr)
-        return EXIT_FAILURE
-    out = sys.stdout.buffer
-    out.write("".join(line + "\n" for line in lines).encode("utf-8"))
-    out.flush()
-    return EXIT_OK
+def main(argv: Sequence[str] | None = None, checked: cli.PipelineCommand | None = None) -> int:
+    """The command: `checked` is the command line already checked (run as a script), else argv is."""
+    def work() -> int:
+        lines = run(checked or cli.check_pipeline_command(argv))
+        out = sys.stdout.buffer
+        out.write("".join(line + "\n" for line in lines).encode("utf-8"))
+        out.flush()
+        return cli.EXIT_OK
+
+    return cli.run_guarded(work, bad_input=(PipelineInputError,))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(checked=command))

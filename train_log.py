@@ -17,7 +17,7 @@ import torch
 
 import atomic_io
 
-logger = logging.getLogger("run_squad")
+logger = logging.getLogger(__name__)
 
 
 class Meter:

@@ -1,15 +1,15 @@
-"""Read SQuAD data, turn it into sliding-window features for any fast tokenizer, cache and batch them.
+"""Read SQuAD data, validate it, and turn it into sliding-window features for any fast tokenizer, cached on disk.
 
-Data flow: file --read_squad_examples--> SquadExample list --convert_examples_to_features-->
-SquadFeatures (ragged numpy arrays) --length_grouped_batches + collate--> padded torch tensors.
+Data flow: file --read_squad_examples--> SquadExample list --convert_examples_to_features--> SquadFeatures
+(ragged numpy arrays), through load_or_build_features' cache. What happens to features next (batches,
+tensors) is batching.py's.
 
 Windows follow the classic (Google BERT / classic HuggingFace) rule: the question is truncated to
 ``max_query_length`` tokens, each window holds ``max_seq_length - len(question) - specials`` context
 tokens and consecutive windows start ``doc_stride`` context tokens apart.  This is NOT the fast
 tokenizer's overlap ``stride`` (run_qa.py), which gives a different feature set for the same number.
 
-No torch here: batches are numpy arrays (the model side turns them into tensors), so the command line
-can read, validate and featurize before it pays for importing torch.
+No torch here: the command line can read, validate and featurize without it.
 """
 
 from __future__ import annotations
@@ -475,7 +475,7 @@ class SquadFeatures:
         lengths = self.lengths()[idx]
         starts = np.zeros(len(idx) + 1, dtype=np.int64)
         np.cumsum(lengths, out=starts[1:])
-        flat = _ragged_gather_index(self.feature_start[idx], lengths, int(starts[-1]))
+        flat = ragged_index(self.feature_start[idx], lengths, int(starts[-1]))
         kwargs = {name: getattr(self, name)[flat] for name in _FLAT_FIELDS}
         kwargs.update({name: getattr(self, name)[idx] for name in _FEATURE_FIELDS})
         return SquadFeatures(feature_start=starts, padding_side=self.padding_side, pad_token_id=self.pad_token_id,
@@ -494,7 +494,7 @@ class SquadFeatures:
         return cls(**{name: np.asarray(arrays[name]) for name in names}, **meta)
 
 
-def _ragged_gather_index(starts: np.ndarray, lengths: np.ndarray, total: int) -> np.ndarray:
+def ragged_index(starts: np.ndarray, lengths: np.ndarray, total: int) -> np.ndarray:
     """Flat indices of the concatenated slices [starts[k], starts[k]+lengths[k])."""
     if total == 0:
         return np.zeros(0, dtype=np.int64)
@@ -631,7 +631,8 @@ class _Spec:
     pad_token_type_id: int
 
 
-def _make_backend(backend_json: str):
+def plain_backend(backend_json: str) -> Tokenizer:
+    """A tokenizer backend (its JSON) without truncation or padding: how the featurizer tokenizes text."""
     backend = Tokenizer.from_str(backend_json)
     backend.no_truncation()
     backend.no_padding()
@@ -724,7 +725,7 @@ def _tokenize_contexts(backend, contexts: list[str]):
 
 def _featurize_chunk(spec: _Spec, examples: Sequence[SquadExample], first_index: int, backend=None):
     """Features of examples[...] whose example_index starts at first_index."""
-    backend = backend or _make_backend(spec.backend_json)
+    backend = backend or plain_backend(spec.backend_json)
     settings = spec.settings
     context_ids: dict[str, int] = {}
     for ex in examples:
@@ -803,7 +804,7 @@ def feature_spec(tokenizer, settings: FeatureSettings) -> _Spec:
     if not getattr(tokenizer, "is_fast", False) or not hasattr(tokenizer, "backend_tokenizer"):
         raise ValueError(f"{type(tokenizer).__name__} is not a fast tokenizer; character offsets are required")
     backend_json = tokenizer.backend_tokenizer.to_str()
-    template = derive_pair_template(_make_backend(backend_json), tokenizer.cls_token_id)
+    template = derive_pair_template(plain_backend(backend_json), tokenizer.cls_token_id)
     _check_settings(settings, template)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return _Spec(backend_json, template, settings, tokenizer.padding_side, int(pad_id),
@@ -817,7 +818,7 @@ def _worker_init(spec: _Spec) -> None:
     # Each worker is one process on one core: the Rust thread pool would only oversubscribe.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     # The spec (with the tokenizer JSON) travels once per worker, not once per chunk.
-    _WORKER["spec"], _WORKER["backend"] = spec, _make_backend(spec.backend_json)
+    _WORKER["spec"], _WORKER["backend"] = spec, plain_backend(spec.backend_json)
 
 
 def _worker_run(args):
@@ -836,7 +837,7 @@ def convert_examples_to_features(examples: Sequence[SquadExample], tokenizer, se
         with ctx.Pool(min(threads, len(chunks)), initializer=_worker_init, initargs=(spec,)) as pool:
             parts = pool.map(_worker_run, [(chunk, first) for first, chunk in chunks], chunksize=1)
     else:
-        backend = _make_backend(spec.backend_json)
+        backend = plain_backend(spec.backend_json)
         parts = [_featurize_chunk(spec, chunk, first, backend) for first, chunk in chunks]
     if not parts:
         raise ValueError("no examples to featurize")
@@ -997,77 +998,6 @@ def load_or_build_features(data_path, examples, tokenizer, settings: FeatureSett
     save_features(path, features, key)
     logger.info("Saved features to cache %s", path)
     return features
-
-
-# --------------------------------------------------------------------------------------------
-# Batching
-# --------------------------------------------------------------------------------------------
-def length_grouped_batches(lengths, batch_size: int, shuffle: bool, seed: int, drop_last: bool = False,
-                           mega_batch_mult: int = 50) -> list[np.ndarray]:
-    """Batches of feature indices whose lengths are similar, so dynamic padding wastes little.
-
-    shuffle=True (training): random permutation by seed, chunks of mega_batch_mult*batch_size sorted
-    by length, split into batches, batch order shuffled.  shuffle=False (evaluation): all features
-    sorted by length (descending, stable).  Either way the caller must use the returned indices to
-    place outputs back; the order is NOT the feature order.
-    """
-    lengths = np.asarray(lengths)
-    n = len(lengths)
-    if shuffle:
-        rng = np.random.default_rng(seed)
-        perm = rng.permutation(n)
-        mega = max(1, mega_batch_mult) * batch_size
-        order = np.concatenate([chunk[np.argsort(-lengths[chunk], kind="stable")]
-                                for chunk in np.array_split(perm, range(mega, n, mega))]) if n else perm
-    else:
-        order = np.argsort(-lengths, kind="stable")
-    batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
-    if drop_last and batches and len(batches[-1]) < batch_size:
-        batches.pop()
-    if shuffle:
-        rng.shuffle(batches)
-    return batches
-
-
-def collate(features: SquadFeatures, indices, with_labels: bool, pad_to_multiple_of: int = 8) -> dict:
-    """Arrays for features[indices], padded to the longest (rounded up) on the tokenizer's side.
-
-    Positions (start/end/cls_index) are shifted by the left padding; "left_pad" tells by how much.
-    """
-    indices = np.asarray(indices, dtype=np.int64)
-    lengths = features.lengths()[indices]
-    width = int(lengths.max()) if len(indices) else 0
-    if pad_to_multiple_of and width % pad_to_multiple_of:
-        width += pad_to_multiple_of - width % pad_to_multiple_of
-    rows = len(indices)
-    left = features.padding_side == "left"
-    left_pad = (width - lengths) if left else np.zeros(rows, dtype=np.int64)
-    input_ids = np.full((rows, width), features.pad_token_id, dtype=np.int64)
-    token_type_ids = np.full((rows, width), features.pad_token_type_id, dtype=np.int64)
-    attention_mask = np.zeros((rows, width), dtype=np.int64)
-    p_mask = np.ones((rows, width), dtype=np.float32)
-    # Scatter all rows at once: flat source positions -> (row, column) in the padded batch.
-    total = int(lengths.sum())
-    src = _ragged_gather_index(features.feature_start[indices], lengths, total)
-    row = np.repeat(np.arange(rows), lengths)
-    col = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths) + np.repeat(left_pad, lengths)
-    input_ids[row, col] = features.input_ids[src]
-    token_type_ids[row, col] = features.token_type_ids[src]
-    attention_mask[row, col] = 1
-    p_mask[row, col] = features.p_mask[src]
-    batch = {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "token_type_ids": token_type_ids,
-        "cls_index": features.cls_index[indices].astype(np.int64) + left_pad,
-        "p_mask": p_mask,
-        "left_pad": left_pad.astype(np.int64),
-    }
-    if with_labels:
-        batch["start_positions"] = features.start_positions[indices].astype(np.int64) + left_pad
-        batch["end_positions"] = features.end_positions[indices].astype(np.int64) + left_pad
-        batch["is_impossible"] = features.is_impossible[indices].astype(np.float32)
-    return batch
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Synthetic but realistically shaped input: ~12,000 questions, ~1.03 features per question, ~190
 tokens per feature (question ~12 tokens, the rest context), half of the questions unanswerable.
-Times squad_metrics.compute_predictions_logits (v2, n_best 20, max answer 30) and
+Times decoding.compute_predictions_logits (v2, n_best 20, max answer 30) and
 squad_metrics.squad_evaluate with the null odds (threshold sweep included), and a naive
 per-pair Python decoder (the classic loop) on a subset for a speed ratio in the same run.
 The last line printed is JSON.
@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import decoding  # noqa: E402
 import squad_metrics as sm  # noqa: E402
 
 VOCAB = np.array(["the", "city", "Warsaw", "river", "1944", "of", "and", "Polish", "uprising", "in",
@@ -135,7 +136,7 @@ def naive_decode(examples, feats, start, end, n_best_size=20, max_answer_length=
         prelim.sort(key=lambda p: p[0], reverse=True)
         best = next(((score, a, b) for score, a, b in prelim if b > a), None)
         if best is None:
-            preds[ex.qas_id], odds[ex.qas_id] = "", sm.NO_SPAN_NULL_ODDS
+            preds[ex.qas_id], odds[ex.qas_id] = "", decoding.NO_SPAN_NULL_ODDS
         else:
             odds[ex.qas_id] = null - best[0]
             preds[ex.qas_id] = "" if odds[ex.qas_id] > threshold else ex.context[best[1]:best[2]]
@@ -162,7 +163,7 @@ def main():
     n_features = len(feats.example_index)
 
     t0 = time.perf_counter()
-    preds, nbest, null_odds = sm.compute_predictions_logits(
+    preds, nbest, null_odds = decoding.compute_predictions_logits(
         examples, feats, start, end, n_best_size=20, max_answer_length=30, version_2_with_negative=True)
     t1 = time.perf_counter()
     scores = sm.squad_evaluate(gold, preds, na_probs=null_odds)
@@ -172,7 +173,7 @@ def main():
     t3 = time.perf_counter()
     naive_preds, naive_odds = naive_decode(*sub)
     t4 = time.perf_counter()
-    vec_preds, _, vec_odds = sm.compute_predictions_logits(*sub, version_2_with_negative=True)
+    vec_preds, _, vec_odds = decoding.compute_predictions_logits(*sub, version_2_with_negative=True)
     t5 = time.perf_counter()
     agree = naive_preds == dict(vec_preds) and all(
         math.isclose(naive_odds[q], vec_odds[q], rel_tol=0, abs_tol=1e-9) for q in naive_odds)

@@ -50,6 +50,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import atomic_io  # noqa: E402
+import batching  # noqa: E402
+import cli  # noqa: E402
 import packing  # noqa: E402
 import process_group  # noqa: E402
 import qa_model  # noqa: E402
@@ -310,33 +312,32 @@ def cli_args(loop: str, args, output_dir: str):
     if torch.cuda.is_available():
         flags.append("--bf16")
     flags += ["--packing"] * (loop == "packed") + ["--torch_compile"] * bool(args.compile)
-    return run_squad.parse_args(flags)
+    return cli.parse_args(flags)
 
 
 def run_cli(loop: str, config, lengths: np.ndarray, device, args) -> dict:
     """run_squad.train (or infer) as the command line runs it, on a model built from the config."""
-    run_squad.import_torch_side()
     train = args.mode == "train"
     rng = np.random.default_rng(args.seed)
     n = (2 * args.steps + 2) * args.batch_size if train else args.steps * args.batch_size
     features = squad_features(rng.choice(lengths, size=n), args.seed, config.vocab_size)
     with tempfile.TemporaryDirectory() as out:  # the run's output folder (nothing is saved: --save_steps 0)
-        cli = cli_args(loop, args, out)
+        flags = cli_args(loop, args, out)
         model = build_model(config, "sdpa", device, args.seed)
         if loop == "packed":
             qa_model.enable_packing(model, attention_dropout=args.packed_attention_dropout == "on")
         if args.compile:
             model.compile()
         rt = process_group.Runtime(rank=0, world_size=1, local_rank=-1, device=device)
-        batching = qa_model.make_batching(qa_model.SpanHead(), config, features, args.batch_size, packed=loop == "packed",
-                                          pack_tokens=0, max_seq_length=args.max_seq_length, version_2=False,
-                                          lang_id=0, compiled=bool(args.compile))
+        strategy = batching.make_batching(batching.SpanHead(), config, features, args.batch_size,
+                                          packed=loop == "packed", pack_tokens=0, max_seq_length=args.max_seq_length,
+                                          version_2=False, lang_id=0, compiled=bool(args.compile))
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         if train:
-            setup = run_squad.RunSetup(None, None, config.model_type, False, False, None)
-            summary = run_squad.train(cli, setup, rt, model, None, features, run_squad.TrainBatches(
-                args.batch_size, 1, batching), None, None)
+            summary = run_squad.train(model, features, run_squad.TrainBatches(args.batch_size, 1, strategy), rt,
+                                      loop=run_squad.LoopConfig.from_flags(flags, None),
+                                      optim=run_squad.OptimConfig.from_flags(flags))
             window = summary["last_window"]
             mean_sq = float(np.square(features.lengths().astype(np.float64)).mean() / features.lengths().mean())
             tokens_per_s = window["tokens_per_s"]
@@ -347,10 +348,11 @@ def run_cli(loop: str, config, lengths: np.ndarray, device, args) -> dict:
                     "model_tflops": flops / 1e12, "peak_mem_gib": summary["peak_gpu_gib"]}
         if device.type == "cuda":
             model.to(torch.bfloat16)
-        run_squad.infer(cli, rt, model, features, batching)  # warm-up (and compilation)
+        precision = run_squad.precision_of(flags)
+        run_squad.infer(model, features, strategy, rt, precision=precision)  # warm-up (and compilation)
         sync(device)
         start = time.perf_counter()
-        run_squad.infer(cli, rt, model, features, batching)
+        run_squad.infer(model, features, strategy, rt, precision=precision)
         seconds = time.perf_counter() - start
         return rates(loop, model, config, features.lengths(), len(features), seconds, False, device)
 
@@ -369,8 +371,8 @@ def check_packed(config, lengths: np.ndarray, device, args) -> int:
     feats = RandomFeatures(pool, args.seed)
     model = build_model(config, "sdpa", device, args.seed).eval()
     budget = round_up(int(pool.sum()) // 2 + args.max_seq_length, 64)
-    packs, max_features = packing.plan_packs(pool, budget, args.max_seq_length)
-    batches = [packing.make_packed_batch(feats, p, budget, max_features, args.max_seq_length) for p in packs]
+    packs, max_features = batching.plan_packs(pool, budget)
+    batches = [batching.make_packed_batch(feats, p, budget, max_features, args.max_seq_length) for p in packs]
     padded = to_device(padded_batch(feats, np.arange(len(pool)), int(pool.max()), with_labels=False), device)
 
     def flat_from_padded(logits):
@@ -383,13 +385,13 @@ def check_packed(config, lengths: np.ndarray, device, args) -> int:
             low = flat_from_padded(model(**padded).start_logits)
         packing.enable_packed_attention(model, attention_dropout=False)
         with amp():
-            outs = [packing.packed_forward(model, packing.batch_to_device(b, device)) for b in batches]
-        packed_start = packing.unpack_logits([o[0] for o in outs], batches, len(feats.input_ids))
+            outs = [packing.packed_forward(model, batching.to_device(b, device)) for b in batches]
+        packed_start = batching.unpack_logits([o[0] for o in outs], batches, len(feats.input_ids))
         report["padded_lowp_vs_fp32"] = float(np.abs(low - ref).max())
         report["packed_lowp_vs_fp32"] = float(np.abs(packed_start - ref).max())
-        losses = [packing.packed_qa_loss(s.float(), e.float(), packing.batch_to_device(b, device))
+        losses = [packing.packed_qa_loss(s.float(), e.float(), batching.to_device(b, device))
                   for (s, e), b in zip(outs, batches, strict=True)]
-        packed_end = packing.unpack_logits([o[1] for o in outs], batches, len(feats.input_ids))
+        packed_end = batching.unpack_logits([o[1] for o in outs], batches, len(feats.input_ids))
         ce = []
         for i in range(len(pool)):
             a, b = feats.feature_start[i], feats.feature_start[i + 1]
@@ -402,7 +404,7 @@ def check_packed(config, lengths: np.ndarray, device, args) -> int:
     model.train()
     packing.enable_packed_attention(model, attention_dropout=True)
     forward = torch.compile(model) if args.compile else model
-    b = packing.batch_to_device(batches[0], device)
+    b = batching.to_device(batches[0], device)
     with amp():
         out = forward(**packing.model_kwargs(b))
         loss = packing.packed_qa_loss(out.start_logits, out.end_logits, b)

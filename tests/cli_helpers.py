@@ -53,3 +53,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def without_torch(folder: Path) -> dict:
+    """An environment in which `import torch` and `import transformers` fail (shadowing packages first on the
+    path): what must answer there, answers without them."""
+    for name in ("torch", "transformers"):
+        package = folder / name
+        package.mkdir(parents=True, exist_ok=True)
+        (package / "__init__.py").write_text(f"raise ImportError('{name} made unimportable by the test')\n")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")])}

@@ -7,6 +7,7 @@ import time
 import pytest
 
 import atomic_io
+import decoding
 
 
 def test_write_json_atomic(tmp_path):
@@ -30,9 +31,8 @@ def test_write_text_atomic_error_names_the_path(tmp_path):
 
 
 def test_the_scorer_writes_through_atomic_io():
-    import squad_metrics
 
-    assert squad_metrics.write_json_atomic is atomic_io.write_json_atomic
+    assert decoding.write_json_atomic is atomic_io.write_json_atomic
 
 
 def test_a_folder_replaces_the_old_one_whole_or_not_at_all(tmp_path):

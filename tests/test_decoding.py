@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-import squad_metrics as sm
+import decoding
 
 LOW = -10.0
 
@@ -89,7 +89,7 @@ CONTEXT = "w0 w1 w2 w3 w4 w5 w6 w7 w8 w9"
 
 def decode(examples, windows, logits, **kw):
     start, end = logits.flat()
-    return sm.compute_predictions_logits(examples, pack(windows), start, end, **kw)
+    return decoding.compute_predictions_logits(examples, pack(windows), start, end, **kw)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -192,7 +192,7 @@ def test_cls_with_zero_offsets_is_never_a_span_start_or_end():
     first = windows[0]["first_context"]
     start_idx = np.array([[cls, first + 1]])
     end_idx = np.array([[cls, cls, cls, first + 2]])
-    preds, nbest, _ = sm.compute_predictions_log_probs(
+    preds, nbest, _ = decoding.compute_predictions_log_probs(
         ex, pack(windows), np.array([[-0.1, -0.5]]), start_idx, np.array([[-0.1, -0.2, -0.1, -0.9]]), end_idx,
         np.array([0.0]), n_best_size=5, start_n_top=2, end_n_top=2)
     assert preds["q"] == "w1 w2" and [e["text"] for e in nbest["q"]] == ["w1 w2"]
@@ -265,7 +265,7 @@ def test_no_valid_span_predicts_empty():
     assert preds["q"] == "" and [e["text"] for e in nbest["q"]] == [""]
     assert nbest["q"][0]["probability"] == 1.0
     preds, nbest, odds = decode(ex, windows, logits, n_best_size=1, version_2_with_negative=True)
-    assert preds["q"] == "" and odds["q"] == sm.NO_SPAN_NULL_ODDS
+    assert preds["q"] == "" and odds["q"] == decoding.NO_SPAN_NULL_ODDS
     assert [e["text"] for e in nbest["q"]] == [""]
 
 
@@ -296,9 +296,9 @@ def test_shape_mismatch_is_an_error():
     windows = [window(CONTEXT, range(5), 0)]
     start, end = Logits(windows).flat()
     with pytest.raises(ValueError, match="start_logits: expected 10 rows"):
-        sm.compute_predictions_logits([Example("q", CONTEXT)], pack(windows), start[:-1], end)
+        decoding.compute_predictions_logits([Example("q", CONTEXT)], pack(windows), start[:-1], end)
     with pytest.raises(ValueError, match="example_index"):
-        sm.compute_predictions_logits([], pack(windows), start, end)
+        decoding.compute_predictions_logits([], pack(windows), start, end)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -316,7 +316,7 @@ def test_beam_pairs_start_i_with_ends_i_times_end_n_top_plus_j():
     end_idx = np.array([[first + 0, first + 2, first + 5, first + 9]])
     end_lp = np.array([[-0.1, -0.7, -0.2, -0.3]])
     cls = np.array([3.5])
-    preds, nbest, odds = sm.compute_predictions_log_probs(
+    preds, nbest, odds = decoding.compute_predictions_log_probs(
         [Example("q", CONTEXT)], pack(windows), start_lp, start_idx, end_lp, end_idx, cls,
         n_best_size=5, max_answer_length=4, start_n_top=2, end_n_top=2)
     # w1..w2 -1.2; w5 -1.2 (tie: start rank 0 first); w5..w9 is 5 tokens > 4.
@@ -328,7 +328,7 @@ def test_beam_pairs_start_i_with_ends_i_times_end_n_top_plus_j():
 def test_beam_null_odds_is_min_cls_and_empty_when_nothing_valid():
     windows = [window(CONTEXT, range(0, 6), 0), window(CONTEXT, range(4, 10), 0)]
     idx = np.zeros((2, 1), dtype=np.int64)   # CLS: never a valid span
-    preds, nbest, odds = sm.compute_predictions_log_probs(
+    preds, nbest, odds = decoding.compute_predictions_log_probs(
         [Example("q", CONTEXT)], pack(windows), np.zeros((2, 1)), idx, np.zeros((2, 1)), idx,
         np.array([2.0, -1.5]), start_n_top=1, end_n_top=1)
     assert preds["q"] == "" and odds["q"] == -1.5
@@ -340,10 +340,10 @@ def test_beam_rejects_nan_and_bad_shapes():
     args = [np.zeros((1, 2)), np.full((1, 2), 4), np.zeros((1, 4)), np.full((1, 4), 4), np.array([0.0])]
     args[4] = np.array([np.nan])
     with pytest.raises(ValueError, match="cls_logits: 1 non-finite"):
-        sm.compute_predictions_log_probs([Example("q", CONTEXT)], pack(windows), *args, start_n_top=2, end_n_top=2)
+        decoding.compute_predictions_log_probs([Example("q", CONTEXT)], pack(windows), *args, start_n_top=2, end_n_top=2)
     args[4] = np.array([0.0])
     with pytest.raises(ValueError, match=r"end_top_log_probs: expected shape \[1, 6\], got \[1, 4\]"):
-        sm.compute_predictions_log_probs([Example("q", CONTEXT)], pack(windows), *args, start_n_top=2, end_n_top=3)
+        decoding.compute_predictions_log_probs([Example("q", CONTEXT)], pack(windows), *args, start_n_top=2, end_n_top=3)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -411,7 +411,7 @@ def brute_force_logits(examples, windows, start, end, n_best_size, max_len, v2, 
         if not v2:
             preds[ex.qas_id] = nbest[0][0]
         elif not non_null:
-            preds[ex.qas_id], odds[ex.qas_id] = "", sm.NO_SPAN_NULL_ODDS
+            preds[ex.qas_id], odds[ex.qas_id] = "", decoding.NO_SPAN_NULL_ODDS
         else:
             odds[ex.qas_id] = null[0] - non_null[0][2] - non_null[0][3]
             preds[ex.qas_id] = "" if odds[ex.qas_id] > thresh else non_null[0][1]
@@ -429,7 +429,7 @@ def test_vectorized_equals_brute_force(seed, v2, rounded):
     if rounded:
         start, end = np.round(start), np.round(end)
     for n_best, max_len in [(5, 4), (20, 30), (1, 2)]:
-        got = sm.compute_predictions_logits(examples, pack(windows), start, end, n_best_size=n_best,
+        got = decoding.compute_predictions_logits(examples, pack(windows), start, end, n_best_size=n_best,
                                             max_answer_length=max_len, version_2_with_negative=v2,
                                             null_score_diff_threshold=0.5)
         want = brute_force_logits(examples, windows, start, end, n_best, max_len, v2, 0.5)
@@ -441,7 +441,7 @@ def test_vectorized_equals_brute_force(seed, v2, rounded):
 def brute_force_beam(examples, windows, s_lp, s_idx, e_lp, e_idx, cls, n_best_size, max_len, s_top, e_top):
     preds, all_nbest, odds = {}, {}, {}
     for ex_i, ex in enumerate(examples):
-        prelim, null = [], sm.NO_SPAN_NULL_ODDS
+        prelim, null = [], decoding.NO_SPAN_NULL_ODDS
         for f_i, w in enumerate(windows):
             if w["example_index"] != ex_i:
                 continue
@@ -485,7 +485,7 @@ def test_beam_vectorized_equals_brute_force(seed):
     s_lp = np.round(-rng.exponential(1.0, (n, s_top)), 1)    # ties included
     e_lp = np.round(-rng.exponential(1.0, (n, s_top * e_top)), 1)
     cls = rng.normal(0, 1, n)
-    got = sm.compute_predictions_log_probs(examples, pack(windows), s_lp, s_idx, e_lp, e_idx, cls,
+    got = decoding.compute_predictions_log_probs(examples, pack(windows), s_lp, s_idx, e_lp, e_idx, cls,
                                            n_best_size=4, max_answer_length=6, start_n_top=s_top, end_n_top=e_top)
     want = brute_force_beam(examples, windows, s_lp, s_idx, e_lp, e_idx, cls, 4, 6, s_top, e_top)
     assert dict(got[0]) == want[0]
@@ -502,7 +502,7 @@ def test_write_prediction_files(tmp_path):
     windows = [window(CONTEXT, range(10), 0)]
     logits = Logits(windows).set(0, 2, 3, s=5.0, e=5.0)
     preds, nbest, odds = decode([Example("q", CONTEXT)], windows, logits, version_2_with_negative=True)
-    paths = sm.write_prediction_files(tmp_path / "out", "step100", preds, nbest, odds)
+    paths = decoding.write_prediction_files(tmp_path / "out", "step100", preds, nbest, odds)
     assert {k: p.rsplit("/", 1)[1] for k, p in paths.items()} == {
         "predictions": "predictions_step100.json", "nbest": "nbest_predictions_step100.json",
         "null_odds": "null_odds_step100.json"}
@@ -510,16 +510,16 @@ def test_write_prediction_files(tmp_path):
     assert text == json.dumps(preds, indent=4) + "\n"
     assert json.loads((tmp_path / "out" / "nbest_predictions_step100.json").read_text()) == nbest
     assert json.loads((tmp_path / "out" / "null_odds_step100.json").read_text()) == odds
-    paths = sm.write_prediction_files(tmp_path / "v1", "", preds, nbest, None)
+    paths = decoding.write_prediction_files(tmp_path / "v1", "", preds, nbest, None)
     assert sorted(p.name for p in (tmp_path / "v1").iterdir()) == ["nbest_predictions.json", "predictions.json"]
 
 
 def test_example_without_features_gets_empty_answer(caplog):
     windows = [window(CONTEXT, range(10), 1)]
     logits = Logits(windows).set(0, 2, 3, s=5.0, e=5.0)
-    with caplog.at_level("WARNING", logger="squad_metrics"):
+    with caplog.at_level("WARNING", logger="decoding"):
         preds, nbest, odds = decode([Example("lost", CONTEXT), Example("q", CONTEXT)], windows, logits,
                                     version_2_with_negative=True)
-    assert preds == {"lost": "", "q": "w2 w3"} and odds["lost"] == sm.NO_SPAN_NULL_ODDS
+    assert preds == {"lost": "", "q": "w2 w3"} and odds["lost"] == decoding.NO_SPAN_NULL_ODDS
     assert [e["text"] for e in nbest["lost"]] == [""]
     assert "1 example(s) have no features" in caplog.text

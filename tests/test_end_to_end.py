@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-import checkpoints
+import output_folder
 import run_squad
 from cli_helpers import REPO, common_flags, free_port, question_ids, run_cli, small_v2_file
 
@@ -43,7 +43,7 @@ def test_train_and_eval_write_every_output_with_every_question(trained):
     assert results["12"]["total"] == len(ids) == 888
     assert list(results["12"])[:3] == ["exact", "f1", "total"]
     assert "best_f1_thresh" in results["12"]
-    assert (out / "checkpoint-6" / checkpoints.TRAINER_STATE).is_file()
+    assert (out / "checkpoint-6" / output_folder.TRAINER_STATE).is_file()
     assert (out / "checkpoint-12" / "model.safetensors").is_file()
     assert list((out / "runs").iterdir()), "TensorBoard event files"
     text = (out / "eval_results.txt").read_text().splitlines()

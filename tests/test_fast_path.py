@@ -13,6 +13,7 @@ import torch
 from safetensors.numpy import load_file
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
+import batching
 import qa_model
 import run_squad
 import utils_squad
@@ -20,7 +21,8 @@ from cli_helpers import common_flags, small_v2_file
 
 # The loop's own files. (packing.py's CPU attention reads its segment bounds, which on a CPU are host memory;
 # on a GPU the packed kernels take them as a tensor.)
-PROJECT = {"run_squad.py", "train_log.py", "qa_model.py", "process_group.py", "checkpoints.py"}
+PROJECT = {"run_squad.py", "batching.py", "train_log.py", "qa_model.py", "process_group.py", "checkpoints.py",
+           "output_folder.py"}
 
 
 def flags(squad_dir: Path, tmp_path: Path, steps: int) -> list[str]:
@@ -151,28 +153,6 @@ def test_a_smaller_batch_divides_the_batch(size, smaller):
     assert qa_model.smaller_batch(size) == smaller
 
 
-def test_the_prefetcher_yields_every_build_in_order_and_raises_where_it_failed():
-    def build(job):
-        if job == 5:
-            raise ValueError("bad job 5")
-        return job * job
-
-    fetched = qa_model.Prefetcher(range(5), build)
-    assert list(fetched) == [0, 1, 4, 9, 16]
-    fetched.close()
-    failing = qa_model.Prefetcher(range(10), build)
-    seen = []
-    with pytest.raises(ValueError, match="bad job 5"):
-        for value in failing:
-            seen.append(value)
-    assert seen == [0, 1, 4, 9, 16]
-    failing.close()
-    endless = qa_model.Prefetcher(iter(int, 1), lambda job: job)  # never ends: close() must stop the thread
-    assert next(iter(endless)) == 0
-    endless.close()
-    assert not endless._thread.is_alive()
-
-
 def test_compiled_padded_forward_and_backward_equal_eager(tiny_bert_dir, squad_dir, tmp_path):
     """Under --torch_compile padded widths are rounded to 64 (a handful of shapes); on the same batch the
     compiled model gives the eager logits and gradients."""
@@ -180,8 +160,8 @@ def test_compiled_padded_forward_and_backward_equal_eager(tiny_bert_dir, squad_d
                                                   version_2_with_negative=True, is_training=True)
     features = utils_squad.convert_examples_to_features(
         examples, AutoTokenizer.from_pretrained(tiny_bert_dir), utils_squad.FeatureSettings(192, 64, 64, is_training=True))
-    batching = qa_model.PaddedBatches(8, qa_model.SpanHead(), "bert", pad_to_multiple_of=64)
-    batch = batching.tensors(features, np.arange(8), with_labels=True)
+    padded = batching.PaddedBatches(8, batching.SpanHead(), "bert", pad_to_multiple_of=64)
+    batch = padded.tensors(features, np.arange(8), with_labels=True)
     assert batch["input_ids"].shape[1] % 64 == 0
     eager = AutoModelForQuestionAnswering.from_pretrained(tiny_bert_dir)
     compiled = AutoModelForQuestionAnswering.from_pretrained(tiny_bert_dir)
@@ -189,7 +169,7 @@ def test_compiled_padded_forward_and_backward_equal_eager(tiny_bert_dir, squad_d
     logits = []
     for model in (eager, compiled):
         model.eval()  # no dropout: the two must compute the same thing
-        out = batching.forward(model, batch, training=True)
+        out = padded.forward(model, batch, training=True)
         out.loss.backward()
         logits.append(out.start_logits.detach())
     torch.testing.assert_close(logits[1], logits[0], atol=1e-5, rtol=1e-4)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+import batching
 import checkpoints
-import qa_model
 import run_squad
 from cli_helpers import common_flags, small_squad_file, small_v2_file
 from tiny_models import tiny_model_dir
@@ -71,12 +71,11 @@ def test_epoch_packs_hold_every_feature_once_and_change_with_the_epoch(tiny_bert
                                                   version_2_with_negative=True, is_training=True)
     features = utils_squad.convert_examples_to_features(
         examples, AutoTokenizer.from_pretrained(tiny_bert_dir), utils_squad.FeatureSettings(192, 64, 64, is_training=True))
-    run_squad.import_torch_side()
-    batching = qa_model.PackedBatches(8, qa_model.SpanHead(), "bert", tokens=1024, slots=64, max_seqlen=192)
+    packed = batching.PackedBatches(8, batching.SpanHead(), "bert", tokens=1024, slots=64, max_seqlen=192)
     lengths = features.lengths()
 
     def packs_of(epoch):
-        steps = run_squad.epoch_plan(batching, lengths, seed=7 + epoch, rank=0, world_size=1, accum=1)
+        steps = batching.epoch_plan(packed, lengths, seed=7 + epoch, rank=0, world_size=1, accum=1)
         assert all(len(group) == 1 for group in steps)
         return [group[0] for group in steps]
 

@@ -25,6 +25,7 @@ from transformers import (
     RobertaForQuestionAnswering,
 )
 
+import batching
 import packing
 
 VOCAB = 100
@@ -99,11 +100,11 @@ def packed_model(model):
 
 
 def packed_batches(features, model, tokens_per_pack=64, max_seqlen=40):
-    lengths = packing.lengths_of(features)
-    packs, max_features = packing.plan_packs(lengths, tokens_per_pack, max_seqlen)
+    lengths = np.diff(features.feature_start)
+    packs, max_features = batching.plan_packs(lengths, tokens_per_pack)
     offset = packing.position_offset(model)
     return [
-        packing.make_packed_batch(features, p, tokens_per_pack, max_features, max_seqlen, position_offset=offset)
+        batching.make_packed_batch(features, p, tokens_per_pack, max_features, max_seqlen, position_offset=offset)
         for p in packs
     ]
 
@@ -119,7 +120,7 @@ def test_pack_features_covers_every_feature_once_within_budget(use_order):
     rng = np.random.default_rng(1)
     lengths = rng.integers(1, 385, size=2000)
     order = rng.permutation(len(lengths)) if use_order else None
-    packs = packing.pack_features(lengths, 4096, max_features=24, order=order)
+    packs = batching.pack_features(lengths, 4096, max_features=24, order=order)
     flat = np.concatenate(packs)
     assert sorted(flat.tolist()) == list(range(len(lengths)))
     assert max(int(lengths[p].sum()) for p in packs) <= 4096
@@ -128,25 +129,25 @@ def test_pack_features_covers_every_feature_once_within_budget(use_order):
     # the short features all come last, so that case is only held to 20 %.)
     lower_bound = int(np.ceil(lengths.sum() / 4096))
     assert len(packs) <= lower_bound * (1.02 if use_order else 1.2) + 1
-    uncapped = packing.pack_features(lengths, 4096)
+    uncapped = batching.pack_features(lengths, 4096)
     assert len(uncapped) <= lower_bound * 1.02 + 1
 
 
 def test_pack_features_is_deterministic_first_fit_decreasing():
-    packs = packing.pack_features([5, 9, 3, 7, 4], 12)
+    packs = batching.pack_features([5, 9, 3, 7, 4], 12)
     # FFD: 9 -> bin0, 7 -> bin1, 5 -> bin1 (12), 4 -> bin2, 3 -> bin0 (12).
     assert [p.tolist() for p in packs] == [[1, 2], [0, 3], [4]]
-    assert [p.tolist() for p in packing.pack_features([5, 9, 3, 7, 4], 12)] == [[1, 2], [0, 3], [4]]
+    assert [p.tolist() for p in batching.pack_features([5, 9, 3, 7, 4], 12)] == [[1, 2], [0, 3], [4]]
 
 
 def test_pack_features_rejects_feature_longer_than_budget():
     with pytest.raises(ValueError, match="exceeds tokens_per_pack"):
-        packing.pack_features([10, 50], 40)
+        batching.pack_features([10, 50], 40)
 
 
 def test_make_packed_batch_layout():
     features = make_features([3, 5, 2])
-    batch = packing.make_packed_batch(features, np.array([0, 2]), 16, max_features=3, max_seqlen=6)
+    batch = batching.make_packed_batch(features, np.array([0, 2]), 16, max_features=3, max_seqlen=6)
     assert batch["input_ids"].shape == (1, 16)
     # Features 0 (3 tokens) and 2 (2 tokens); 11 pad tokens in segments of <= 6; 1 empty slot; 3 pad slots.
     assert batch["cu_seqlens"].tolist() == [0, 3, 5, 5, 11, 16, 16]
@@ -164,10 +165,10 @@ def test_unpack_logits_round_trip_and_coverage_check():
     model = tiny_model("bert")
     batches = packed_batches(features, model)
     # Use the input ids as "logits": unpacking must give back the flat features array.
-    restored = packing.unpack_logits([b["input_ids"].float() for b in batches], batches, len(features.input_ids))
+    restored = batching.unpack_logits([b["input_ids"].float() for b in batches], batches, len(features.input_ids))
     np.testing.assert_array_equal(restored, features.input_ids.astype(np.float32))
     with pytest.raises(ValueError, match="never unpacked"):
-        packing.unpack_logits([batches[0]["input_ids"]], batches[:1], len(features.input_ids))
+        batching.unpack_logits([batches[0]["input_ids"]], batches[:1], len(features.input_ids))
 
 
 # ------------------------------------------------------------------------------------------
@@ -185,8 +186,8 @@ def test_packed_logits_equal_per_feature_and_padded_logits(kind):
             s, e = packing.packed_forward(packed, b, kind)
             starts.append(s)
             ends.append(e)
-        flat_start = packing.unpack_logits(starts, batches, len(features.input_ids))
-        flat_end = packing.unpack_logits(ends, batches, len(features.input_ids))
+        flat_start = batching.unpack_logits(starts, batches, len(features.input_ids))
+        flat_end = batching.unpack_logits(ends, batches, len(features.input_ids))
 
         # Reference 1: each feature alone, no padding.
         for i in range(len(features)):
@@ -261,7 +262,7 @@ def test_packed_loss_ignores_empty_slots_and_stays_finite():
     model = tiny_model("bert").train()
     packed = packed_model(model).train()
     # Six slots for two features: four empty, zero-length segments.
-    batch = packing.make_packed_batch(features, np.array([0, 1]), 32, max_features=6, max_seqlen=8)
+    batch = batching.make_packed_batch(features, np.array([0, 1]), 32, max_features=6, max_seqlen=8)
     s, e = packing.packed_forward(packed, batch)
     loss = packing.packed_qa_loss(s, e, batch)
     loss.backward()
@@ -282,7 +283,7 @@ def test_per_segment_and_block_diagonal_attention_agree(window):
     """The CPU's eager path (one SDPA per feature) and the fixed-shape path torch.compile sees are the same
     attention, with and without a local window."""
     torch.manual_seed(0)
-    batch = packing.make_packed_batch(make_features([7, 12, 1, 9]), np.arange(4), 40, max_features=6, max_seqlen=12)
+    batch = batching.make_packed_batch(make_features([7, 12, 1, 9]), np.arange(4), 40, max_features=6, max_seqlen=12)
     q, k, v = (torch.randn(1, 2, 40, 8) for _ in range(3))
     a = packing._per_segment_sdpa(q, k, v, batch["cu_seqlens"], 0.0, None, window)
     b = packing._block_diagonal_sdpa(q, k, v, batch["cu_seqlens"], 0.0, None, window)

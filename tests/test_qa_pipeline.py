@@ -23,10 +23,12 @@ import pytest
 import torch
 from transformers import AutoTokenizer, XLMForQuestionAnswering, XLNetForQuestionAnswering
 
+import batching
+import decoding
 import qa_model
 import qa_pipeline
-import squad_metrics
 import utils_squad
+from cli_helpers import without_torch
 from qa_pipeline import PipelineInputError, QuestionAnsweringPipeline
 from tiny_models import FAMILIES, tiny_config, tiny_model_dir, tiny_tokenizer
 
@@ -214,7 +216,7 @@ def direct_logits(model, tokenizer, question: str, context: str, model_type: str
     pair = (context, question) if context_first else (question, context)
     enc = tokenizer(*pair, return_offsets_mapping=True, return_token_type_ids=True, return_tensors="pt")
     inputs = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
-    if model_type not in qa_model.NO_TOKEN_TYPES:  # the classic script's rule (ALBERT's tokenizer omits them)
+    if model_type not in batching.NO_TOKEN_TYPES:  # the classic script's rule (ALBERT's tokenizer omits them)
         inputs["token_type_ids"] = enc["token_type_ids"]
     sequence = enc.sequence_ids(0)
     is_context = np.array([s == (0 if context_first else 1) for s in sequence])
@@ -295,7 +297,7 @@ def classic_null_odds(qa, pairs) -> tuple[list[float], list[dict]]:
     start = np.zeros(len(windows.features.input_ids), dtype=np.float32)
     end = np.zeros_like(start)
     start[arrays["token"]], end[arrays["token"]] = arrays["start_logits"], arrays["end_logits"]
-    _, _, odds = squad_metrics.compute_predictions_logits(windows.examples, windows.features, start, end, 20, 30,
+    _, _, odds = decoding.compute_predictions_logits(windows.examples, windows.features, start, end, 20, 30,
                                                           version_2_with_negative=True)
     _, nulls = qa._rank(windows, arrays, settings)
     return [odds[ex.qas_id] for ex in windows.examples], [qa_pipeline.null_answer(score) for score in nulls]
@@ -311,7 +313,7 @@ def test_the_threshold_decides_exactly_at_the_null_odds(qa, model_copy):
     spans = qa.answer(pairs, top_k=3, **WINDOWED)
     assert nulls[0] in qa.answer(pairs[:1], top_k=100, handle_impossible_answer=True, **WINDOWED)[0]
     middle = int(np.argsort(odds)[len(odds) // 2])
-    assert odds[middle] < squad_metrics.NO_SPAN_NULL_ODDS
+    assert odds[middle] < decoding.NO_SPAN_NULL_ODDS
     for value in (odds[middle], float(np.nextafter(odds[middle], -np.inf))):
         write_threshold(model_copy, value)
         tuned = QuestionAnsweringPipeline(str(model_copy), device="cpu")
@@ -448,13 +450,14 @@ def test_cli_missing_model_folder_input_file_and_bad_flag(tmp_path):
     assert done.stderr.startswith("error: ") and "--top_k" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_help_and_bad_input_do_not_import_torch():
-    done = run_cli("--help")
-    assert done.returncode == 0 and "--handle_impossible_answer" in done.stdout
-    probe = subprocess.run([sys.executable, "-c", "import sys, qa_pipeline; qa_pipeline.build_parser(); "
-                            "print(sorted({'torch', 'transformers'} & set(sys.modules)))"],
-                           cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert probe.stdout.strip() == "[]", probe.stderr
+def test_help_and_bad_input_do_not_import_torch(tmp_path):
+    env = without_torch(tmp_path / "shadow")
+    done = subprocess.run([sys.executable, "qa_pipeline.py", "--help"], cwd=REPO, capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert done.returncode == 0 and "--handle_impossible_answer" in done.stdout, done.stderr
+    done = subprocess.run([sys.executable, "qa_pipeline.py", str(MODEL)], cwd=REPO, input="[1]\n",
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert (done.returncode, done.stderr) == (2, "error: <stdin>: line 1: expected a JSON object, got array\n")
 
 
 def test_output_line_keeps_extra_keys_and_shapes_answers():

@@ -15,6 +15,7 @@ import torch
 from safetensors.numpy import load_file
 
 import checkpoints
+import output_folder
 import qa_model
 import run_squad
 from cli_helpers import REPO, common_flags, free_port, small_v2_file
@@ -67,7 +68,7 @@ def test_sigterm_checkpoints_and_resumes_to_the_unbroken_result(tiny_bert_dir, s
 
     broken = tmp_path / "broken"
     process = start([*common_flags(tiny_bert_dir, broken), *flags])
-    wait_for(broken / "checkpoint-20" / checkpoints.TRAINER_STATE, process)
+    wait_for(broken / "checkpoint-20" / output_folder.TRAINER_STATE, process)
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=300)
     assert process.returncode == 3, err[-2000:]
@@ -75,7 +76,7 @@ def test_sigterm_checkpoints_and_resumes_to_the_unbroken_result(tiny_bert_dir, s
     assert last.startswith("interrupted: signal 15: stopped at step ")
     stopped = int(last.split("stopped at step ")[1].split(",")[0])
     assert 20 <= stopped < 300
-    assert (broken / f"checkpoint-{stopped}" / checkpoints.TRAINER_STATE).is_file()
+    assert (broken / f"checkpoint-{stopped}" / output_folder.TRAINER_STATE).is_file()
 
     finish(start([*common_flags(tiny_bert_dir, broken), *flags, "--resume_from_checkpoint", "latest"]))
     same_weights(unbroken, broken)
@@ -86,19 +87,19 @@ def test_kill_9_at_any_moment_leaves_loadable_checkpoints(tiny_bert_dir, squad_d
     flags = training_flags(squad_dir, tmp_path, steps=400, save_steps=1)
     out = tmp_path / "out"
     process = start([*common_flags(tiny_bert_dir, out), *flags])
-    wait_for(out / "checkpoint-3" / checkpoints.TRAINER_STATE, process)
+    wait_for(out / "checkpoint-3" / output_folder.TRAINER_STATE, process)
     time.sleep(random.uniform(0.0, 0.5))  # somewhere inside a later save, most likely
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    found = checkpoints.list_checkpoints(out)
+    found = output_folder.list_checkpoints(out)
     assert found, "at least checkpoint-3 survives"
     for checkpoint in found:
         state = checkpoints.load_trainer_state(checkpoint)
-        assert state["position"]["global_step"] == checkpoints.checkpoint_step(checkpoint)
+        assert state["position"]["global_step"] == output_folder.checkpoint_step(checkpoint)
         load_file(checkpoint / "model.safetensors")
     # And the run goes on from the newest one.
     resumed = run_squad.main([*common_flags(tiny_bert_dir, out), *flags[:-4], "--max_steps",
-                              str(checkpoints.checkpoint_step(found[-1]) + 2), "--save_steps", "0",
+                              str(output_folder.checkpoint_step(found[-1]) + 2), "--save_steps", "0",
                               "--resume_from_checkpoint", "latest"])
     assert resumed == 0
     assert not list(out.glob("*.tmp")), "half-written checkpoints are cleaned up"
@@ -191,7 +192,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(tiny_bert_dir, squad_d
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == (f"error: could not write checkpoint {out / 'checkpoint-4'} (No space left on device); "
                    f"last good checkpoint: {out / 'checkpoint-2'}")
-    assert [p.name for p in checkpoints.list_checkpoints(out)] == ["checkpoint-2"]
+    assert [p.name for p in output_folder.list_checkpoints(out)] == ["checkpoint-2"]
     assert not list(out.glob("*.tmp"))
     checkpoints.load_trainer_state(out / "checkpoint-2")
 
@@ -200,11 +201,11 @@ def test_save_total_limit_keeps_the_newest_and_the_resumed_one(tiny_bert_dir, sq
     out = tmp_path / "out"
     flags = training_flags(squad_dir, tmp_path, steps=6, save_steps=1)
     assert run_squad.main([*common_flags(tiny_bert_dir, out), *flags, "--save_total_limit", "2"]) == 0
-    assert [p.name for p in checkpoints.list_checkpoints(out)] == ["checkpoint-5", "checkpoint-6"]
+    assert [p.name for p in output_folder.list_checkpoints(out)] == ["checkpoint-5", "checkpoint-6"]
     more = [*flags[:-4], "--max_steps", "9", "--save_steps", "1", "--save_total_limit", "1",
             "--resume_from_checkpoint", str(out / "checkpoint-5")]
     assert run_squad.main([*common_flags(tiny_bert_dir, out), *more]) == 0
-    assert [p.name for p in checkpoints.list_checkpoints(out)] == ["checkpoint-5", "checkpoint-9"]
+    assert [p.name for p in output_folder.list_checkpoints(out)] == ["checkpoint-5", "checkpoint-9"]
 
 
 def test_torchrun_restarts_a_lost_worker_and_finishes_like_an_unbroken_run(tiny_bert_dir, squad_dir, tmp_path):
@@ -213,7 +214,7 @@ def test_torchrun_restarts_a_lost_worker_and_finishes_like_an_unbroken_run(tiny_
     finish(start([*common_flags(tiny_bert_dir, unbroken), *flags], torchrun=2))
 
     process = start([*common_flags(tiny_bert_dir, broken), *flags], torchrun=2)
-    wait_for(broken / "checkpoint-20" / checkpoints.TRAINER_STATE, process)
+    wait_for(broken / "checkpoint-20" / output_folder.TRAINER_STATE, process)
     workers = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
     assert len(workers) == 2, workers
     os.kill(int(workers[1]), signal.SIGKILL)
@@ -243,7 +244,7 @@ def test_a_real_write_failure_stops_cleanly_with_one_line(tiny_bert_dir, squad_d
     assert last == (f"error: could not write checkpoint {out / 'checkpoint-2'} (File too large); "
                     "last good checkpoint: none")
     assert "Traceback" not in done.stderr
-    assert not list(out.glob("*.tmp")) and not checkpoints.list_checkpoints(out)
+    assert not list(out.glob("*.tmp")) and not output_folder.list_checkpoints(out)
 
 
 def test_a_fresh_run_replaces_an_earlier_runs_checkpoint_of_the_same_step(tiny_bert_dir, squad_dir, tmp_path):
@@ -265,12 +266,12 @@ def test_a_checkpoint_holding_code_is_refused(tiny_bert_dir, squad_dir, tmp_path
     flags = training_flags(squad_dir, tmp_path, steps=2, save_steps=2)
     assert run_squad.main([*common_flags(tiny_bert_dir, out), *flags]) == 0
     marker = tmp_path / "code-ran"
-    torch.save({"position": Exploit(str(marker))}, out / "checkpoint-2" / checkpoints.TRAINER_STATE)
+    torch.save({"position": Exploit(str(marker))}, out / "checkpoint-2" / output_folder.TRAINER_STATE)
     code = run_squad.main([*common_flags(tiny_bert_dir, out), *flags[:-4], "--max_steps", "4", "--save_steps", "0",
                            "--resume_from_checkpoint", str(out / "checkpoint-2")])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2
-    assert err.startswith(f"error: {out / 'checkpoint-2' / checkpoints.TRAINER_STATE}: refused to load")
+    assert err.startswith(f"error: {out / 'checkpoint-2' / output_folder.TRAINER_STATE}: refused to load")
     assert not marker.exists()
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-import run_squad
+import cli
 
 SCRIPT_DIR = Path(__file__).resolve().parents[1] / "scripts"
 # The seed configurations; the others: the demo, the two set-up commands' test runner, the data download,
@@ -35,21 +35,21 @@ def test_there_is_a_script_per_seed_configuration():
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_seed_script_flags_parse(script):
-    args = run_squad.parse_args(command_of(script))
+    args = cli.parse_args(command_of(script))
     assert args.do_train and args.do_eval
     assert args.train_file.startswith("/data/") and args.predict_file.startswith("/data/")
     assert args.version_2_with_negative == ("squad2" in script.name)
 
 
 def test_roberta_recipe_flags():
-    args = run_squad.parse_args(command_of(next(p for p in SCRIPTS if p.name == "roberta_large_squad2.sh")))
+    args = cli.parse_args(command_of(next(p for p in SCRIPTS if p.name == "roberta_large_squad2.sh")))
     assert (args.layerwise_lr_decay, args.lr_scheduler_type, args.adam_beta2, args.adam_epsilon) == (
         0.75, "polynomial", 0.98, 1e-6)
     assert args.context_first and args.warmup_ratio == 0.06
 
 
 def test_the_sweep_script_runs_each_grid_point_and_tables_them():
-    args = run_squad.parse_args(command_of(SCRIPT_DIR / "sweep_squad2.sh"))
+    args = cli.parse_args(command_of(SCRIPT_DIR / "sweep_squad2.sh"))
     assert args.do_train and args.do_eval and args.version_2_with_negative
     assert (args.per_gpu_train_batch_size, args.learning_rate, args.layerwise_lr_decay) == (16, 3e-5, 0.9)
     assert args.train_file == "/data/train-v2.0.json" and args.output_dir == "/out/run"

@@ -9,6 +9,8 @@ from collections import OrderedDict
 import pytest
 
 import checkpoints
+import decoding
+import output_folder
 import run_squad
 import squad_metrics as sm
 from cli_helpers import common_flags, small_v2_file
@@ -31,7 +33,7 @@ def official_best(gold, preds, odds):
 @pytest.mark.parametrize("seed", range(5))
 def test_the_sweep_over_spans_equals_the_official_sweep_of_a_file_written_without_threshold(seed):
     gold, spans, odds = random_case(seed)
-    ours = sm.squad_evaluate(gold, sm.apply_null_threshold(spans, odds, 0.0), na_probs=odds, na_prob_thresh=0.0,
+    ours = sm.squad_evaluate(gold, decoding.apply_null_threshold(spans, odds, 0.0), na_probs=odds, na_prob_thresh=0.0,
                              sweep_preds=spans)
     best_f1, f1_t, best_exact, exact_t = official_best(gold, spans, odds)
     # The same scores; the sums run in data order (as those of exact/f1) rather than in the sweep's order, so
@@ -51,7 +53,7 @@ def test_the_reported_threshold_reproduces_the_best_scores_exactly(seed, ties):
     swept = sm.squad_evaluate(gold, spans, na_probs=odds, na_prob_thresh=0.0, sweep_preds=spans)
     for key in ("f1", "exact"):
         t = swept[f"best_{key}_thresh"]
-        again = sm.squad_evaluate(gold, sm.apply_null_threshold(spans, odds, t), na_probs=odds, na_prob_thresh=t)
+        again = sm.squad_evaluate(gold, decoding.apply_null_threshold(spans, odds, t), na_probs=odds, na_prob_thresh=t)
         assert again[key] == swept[f"best_{key}"], (key, t)
 
 
@@ -61,7 +63,7 @@ def test_spans_blanked_by_the_decoding_threshold_are_still_swept():
     gold = OrderedDict([("a", ["x"]), ("b", [])])
     spans = OrderedDict([("a", "x"), ("b", "y")])
     odds = {"a": 1.0, "b": 2.0}
-    written = sm.apply_null_threshold(spans, odds, 0.0)
+    written = decoding.apply_null_threshold(spans, odds, 0.0)
     assert written == OrderedDict([("a", ""), ("b", "")])
     old = sm.squad_evaluate(gold, written, na_probs=odds, na_prob_thresh=0.0)
     assert (old["f1"], old["best_f1"], old["best_f1_thresh"]) == (50.0, 50.0, 0.0)
@@ -79,7 +81,7 @@ def test_ties_straddling_the_optimum_no_longer_give_an_unreachable_score():
     assert (official["best_f1"], official["best_f1_thresh"]) == (100.0, 0.5)  # a answered, b not: unreachable
     ours = sm.squad_evaluate(gold, spans, na_probs=odds, sweep_preds=spans)
     assert (ours["best_f1"], ours["best_f1_thresh"]) == (50.0, -0.5)
-    at = sm.squad_evaluate(gold, sm.apply_null_threshold(spans, odds, -0.5), na_probs=odds, na_prob_thresh=-0.5)
+    at = sm.squad_evaluate(gold, decoding.apply_null_threshold(spans, odds, -0.5), na_probs=odds, na_prob_thresh=-0.5)
     assert at["f1"] == 50.0
 
 
@@ -91,15 +93,15 @@ def test_when_no_answer_everywhere_wins_the_threshold_lies_below_every_null_odds
     assert official["best_f1_thresh"] == 0.0  # passed back, 0.0 answers a (wrongly)
     ours = sm.squad_evaluate(gold, spans, na_probs=odds, sweep_preds=spans)
     assert ours["best_f1_thresh"] == -3.0 and ours["best_f1"] == pytest.approx(200 / 3)
-    at = sm.squad_evaluate(gold, sm.apply_null_threshold(spans, odds, -3.0), na_probs=odds, na_prob_thresh=-3.0)
+    at = sm.squad_evaluate(gold, decoding.apply_null_threshold(spans, odds, -3.0), na_probs=odds, na_prob_thresh=-3.0)
     assert at["f1"] == ours["best_f1"]
 
 
 def test_apply_null_threshold_is_what_the_decoder_writes():
     spans = OrderedDict([("a", "x"), ("b", "y"), ("c", "")])
-    odds = {"a": 0.1, "b": -1.0, "c": sm.NO_SPAN_NULL_ODDS}
-    assert sm.apply_null_threshold(spans, odds, 0.0) == OrderedDict([("a", ""), ("b", "y"), ("c", "")])
-    assert sm.apply_null_threshold(spans, odds, 0.1) == OrderedDict([("a", "x"), ("b", "y"), ("c", "")])
+    odds = {"a": 0.1, "b": -1.0, "c": decoding.NO_SPAN_NULL_ODDS}
+    assert decoding.apply_null_threshold(spans, odds, 0.0) == OrderedDict([("a", ""), ("b", "y"), ("c", "")])
+    assert decoding.apply_null_threshold(spans, odds, 0.1) == OrderedDict([("a", "x"), ("b", "y"), ("c", "")])
 
 
 @pytest.mark.slow
@@ -124,11 +126,11 @@ def test_evaluation_sweeps_spans_writes_the_threshold_and_reproduces_it(tiny_ber
     assert run_squad.main([*common_flags(out, spans_file), "--do_eval", "--predict_file", str(dev),
                            "--null_score_diff_threshold", "1e9"]) == 0
     spans = json.loads((spans_file / "predictions_8.json").read_text())
-    assert all(spans[q] or odds[q] == sm.NO_SPAN_NULL_ODDS for q in spans)  # every question's best span
+    assert all(spans[q] or odds[q] == decoding.NO_SPAN_NULL_ODDS for q in spans)  # every question's best span
     official = sm.squad_evaluate(gold, spans, na_probs=odds)
     assert results["best_f1"] == pytest.approx(official["best_f1"], rel=1e-12)
     assert results["best_exact"] == pytest.approx(official["best_exact"], rel=1e-12)
-    saved = json.loads((out / checkpoints.THRESHOLD_FILE).read_text())
+    saved = json.loads((out / output_folder.THRESHOLD_FILE).read_text())
     assert saved["null_score_diff_threshold"] == results["best_f1_thresh"] and saved["step"] == "8"
     assert (saved["n_best_size"], saved["max_answer_length"]) == (20, 30)  # what the null odds were decoded with
     again = tmp_path / "again"
@@ -141,16 +143,16 @@ def test_evaluation_sweeps_spans_writes_the_threshold_and_reproduces_it(tiny_ber
 def test_a_threshold_tuned_for_a_replaced_model_is_removed_with_it(tiny_bert_dir, squad_dir, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    (out / checkpoints.THRESHOLD_FILE).write_text(json.dumps({"null_score_diff_threshold": 9.0}))
+    (out / output_folder.THRESHOLD_FILE).write_text(json.dumps({"null_score_diff_threshold": 9.0}))
     train = small_v2_file(squad_dir, tmp_path / "train.json", questions=40)
     assert run_squad.main([*common_flags(tiny_bert_dir, out), "--do_train", "--train_file", str(train),
                            "--max_steps", "2", "--save_steps", "0", "--overwrite_output_dir"]) == 0
-    assert (out / "model.safetensors").is_file() and not (out / checkpoints.THRESHOLD_FILE).exists()
+    assert (out / "model.safetensors").is_file() and not (out / output_folder.THRESHOLD_FILE).exists()
 
 
 def test_a_failed_final_save_keeps_the_old_models_threshold(tmp_path, monkeypatch):
     kept = json.dumps({"null_score_diff_threshold": 9.0})
-    (tmp_path / checkpoints.THRESHOLD_FILE).write_text(kept)
+    (tmp_path / output_folder.THRESHOLD_FILE).write_text(kept)
 
     def full_disk(folder, *args):
         (folder / "model.safetensors").write_bytes(b"half")
@@ -159,8 +161,8 @@ def test_a_failed_final_save_keeps_the_old_models_threshold(tmp_path, monkeypatc
     monkeypatch.setattr(checkpoints, "write_model_folder", full_disk)
     with pytest.raises(checkpoints.CheckpointWriteError, match="No space left"):
         checkpoints.save_final_model(tmp_path, None, None, {}, 5)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [checkpoints.THRESHOLD_FILE]  # no temporaries left
-    assert (tmp_path / checkpoints.THRESHOLD_FILE).read_text() == kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == [output_folder.THRESHOLD_FILE]  # no temporaries left
+    assert (tmp_path / output_folder.THRESHOLD_FILE).read_text() == kept
 
 
 def test_a_pretrained_model_folder_is_input_and_never_gets_a_threshold(tiny_bert_dir, squad_dir, tmp_path):

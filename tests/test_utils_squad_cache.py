@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import atomic_io
-import qa_model
+import batching
 import utils_squad as us
 from tiny_models import tiny_tokenizer
 from utils_squad import FeatureSettings
@@ -158,74 +158,6 @@ def test_threads_give_identical_features(data, monkeypatch):
                 us.convert_examples_to_features(examples, tok, SETTINGS, threads=2))
 
 
-# ---------- batching ----------
-def test_length_grouped_batches_deterministic_complete_and_grouped():
-    rng = np.random.default_rng(0)
-    lengths = rng.integers(10, 400, size=1000)
-    a = us.length_grouped_batches(lengths, 8, shuffle=True, seed=3)
-    b = us.length_grouped_batches(lengths, 8, shuffle=True, seed=3)
-    c = us.length_grouped_batches(lengths, 8, shuffle=True, seed=4)
-    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
-    assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=False))
-    assert sorted(np.concatenate(a).tolist()) == list(range(1000))
-    padded = sum(len(x) * lengths[x].max() for x in a)
-    random_padded = sum(len(x) * lengths[x].max() for x in np.array_split(rng.permutation(1000), 125))
-    assert padded < 0.75 * random_padded  # grouping removes most padding
-    assert len(us.length_grouped_batches(lengths[:1001 - 5], 8, True, 0, drop_last=True)) == 124
-    evaluation = us.length_grouped_batches(lengths, 8, shuffle=False, seed=0)
-    order = np.concatenate(evaluation)
-    assert sorted(order.tolist()) == list(range(1000)) and (np.diff(lengths[order]) <= 0).all()
-
-
-def test_length_grouping_off_gives_the_classic_random_batches():
-    """--length_grouping off: the seeded permutation cut into consecutive batches (their order shuffled)."""
-    lengths = np.random.default_rng(1).integers(10, 400, size=203)
-    plan = qa_model.PaddedBatches(8, qa_model.SpanHead(), "bert", grouped=False).plan(lengths, seed=5)
-    perm = np.random.default_rng(5).permutation(203)
-    expected = {frozenset(perm[i:i + 8].tolist()) for i in range(0, 203, 8)}
-    assert [len(b) for b in plan].count(8) == 25 and {frozenset(b.tolist()) for b in plan} == expected
-    grouped = qa_model.PaddedBatches(8, qa_model.SpanHead(), "bert").plan(lengths, seed=5)
-    assert {frozenset(b.tolist()) for b in grouped} != expected  # the default groups by length
-
-
-def small_features(family):
-    examples = [us.SquadExample("a", "Who?", "The Normans gave their name to Normandy.",
-                                [{"text": "Normandy", "answer_start": 31}], False),
-                us.SquadExample("b", "Who gave their name to the region?", "The Normans.", [], True)]
-    # two examples of different lengths
-    return us.convert_examples_to_features(examples, tiny_tokenizer(family), FeatureSettings(64, 16, 16, is_training=True))
-
-
-@pytest.mark.parametrize("family", ["bert", "xlnet"])
-def test_collate_pads_on_the_tokenizer_side(family):
-    feats = small_features(family)
-    lengths = feats.lengths()
-    batch = us.collate(feats, [0, 1], with_labels=True, pad_to_multiple_of=8)
-    width = int(-(-lengths.max() // 8) * 8)
-    assert batch["input_ids"].shape == (2, width)
-    left = family == "xlnet"
-    for row in range(2):
-        ids = feats.input_ids[feats.token_slice(row)].tolist()
-        pad = width - lengths[row]
-        got = batch["input_ids"][row].tolist()
-        if left:
-            assert got == [feats.pad_token_id] * pad + ids
-            assert batch["left_pad"][row] == pad
-        else:
-            assert got == ids + [feats.pad_token_id] * pad
-            assert batch["left_pad"][row] == 0
-        shift = int(batch["left_pad"][row])
-        assert batch["attention_mask"][row].sum() == lengths[row]
-        assert batch["input_ids"][row, batch["cls_index"][row]] == tiny_tokenizer(family).cls_token_id
-        assert batch["start_positions"][row] == feats.start_positions[row] + shift
-        assert batch["end_positions"][row] == feats.end_positions[row] + shift
-        pm = batch["p_mask"][row].tolist()
-        assert pm[shift:shift + lengths[row]] == feats.p_mask[feats.token_slice(row)].tolist()
-        assert all(v == 1 for i, v in enumerate(pm) if not shift <= i < shift + lengths[row])
-    assert batch["is_impossible"].tolist() == [0.0, 1.0]
-    assert "start_positions" not in us.collate(feats, [1], with_labels=False)
-
-
 # ---------- special token ids baked into features ----------
 @pytest.mark.parametrize("attribute,token", [("pad_token", "[MASK]"), ("cls_token", "[UNK]"), ("sep_token", "[MASK]")])
 def test_special_token_change_rebuilds(tmp_path, data, builds, attribute, token):
@@ -248,7 +180,7 @@ def test_pad_token_change_reaches_collate(tmp_path, data):
     us.load_or_build_features(path, examples, tok, SETTINGS, tmp_path)
     tok.pad_token = "[MASK]"
     feats = us.load_or_build_features(path, examples, tok, SETTINGS, tmp_path)
-    batch = us.collate(feats, [0, len(feats) - 1], with_labels=False, pad_to_multiple_of=64)
+    batch = batching.collate(feats, [0, len(feats) - 1], with_labels=False, pad_to_multiple_of=64)
     assert batch["input_ids"][0, -1] == tok.convert_tokens_to_ids("[MASK]")
 
 

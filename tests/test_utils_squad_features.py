@@ -8,6 +8,7 @@ import string
 import numpy as np
 import pytest
 
+import batching
 import utils_squad as us
 from tiny_models import FAMILIES, tiny_tokenizer
 from utils_squad import FeatureSettings, SquadExample
@@ -292,7 +293,7 @@ def test_xlnet_context_first_literal_and_left_padded_batch():
     short = us.convert_examples_to_features([example("s", "Normans.", "Normans")], tok,
                                             FeatureSettings(16, 3, 4, context_first=True, is_training=True))
     both = us.concat_features([f.select([0]), short])
-    batch = us.collate(both, [0, 1], with_labels=True, pad_to_multiple_of=8)
+    batch = batching.collate(both, [0, 1], with_labels=True, pad_to_multiple_of=8)
     pad = int(batch["left_pad"][1])
     assert pad == 16 - len(short.input_ids) and batch["left_pad"][0] == 0
     tokens = tok.convert_ids_to_tokens(batch["input_ids"][1].tolist())

@@ -2,6 +2,7 @@
 
 import pytest
 
+import batching
 import utils_squad as us
 from tiny_models import FAMILIES, tiny_model_dir
 
@@ -20,7 +21,7 @@ def test_tiny_model_loads_and_runs_on_collated_features(family, tmp_path_factory
                 us.SquadExample("b", "Where?", context, [], True)]
     feats = us.convert_examples_to_features(examples, tokenizer, us.FeatureSettings(32, 8, 8, is_training=True))
     assert feats.padding_side == ("left" if family == "xlnet" else "right")
-    batch = {k: torch.from_numpy(v) for k, v in us.collate(feats, list(range(len(feats))), with_labels=True).items()}
+    batch = {k: torch.from_numpy(v) for k, v in batching.collate(feats, list(range(len(feats))), with_labels=True).items()}
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "start_positions", "end_positions")}
     if "token_type_ids" in tokenizer.model_input_names:
         inputs["token_type_ids"] = batch["token_type_ids"]
