@@ -193,7 +193,7 @@ def add_optimization_flags(g) -> None:
 
 def add_speed_flags(g) -> None:
     g.add_argument("--length_grouping", default="on", choices=["on", "off"], help="Padded training batches of similar lengths (on: little padding, as HF's --group_by_length; off: random batches, as the classic script).")
-    g.add_argument("--packing", action="store_true", help="Pack several features into fixed-size token streams: no compute on padding (BERT, RoBERTa, ELECTRA, ModernBERT).")
+    g.add_argument("--packing", action="store_true", help="Pack several features into fixed-size token streams: no compute on padding (BERT incl. relative positions, RoBERTa, XLM-RoBERTa, ELECTRA, ALBERT, DistilBERT, ModernBERT).")
     g.add_argument("--pack_tokens", type=int, default=0, help="With --packing: tokens per pack (default: the batch size times the mean feature length, rounded up to 64).")
     g.add_argument("--packed_attention_dropout", default="on", choices=["on", "off"], help="With --packing: attention dropout while training (off: the faster kernel without dropout).")
     g.add_argument("--torch_compile", action="store_true", help="torch.compile the model for training and evaluation (padded widths rounded to 64).")

@@ -5,20 +5,28 @@ several whole features; the model can only run on it if attention stays inside e
 each feature's own. That is a change to how the model computes, not to the data, so it lives apart from the
 batches: this module swaps the attention of a loaded model and computes the loss; batching.PackedBatches uses it.
 
-How the attention is swapped: transformers 5 models of the BERT family (BERT incl. MiniLM, RoBERTa,
-ELECTRA, ModernBERT) look up their attention function by name in `AttentionInterface`, and pass any extra
-forward kwargs (here `cu_seq_lens_q`/`cu_seq_lens_k`/`max_length_q`/`max_length_k`, the same names
-the flash-attention integration uses) down to it. `enable_packed_attention` registers two functions
-("packed_varlen" and "packed_varlen_nodrop") and switches the model to one of them. The names are
-also registered in `AttentionMaskInterface` with the sdpa mask builder, so a normal padded call
-(no cu_seq_lens, a 2D attention mask) still gets a correct mask and falls back to plain SDPA.
+Families: BERT (incl. MiniLM), RoBERTa, XLM-RoBERTa, ELECTRA, ALBERT, DistilBERT, ModernBERT
+(transformers' own classes), and the project's relative-position BERT (modeling_relative.py,
+relative_key and relative_key_query).
+
+How the attention is swapped: transformers 5 models of these families look up their attention
+function by name in `AttentionInterface`, and pass any extra forward kwargs (here
+`cu_seq_lens_q`/`cu_seq_lens_k`/`max_length_q`/`max_length_k`, the same names the flash-attention
+integration uses) down to it. `enable_packed_attention` registers two functions ("packed_varlen" and
+"packed_varlen_nodrop") and switches the model to one of them. The names are also registered in
+`AttentionMaskInterface` with the sdpa mask builder, so a normal padded call (no cu_seq_lens, a 2D
+attention mask) still gets a correct mask and falls back to plain SDPA. The relative-position BERT
+computes its attention itself (a learned distance term no fused kernel takes): it reads the same
+kwargs and the same names (see `packed_call`, `segment_positions`, `use_block_diagonal`).
 
 Kernels: on CUDA with fp16/bf16 tensors, flash attention's variable-length kernel
 (`torch.nn.attention.varlen.varlen_attn` when there is no dropout; `aten._flash_attention_forward`,
-the same kernel with dropout and autograd, when attention dropout is on). On the CPU in eager mode one
-exact SDPA per feature; under torch.compile (or on CUDA in fp32) one SDPA over the whole stream with a
-block-diagonal mask (fixed shape, quadratic in the pack size). `varlen_attn` hard-codes dropout to 0,
-hence the choice `attention_dropout` in `enable_packed_attention` (the CLI's `--packed_attention_dropout`).
+the same kernel with dropout and autograd, when attention dropout is on). Anywhere else an exact
+SDPA: one per feature in eager CPU code, one with a block-diagonal mask over the whole stream on a
+GPU (fp32) and under torch.compile (fixed shape; quadratic in the pack size). `varlen_attn`
+hard-codes dropout to 0, hence the choice `attention_dropout` in `enable_packed_attention` (the CLI
+exposes it as `--packed_attention_dropout`). The relative-position BERT never takes the varlen kernel
+(it cannot add the distance term): per feature on a CPU, block-diagonal (quadratic) everywhere else.
 
 Fixed shapes (for torch.compile and CUDA graphs): every pack has exactly `tokens_per_pack` tokens and
 `max_features` feature slots (batching.make_packed_batch). Unused tokens form dummy segments, so every token
@@ -40,11 +48,11 @@ except ImportError:  # torch without the public wrapper: _varlen_attn calls the 
 
 PACKED_ATTENTION = "packed_varlen"
 PACKED_ATTENTION_NO_DROPOUT = "packed_varlen_nodrop"
-SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "modernbert")
+SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "albert", "distilbert", "modernbert")
 # Model types whose position ids start after the padding index (fairseq convention).
 _OFFSET_POSITION_MODEL_TYPES = ("roberta", "xlm-roberta")
 # Model types without token type embeddings (their forward takes no token_type_ids).
-_NO_TOKEN_TYPE_MODEL_TYPES = ("modernbert",)
+_NO_TOKEN_TYPE_MODEL_TYPES = ("modernbert", "distilbert")
 
 # Keys of a packed batch that are model inputs (the rest is bookkeeping for the loss and unpacking).
 MODEL_INPUT_KEYS = ("input_ids", "token_type_ids", "position_ids")
@@ -120,6 +128,32 @@ def _segment_of(cu_seqlens, total: int, device):
     return positions, torch.searchsorted(cu_seqlens[1:].to(positions.dtype), positions, right=True)
 
 
+def segment_positions(cu_seqlens, total: int):
+    """(segment, position inside its segment) of each of the stream's `total` tokens, both [total], on
+    cu_seqlens' device without a host sync. Positions restart at 0 per segment (pad segments included),
+    as the batch's position ids do before `position_offset`: what a distance-based attention needs."""
+    stream, segment = _segment_of(cu_seqlens, total, cu_seqlens.device)
+    return segment, stream - cu_seqlens.to(stream.dtype)[segment]
+
+
+def packed_call(kwargs: dict) -> bool:
+    """Whether an attention call is part of a packed forward (model_kwargs passes cu_seqlens down)."""
+    return kwargs.get("cu_seq_lens_q") is not None
+
+
+def packed_dropout_enabled(config) -> bool:
+    """Whether packed attention applies attention dropout in training (False after
+    enable_packed_attention(attention_dropout=False))."""
+    return config._attn_implementation != PACKED_ATTENTION_NO_DROPOUT
+
+
+def use_block_diagonal(query) -> bool:
+    """The exact path when the varlen kernel cannot be used: one fixed-shape block-diagonal attention on a
+    GPU (no host sync, CUDA-graph safe) and under torch.compile (one traced shape); one attention per
+    feature in eager CPU code (cheaper: no work across features)."""
+    return query.is_cuda or torch.compiler.is_compiling()
+
+
 def _block_diagonal_sdpa(query, key, value, cu_seqlens, dropout: float, scaling, window: int | None):
     """Exact reference path: SDPA over the whole stream with a mask keeping each segment to itself (and,
     for a local-attention layer, to tokens at most `window` positions away). One fixed-shape call: what
@@ -191,7 +225,7 @@ def _make_attention(apply_dropout: bool):
         module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs
     ):
         cu_seqlens = kwargs.get("cu_seq_lens_q")
-        if cu_seqlens is None:
+        if not packed_call(kwargs):
             # A normal padded call (evaluation with the usual collate): plain SDPA with its mask.
             return sdpa_attention_forward(
                 module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
@@ -202,7 +236,7 @@ def _make_attention(apply_dropout: bool):
         window = _local_window(kwargs)
         if _flash_varlen_usable(query):
             out = _flash_varlen(query, key, value, cu_seqlens, int(kwargs["max_length_q"]), dropout, scaling, window)
-        elif query.is_cuda or torch.compiler.is_compiling():
+        elif use_block_diagonal(query):
             out = _block_diagonal_sdpa(query, key, value, cu_seqlens, dropout, scaling, window)
         else:
             out = _per_segment_sdpa(query, key, value, cu_seqlens, dropout, scaling, window)
@@ -219,16 +253,26 @@ def register_packed_attention() -> None:
 
 
 def supports_packing(model) -> bool:
-    """True for transformers' own BERT / RoBERTa / ELECTRA encoders that dispatch through AttentionInterface."""
+    """True for transformers' own encoders of SUPPORTED_MODEL_TYPES that dispatch through AttentionInterface,
+    and for models whose class declares `supports_packed_attention` (the project's relative-position BERT:
+    its attention reads the packed kwargs itself)."""
     config = getattr(model, "config", None)
     if config is None or getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
         return False
     if getattr(config, "is_decoder", False) or getattr(config, "add_cross_attention", False):
         return False
+    if getattr(type(model), "supports_packed_attention", False):
+        return True
     if not type(model).__module__.startswith("transformers.models."):
-        return False  # e.g. the project's relative-position BERT: positions are not per feature there
+        return False  # another project model: nothing says its attention reads cu_seqlens
+    if _relative_positions(config):
+        return False  # transformers 5 BERT with a relative config: absolute positions, distance tables dropped
     can_set = getattr(type(model), "_can_set_attn_implementation", None)
     return bool(can_set()) if callable(can_set) else True
+
+
+def _relative_positions(config) -> bool:
+    return (getattr(config, "position_embedding_type", None) or "absolute") != "absolute"
 
 
 def position_offset(model_or_config) -> int:

@@ -162,14 +162,19 @@ class PackingUnsupported(ValueError):
 
 
 def check_packing(config, model=None) -> None:
-    """Said before any feature is built (from the config), and checked again on the loaded model."""
+    """Said before any feature is built (from the config), and checked again on the loaded model.
+
+    Relative-position configs are packable for BERT only, through modeling_relative's model (its attention
+    takes distances inside each feature); load_question_answering_model builds that model for them."""
+    relative = modeling_relative.is_relative_position_config(config)
     supported = (config.model_type in packing.SUPPORTED_MODEL_TYPES
-                 and not modeling_relative.is_relative_position_config(config)
+                 and (not relative or config.model_type in modeling_relative.SUPPORTED_MODEL_TYPES)
                  and (model is None or packing.supports_packing(model)))
     if not supported:
+        kind = f" ({modeling_relative.position_embedding_type(config)})" if relative else ""
         raise PackingUnsupported(
-            f"--packing supports {', '.join(packing.SUPPORTED_MODEL_TYPES)} (BERT-likes with absolute position "
-            f"embeddings), not {config.model_type} ({modeling_relative.position_embedding_type(config)}): drop --packing")
+            f"--packing supports {', '.join(packing.SUPPORTED_MODEL_TYPES)} (bert also with relative_key or "
+            f"relative_key_query positions), not {config.model_type}{kind}: drop --packing")
 
 
 def enable_packing(model, attention_dropout: bool) -> None:

@@ -21,12 +21,37 @@ def v1_flags(model: Path, out: Path) -> list[str]:
             "--doc_stride", "64", "--per_gpu_eval_batch_size", "16"]
 
 
-def test_packed_evaluation_answers_like_padded_evaluation(tiny_bert_dir, squad_dir, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_relative_dir(tmp_path_factory, tiny_bert_dir) -> Path:
+    """tiny_bert_dir's shape and tokenizer as modeling_relative's relative_key_query BERT (random weights)."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig
+
+    import modeling_relative
+
+    folder = tmp_path_factory.mktemp("tiny-relative")
+    config = BertConfig.from_pretrained(tiny_bert_dir)
+    config.position_embedding_type = "relative_key_query"
+    torch.manual_seed(0)
+    model = modeling_relative.question_answering_model_from_config(config)
+    with torch.no_grad():  # 4.x's init (std 0.02) leaves the distance terms too small to matter
+        for layer in model.bert.encoder.layer:
+            layer.attention.self.distance_embedding.weight.normal_(0.0, 0.5)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("family", ["bert", "albert", "distilbert", "relative_key_query"])
+def test_packed_evaluation_answers_like_padded_evaluation(family, request, tmp_path_factory, squad_dir, tmp_path):
     """Random weights give arbitrary but deterministic logits: a sensitive comparison of the two paths."""
+    model = {"bert": lambda: request.getfixturevalue("tiny_bert_dir"),
+             "relative_key_query": lambda: request.getfixturevalue("tiny_relative_dir")}.get(
+        family, lambda: tiny_model_dir(family, tmp_path_factory))()
     # v1.1: every question has an answer, so every prediction is a span.
     dev = small_squad_file(squad_dir / "dev-v1.1.json", tmp_path / "dev.json", questions=60)
     for name, extra in (("padded", []), ("packed", ["--packing"])):
-        assert run_squad.main([*v1_flags(tiny_bert_dir, tmp_path / name), "--do_eval", "--predict_file", str(dev),
+        assert run_squad.main([*v1_flags(model, tmp_path / name), "--do_eval", "--predict_file", str(dev),
                                *extra]) == 0
     padded, packed = (json.loads((tmp_path / n / "nbest_predictions_final.json").read_text())
                       for n in ("padded", "packed"))
@@ -88,12 +113,12 @@ def test_epoch_packs_hold_every_feature_once_and_change_with_the_epoch(tiny_bert
 
 
 def test_packing_an_unsupported_family_is_refused_before_any_work(tmp_path_factory, squad_dir, tmp_path, capsys):
-    model = tiny_model_dir("albert", tmp_path_factory)
+    model = tiny_model_dir("xlnet", tmp_path_factory)
     code = run_squad.main([*v1_flags(model, tmp_path / "o"), "--do_eval", "--predict_file",
                            str(squad_dir / "dev-v1.1.json"), "--packing"])
     err = capsys.readouterr().err
     assert code == 2
-    assert err.splitlines()[-1] == ("error: --packing supports bert, roberta, xlm-roberta, electra, modernbert "
-                                    "(BERT-likes with absolute position embeddings), not albert (absolute): "
-                                    "drop --packing")
+    assert err.splitlines()[-1] == ("error: --packing supports bert, roberta, xlm-roberta, electra, albert, "
+                                    "distilbert, modernbert (bert also with relative_key or relative_key_query "
+                                    "positions), not xlnet: drop --packing")
     assert "features" not in err, "refused before featurization"
