@@ -40,6 +40,10 @@ from utils_squad import SquadFeatures, ragged_index
 
 # Model types whose classic inputs carry no token type ids (the classic script's list).
 NO_TOKEN_TYPES = {"xlm", "roberta", "distilbert", "camembert", "bart", "longformer", "xlm-roberta", "modernbert"}
+# Model types whose transformers forward takes a prepared 4-D key-padding mask as it is (tested equal to the 2-D
+# mask): given one, transformers neither builds a mask nor reads the 2-D one on the host to see whether it
+# could skip it (a GPU sync every forward).
+PREPARED_MASK_TYPES = {"bert", "roberta", "xlm-roberta", "electra", "albert", "distilbert"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,7 +237,8 @@ def make_packed_batch(
     feature_index [max_features] (row in `features`, -1 for an empty slot); feature_valid [max_features];
     token_start [max_features] (slot offset in the stream); start_positions / end_positions
     [max_features] in stream coordinates (with labels); source_index [T] (position in the features'
-    flat arrays, -1 for pad); num_features, num_tokens (ints, known without a device sync).
+    flat arrays, -1 for pad); num_features, num_tokens (ints, known without a device sync); prepared_mask (a
+    [1, 1, 1, 1] placeholder: see packing.model_kwargs).
     `position_offset` is padding_idx + 1 for RoBERTa-style position embeddings, else 0.
     """
     indices = np.asarray(indices, dtype=np.int64)
@@ -264,6 +269,7 @@ def make_packed_batch(
         "source_index": torch.from_numpy(stream["source_index"]),
         "num_features": len(indices),
         "num_tokens": total,
+        "prepared_mask": torch.ones(1, 1, 1, 1, dtype=torch.bool),  # see packing.model_kwargs
     })
     if with_labels:
         for key in ("start_positions", "end_positions"):
@@ -426,6 +432,10 @@ class PaddedBatches:
     grouped: bool = True  # training batches of similar lengths; False: random batches, as the classic script
     packed = False
 
+    @property
+    def prepared_mask(self) -> bool:
+        return self.model_type in PREPARED_MASK_TYPES
+
     def plan(self, lengths: np.ndarray, seed: int | None = None) -> list[np.ndarray]:
         """Feature indices per batch: shuffled by seed for training, deterministic (sorted) without."""
         if seed is None:
@@ -437,11 +447,15 @@ class PaddedBatches:
         batch = {k: torch.from_numpy(v) for k, v in arrays.items()}
         batch["source_index"] = torch.from_numpy(padded_source_index(features, idx, batch["input_ids"].shape[1]))
         batch["feature_index"] = torch.from_numpy(np.asarray(idx, dtype=np.int64))
+        if self.prepared_mask:  # decided here, on the host: None when nothing is padded (attention needs no mask)
+            padded = bool((features.lengths()[idx] < batch["input_ids"].shape[1]).any())
+            batch["prepared_mask"] = batch["attention_mask"].bool()[:, None, None, :] if padded else None
         return batch
 
     def inputs(self, batch: dict, training: bool) -> dict:
         """The tensors this model family takes (the classic script's per-type rules)."""
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        mask = batch["prepared_mask"] if self.prepared_mask else batch["attention_mask"]
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": mask}
         if self.model_type not in NO_TOKEN_TYPES:
             inputs["token_type_ids"] = batch["token_type_ids"]
         if self.model_type == "xlm":

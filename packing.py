@@ -72,6 +72,11 @@ def model_kwargs(batch: dict, model_type: str = "bert") -> dict:
         # Its own masks per layer kind: none are needed (the packed kernels take cu_seqlens and the window),
         # and a stream-long sliding-window mask would otherwise be built on every forward.
         kwargs["attention_mask"] = {"full_attention": None, "sliding_attention": None}
+    else:
+        # A prepared 4-D mask is passed through as it is. Without one, transformers would read the position ids
+        # on the host to detect the packing (a GPU sync every forward) and build a [T, T] mask over the stream;
+        # the packed attention attends by cu_seqlens and never reads this one.
+        kwargs["attention_mask"] = batch["prepared_mask"]
     return kwargs
 
 

@@ -214,3 +214,79 @@ def test_compiled_packed_training_and_evaluation_equal_eager(tiny_bert_without_d
     odds = [json.loads((runs[n] / "null_odds_3.json").read_text()) for n in ("eager", "compiled")]
     assert odds[0].keys() == odds[1].keys()
     np.testing.assert_allclose([odds[1][k] for k in odds[0]], list(odds[0].values()), atol=1e-3)
+
+
+class AllHostReads:
+    """Counts the tensor methods that copy device data to the host, in every file (transformers' too)."""
+
+    def __init__(self, monkeypatch):
+        self.where: collections.Counter = collections.Counter()
+        self.on = False
+        for name in HostReads.NAMES:
+            monkeypatch.setattr(torch.Tensor, name, self._counting(getattr(torch.Tensor, name)))
+
+    def _counting(self, method):
+        def counted(tensor, *args, **kwargs):
+            if self.on:
+                frame = traceback.extract_stack(limit=2)[0]
+                self.where[f"{Path(frame.filename).name}:{frame.lineno}"] += 1
+            return method(tensor, *args, **kwargs)
+        return counted
+
+
+def synthetic_features(n: int, vocab: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(20, 60, size=n)
+    starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    total = int(starts[-1])
+    types = np.concatenate([(np.arange(k) >= k // 4).astype(np.int8) for k in lengths])
+    return utils_squad.SquadFeatures(
+        input_ids=rng.integers(5, vocab, size=total).astype(np.int32), token_type_ids=types,
+        p_mask=(1 - types).astype(np.int8), offsets=np.zeros((total, 2), dtype=np.int32), max_context=types.astype(bool),
+        feature_start=starts, example_index=np.arange(n, dtype=np.int32), cls_index=np.zeros(n, dtype=np.int32),
+        start_positions=(lengths // 2).astype(np.int32), end_positions=(lengths // 2 + 1).astype(np.int32),
+        is_impossible=np.zeros(n, dtype=np.int8))
+
+
+@pytest.mark.parametrize("family", sorted(batching.PREPARED_MASK_TYPES - {"xlm-roberta"}) + ["packed-bert"])
+def test_a_training_forward_and_backward_read_nothing_from_the_device(family, monkeypatch):
+    """Not the loop, not transformers: with the prepared masks, no `if tensor:` decides anything on the host
+    (on a GPU each would wait for every kernel queued before it). On a CPU the packed attention's per-feature
+    loop reads its segment bounds, which are host memory there (the GPU kernel takes them as a tensor)."""
+    from tiny_models import tiny_config, tiny_tokenizer
+
+    packed = family.startswith("packed-")
+    config = tiny_config(family.removeprefix("packed-"), tiny_tokenizer(family.removeprefix("packed-")))
+    model = AutoModelForQuestionAnswering.from_config(config)
+    if packed:
+        qa_model.enable_packing(model, attention_dropout=True)
+    features = synthetic_features(12, config.vocab_size)
+    strategy = batching.make_batching(batching.SpanHead(), config, features, 4, packed=packed, pack_tokens=0,
+                                      max_seq_length=64, version_2=False, lang_id=0)
+    reads = AllHostReads(monkeypatch)
+    for idx in strategy.plan(features.lengths(), seed=1)[:2]:
+        batch = strategy.tensors(features, idx, with_labels=True)
+        reads.on = True
+        strategy.forward(model, batch, training=True).loss.backward()
+        reads.on = False
+    assert {where for where in reads.where if not where.startswith("packing.py")} == set(), reads.where
+
+
+@pytest.mark.parametrize("family", sorted(batching.PREPARED_MASK_TYPES - {"xlm-roberta"}))
+def test_the_prepared_padding_mask_gives_the_two_dimensional_masks_logits(family):
+    from tiny_models import tiny_config, tiny_tokenizer
+
+    config = tiny_config(family, tiny_tokenizer(family))
+    model = AutoModelForQuestionAnswering.from_config(config).eval()
+    features = synthetic_features(6, config.vocab_size)
+    strategy = batching.make_batching(batching.SpanHead(), config, features, 6, packed=False, pack_tokens=0,
+                                      max_seq_length=64, version_2=False, lang_id=0)
+    batch = strategy.tensors(features, np.arange(6), with_labels=False)
+    assert batch["prepared_mask"] is not None and batch["prepared_mask"].shape == (6, 1, 1, batch["input_ids"].shape[1])
+    with torch.no_grad():
+        prepared = strategy.forward(model, batch, training=False)
+        classic = model(**{**strategy.inputs(batch, False), "attention_mask": batch["attention_mask"]})
+    assert torch.equal(prepared.start_logits, classic.start_logits)
+    assert torch.equal(prepared.end_logits, classic.end_logits)
+    exact = batching.PaddedBatches(6, batching.SpanHead(), family, pad_to_multiple_of=1)
+    assert exact.tensors(features, np.arange(1), with_labels=False)["prepared_mask"] is None  # nothing padded
