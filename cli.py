@@ -186,19 +186,21 @@ def add_optimization_flags(g) -> None:
     g.add_argument("--layerwise_lr_decay", type=float, default=1.0, help="Each layer's LR is the next higher layer's times this (1.0: off).")
     g.add_argument("--fp16", action="store_true", help="float16 mixed precision (torch.amp, with a gradient scaler).")
     g.add_argument("--fp16_opt_level", default="O1", help="Accepted for compatibility with apex scripts; torch.amp is used.")
-    g.add_argument("--bf16", action="store_true", help="bfloat16 mixed precision (torch.amp, no scaler).")
+    g.add_argument("--bf16", action="store_true", help="bfloat16 mixed precision (torch.amp, no scaler). The default on a GPU that computes bf16.")
+    g.add_argument("--fp32", action="store_true", help="No mixed precision (the classic script's default, and the default on a CPU).")
     g.add_argument("--max_nonfinite_steps", type=int, default=10, help="Stop after this many consecutive non-finite steps.")
     g.add_argument("--seed", type=int, default=42, help="Random seed.")
 
 
 def add_speed_flags(g) -> None:
+    g.add_argument("--packing", nargs="?", const="on", default="auto", choices=["auto", "on", "off"], help="Pack several features into fixed-size token streams: no compute on padding (BERT incl. relative positions, RoBERTa, XLM-RoBERTa, ELECTRA, ALBERT, DistilBERT, ModernBERT). auto: on a GPU for the families flash attention's varlen kernel serves; `--packing` alone means on.")
+    g.add_argument("--pack_tokens", type=int, default=0, help="With packing: tokens per pack (default: the batch size times the mean feature length, rounded up to 64).")
+    g.add_argument("--packed_attention_dropout", default="on", choices=["on", "off"], help="With packing: attention dropout while training (off: the faster kernel without dropout).")
     g.add_argument("--length_grouping", default="on", choices=["on", "off"], help="Padded training batches of similar lengths (on: little padding, as HF's --group_by_length; off: random batches, as the classic script).")
-    g.add_argument("--packing", action="store_true", help="Pack several features into fixed-size token streams: no compute on padding (BERT incl. relative positions, RoBERTa, XLM-RoBERTa, ELECTRA, ALBERT, DistilBERT, ModernBERT).")
-    g.add_argument("--pack_tokens", type=int, default=0, help="With --packing: tokens per pack (default: the batch size times the mean feature length, rounded up to 64).")
-    g.add_argument("--packed_attention_dropout", default="on", choices=["on", "off"], help="With --packing: attention dropout while training (off: the faster kernel without dropout).")
-    g.add_argument("--torch_compile", action="store_true", help="torch.compile the model for training and evaluation (padded widths rounded to 64).")
-    g.add_argument("--torch_compile_backend", default="inductor", help="With --torch_compile: the backend (as HuggingFace's Trainer).")
-    g.add_argument("--torch_compile_mode", default=None, help="With --torch_compile: the mode (default, reduce-overhead, max-autotune).")
+    g.add_argument("--torch_compile", nargs="?", const="on", default="auto", choices=["auto", "on", "off"], help="torch.compile the model (padded widths rounded to 64). auto: for GPU training long enough to repay the compilation; on (`--torch_compile` alone): training, or evaluation in a run that does not train.")
+    g.add_argument("--torch_compile_backend", default="inductor", help="With compilation: the backend (as HuggingFace's Trainer).")
+    g.add_argument("--torch_compile_mode", default=None, help="With compilation: the mode (default, reduce-overhead: CUDA graphs, max-autotune).")
+    g.add_argument("--sdpa_kernels", default="auto", choices=["auto", "torch"], help="Padded attention on a GPU: auto = SDPA's flash or memory-efficient kernels, never cuDNN (it builds a graph per batch shape, and has a NaN backward for lengths = 64 mod 128 with a mask); torch = PyTorch's own choice.")
     g.add_argument("--auto_find_batch_size", action="store_true", help="Before training, halve the per-device batch until its longest batch fits in GPU memory, raising --gradient_accumulation_steps to keep the global batch.")
 
 
@@ -252,6 +254,8 @@ def check_flag_combinations(args: argparse.Namespace) -> None:
         raise UsageError("--output_dir is required")
     if args.fp16 and args.bf16:
         raise UsageError("--fp16 and --bf16 are mutually exclusive: choose one mixed precision")
+    if args.fp32 and (args.fp16 or args.bf16):
+        raise UsageError(f"--fp32 and --{'fp16' if args.fp16 else 'bf16'} are mutually exclusive: choose one precision")
     if args.do_train and not (args.train_file or args.dataset_name):
         raise UsageError("--do_train needs --train_file (or --dataset_name)")
     if (args.do_eval or args.do_predict) and not (args.predict_file or args.dataset_name):

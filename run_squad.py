@@ -32,8 +32,9 @@ import contextlib
 import json
 import logging
 import math
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -43,6 +44,8 @@ from tqdm.auto import tqdm
 import batching
 import checkpoints
 import decoding
+import fast_path
+import modeling_relative
 import output_folder
 import process_group
 import qa_model
@@ -97,12 +100,14 @@ class RunSetup:
     beam_head: bool
     context_first: bool
     source: qa_model.ModelSource
+    path: fast_path.Choice  # packing, precision, attention kernels (compilation is decided in run())
 
     def run_args(self, args, batches: TrainBatches | None = None) -> dict:
         """The flags as training_args.json records them, with the derived paths and model type, and the
         micro-batches training used (--auto_find_batch_size may have changed them; the global batch is the
         same): passed back as flags, they reproduce the run."""
-        derived = {"model_type": self.model_type, "train_path": self.train_path, "predict_path": self.predict_path}
+        derived = {"model_type": self.model_type, "train_path": self.train_path, "predict_path": self.predict_path,
+                   "packed": self.path.packing, "precision": self.path.precision}
         if batches is not None:
             derived.update(per_gpu_train_batch_size=batches.batch_size, gradient_accumulation_steps=batches.accumulation)
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in {**vars(args), **derived}.items()}
@@ -129,38 +134,78 @@ def run(args) -> int:
     tokenizer = qa_model.load_tokenizer(source, args.do_lower_case)
     setup = RunSetup(train_path, predict_path, config.model_type,
                      qa_model.uses_beam_head(config.model_type, args.simple_span_head),
-                     bool(args.context_first or tokenizer.padding_side == "left"), source)
+                     bool(args.context_first or tokenizer.padding_side == "left"), source, choose_path(args, rt, config))
     check_model_settings(args, setup, config, tokenizer)
+    if setup.path.sdpa_without_cudnn:
+        torch.backends.cuda.enable_cudnn_sdp(False)  # for the whole process: see fast_path's attention rule
     head = batching.make_head(setup.beam_head)
     evaluation = None
+    eval_only = fast_path.compilation(setup.path, args.torch_compile, rt.device.type == "cuda", False, 0, 0)
+    if not args.do_train:
+        logger.info(eval_only.describe())
     if cli.evaluating(args):
         features = build_features(args, rt, tokenizer, predict_path, eval_examples, setup.context_first, False)
-        evaluation = Evaluation(eval_examples, features, make_batching(args, head, config, features,
-                                                                        args.per_gpu_eval_batch_size),
-                                EvalConfig.from_flags(args, predict_path, score=not args.do_predict))
+        compiled = eval_only.compile_evaluation and not args.do_train
+        evaluation = Evaluation(eval_examples, features, make_batching(args, setup, head, config, features,
+                                                                        args.per_gpu_eval_batch_size, compiled),
+                                EvalConfig.from_flags(args, setup, predict_path, score=not args.do_predict,
+                                                      compiled=compiled))
     if args.do_train:
         features = build_features(args, rt, tokenizer, train_path, train_examples, setup.context_first, True)
         resume_from = output_folder.resolve_resume(Path(args.output_dir), args.resume_from_checkpoint
-                                                or ("latest" if cli.restarted_by_torchrun() else None))
+                                                   or ("latest" if cli.restarted_by_torchrun() else None))
         model = load_model(args, setup, config, str(resume_from) if resume_from else args.model_name_or_path)
-        batches = train_batches(args, rt, model, head, config, features, resume_from)
+        batches = train_batches(args, setup, rt, model, head, config, features, resume_from)
+        loop = LoopConfig.from_flags(args, setup, train_path)
+        choice = fast_path.compilation(setup.path, args.torch_compile, rt.device.type == "cuda", True,
+                                       sum(p.numel() for p in model.parameters()),
+                                       planned_steps(loop, rt, features, batches))
+        logger.info(choice.describe())
+        if choice.compile_training:
+            batches = compile_for_training(args, setup, model, head, config, features, batches)
         saving = Saving(Path(args.output_dir), args.save_steps, args.save_total_limit, tokenizer,
                         setup.run_args(args, batches))
-        summary = train(model, features, batches, rt, loop=LoopConfig.from_flags(args, train_path), optim=OptimConfig.from_flags(args),
-                        saving=saving, resume_from=resume_from,
+        summary = train(model, features, batches, rt, loop=replace(loop, report_first_step=choice.compile_training),
+                        optim=OptimConfig.from_flags(args), saving=saving, resume_from=resume_from,
                         evaluation=evaluation if args.evaluate_during_training else None)
         if rt.is_main:
             checkpoints.save_final_model(Path(args.output_dir), model, tokenizer, saving.run_args, summary["global_step"])
         process_group.barrier(rt)
     if args.do_eval or args.do_predict:
         for folder, prefix in output_folder.models_to_evaluate(Path(args.output_dir), args.eval_all_checkpoints,
-                                                            args.do_train, args.model_name_or_path):
+                                                               args.do_train, args.model_name_or_path):
             model = load_model(args, setup, config, folder, eval_device=rt.device)
+            if evaluation.config.compiled:
+                compile_model(args, model)
             results = evaluate(model, evaluation, rt, prefix=prefix, model_folder=folder)
             if rt.is_main and args.do_eval:
                 print(json.dumps({"step": prefix, **results}), flush=True)
     process_group.shutdown(rt)
     return cli.EXIT_OK
+
+
+def choose_path(args, rt, config) -> fast_path.Choice:
+    """Packing, precision and attention kernels for this family on this device (fast_path.py's rules)."""
+    cuda = rt.device.type == "cuda"
+    facts = fast_path.Facts(cuda=cuda, bf16_gpu=cuda and torch.cuda.is_bf16_supported(), model_type=config.model_type,
+                            relative_positions=modeling_relative.is_relative_position_config(config))
+    return fast_path.choose(args, facts)
+
+
+def compile_model(args, model) -> None:
+    """torch.compile in place (parameters, state_dict and save_pretrained stay the model's). Its kernels are cached
+    beside the feature cache, so the next run of a sweep compiles from the cache."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(utils_squad.features_cache_dir(args.features_cache_dir).parent
+                                                         / "inductor"))
+    model.compile(backend=args.torch_compile_backend, mode=args.torch_compile_mode)
+
+
+def compile_for_training(args, setup: RunSetup, model, head, config, features, batches: TrainBatches) -> TrainBatches:
+    """Compile the model; padded batches then take widths rounded to 64 (a handful of shapes to compile)."""
+    compile_model(args, model)
+    if batches.batching.packed:
+        return batches
+    return replace(batches, batching=make_batching(args, setup, head, config, features, batches.batch_size, True))
 
 
 def data_paths(args, rt) -> tuple[Path | None, Path | None]:
@@ -213,7 +258,7 @@ def check_model_settings(args, setup: RunSetup, config, tokenizer) -> None:
     except utils_squad.FeatureSettingsError as exc:
         raise UsageError(f"--max_seq_length ({args.max_seq_length}) must be larger than --max_query_length "
                          f"({args.max_query_length}) + {exc.num_special} special tokens of this tokenizer") from exc
-    if args.packing:
+    if setup.path.packing:
         qa_model.check_packing(config)
 
 
@@ -234,28 +279,21 @@ def build_features(args, rt, tokenizer, path: Path, examples, context_first: boo
     return features
 
 
-def make_batching(args, head, config, features, batch_size: int):
-    return batching.make_batching(head, config, features, batch_size, packed=args.packing,
+def make_batching(args, setup: RunSetup, head, config, features, batch_size: int, compiled: bool = False):
+    return batching.make_batching(head, config, features, batch_size, packed=setup.path.packing,
                                   pack_tokens=args.pack_tokens, max_seq_length=args.max_seq_length,
                                   version_2=args.version_2_with_negative, lang_id=args.lang_id,
-                                  compiled=args.torch_compile, grouped=args.length_grouping == "on")
-
-
-def precision_of(args) -> str:
-    return "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32"
+                                  compiled=compiled, grouped=args.length_grouping == "on")
 
 
 def load_model(args, setup: RunSetup, config, path: str, eval_device=None):
-    """The model, packed and compiled as asked. A model loaded only to evaluate on a GPU (``eval_device``)
-    gets --bf16/--fp16 weights: half the memory and no autocast casts."""
-    half = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
+    """The model, packed as the path says (compiled by the caller). A model loaded only to evaluate on a GPU
+    (``eval_device``) gets bf16/fp16 weights when the run computes in them: half the memory, no autocast casts."""
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(setup.path.precision)
     dtype = half if half is not None and eval_device is not None and eval_device.type == "cuda" else torch.float32
     model = qa_model.load_model(path, config, setup.source, setup.beam_head, args.attn_implementation, dtype)
-    if args.packing:
+    if setup.path.packing:
         qa_model.enable_packing(model, attention_dropout=args.packed_attention_dropout == "on")
-    if args.torch_compile:
-        # In place: parameters, state_dict and save_pretrained stay those of the model.
-        model.compile(backend=args.torch_compile_backend, mode=args.torch_compile_mode)
     return model
 
 
@@ -274,7 +312,7 @@ class TrainBatches:
         return f"--per_gpu_train_batch_size {self.batch_size} and --max_seq_length {max_seq_length}"
 
 
-def train_batches(args, rt, model, head, config, features, resume_from: Path | None) -> TrainBatches:
+def train_batches(args, setup: RunSetup, rt, model, head, config, features, resume_from: Path | None) -> TrainBatches:
     """The flags' micro-batches, or with --auto_find_batch_size the largest that fits (a resumed run keeps
     its checkpoint's: the data plan must not change under it)."""
     size, accum = args.per_gpu_train_batch_size, args.gradient_accumulation_steps
@@ -283,14 +321,14 @@ def train_batches(args, rt, model, head, config, features, resume_from: Path | N
         size, accum = saved["per_gpu_train_batch_size"], saved["gradient_accumulation_steps"]
     elif args.auto_find_batch_size:
         def fits(batch_size: int) -> bool:
-            candidate = make_batching(args, head, config, features, batch_size)
+            candidate = make_batching(args, setup, head, config, features, batch_size)
             return qa_model.probe_memory(model.to(rt.device), candidate, features, rt.device,
-                                         amp_context(precision_of(args), rt.device), extra_copies=int(rt.distributed))
+                                         amp_context(setup.path.precision, rt.device), extra_copies=int(rt.distributed))
         size, accum = qa_model.find_batch_size(fits, size, accum, rt.distributed and rt.cpu_group)
         if size == 0:
             raise OutOfMemory(f"out of GPU memory with one feature per device of up to --max_seq_length "
                               f"{args.max_seq_length} tokens: shorten --max_seq_length or use a bigger GPU")
-    return TrainBatches(size, accum, make_batching(args, head, config, features, size))
+    return TrainBatches(size, accum, make_batching(args, setup, head, config, features, size))
 
 
 # --------------------------------------------------------------------------------------------
@@ -313,13 +351,13 @@ class LoopConfig:
     save_steps: int = 500  # 0: never (a stop signal still saves)
     max_nonfinite_steps: int = 10
     precision: str = "fp32"  # fp32, bf16 or fp16 (with a gradient scaler)
-    report_first_step: bool = False  # --torch_compile: log the first step's time, compilation included
+    report_first_step: bool = False  # compiled: log the first step's time, compilation included
 
     @classmethod
-    def from_flags(cls, args, train_path: Path | None) -> LoopConfig:
-        return cls(Path(args.output_dir), str(train_path), args.max_seq_length, args.max_steps, args.num_train_epochs, args.seed,
-                   args.logging_steps, args.eval_steps, args.save_steps, args.max_nonfinite_steps,
-                   precision_of(args), args.torch_compile)
+    def from_flags(cls, args, setup: RunSetup, train_path: Path | None) -> LoopConfig:
+        return cls(Path(args.output_dir), str(train_path), args.max_seq_length, args.max_steps, args.num_train_epochs,
+                   args.seed, args.logging_steps, args.eval_steps, args.save_steps, args.max_nonfinite_steps,
+                   setup.path.precision)
 
 
 @dataclass(frozen=True)
@@ -442,13 +480,26 @@ def out_of_memory_advice(batches: TrainBatches, max_seq_length: int, step: int) 
     return f"out of GPU memory at step {step} with {batches.describe(max_seq_length)}: {advice}"
 
 
+def epoch_plans(loop: LoopConfig, rt, features, batches: TrainBatches):
+    """The plan of an epoch, as a function of the epoch (a deterministic function of the seed)."""
+    lengths = features.lengths()
+
+    def plan_of_epoch(epoch: int) -> list[list]:
+        return batching.epoch_plan(batches.batching, lengths, loop.seed + epoch, rt.rank, rt.world_size,
+                                   batches.accumulation)
+
+    return plan_of_epoch
+
+
+def planned_steps(loop: LoopConfig, rt, features, batches: TrainBatches) -> int:
+    return total_optimizer_steps(loop, rt, len(epoch_plans(loop, rt, features, batches)(0)), len(features), batches)
+
+
 def plan_steps(loop: LoopConfig, rt, features, batches: TrainBatches):
     """The number of optimizer steps, and a function giving those from a position on, their batches built
     (and on a GPU pinned, for a non-blocking copy) in a background thread while the steps before run."""
     lengths, strategy = features.lengths(), batches.batching
-
-    def plan_of_epoch(epoch: int) -> list[list]:
-        return batching.epoch_plan(strategy, lengths, loop.seed + epoch, rt.rank, rt.world_size, batches.accumulation)
+    plan_of_epoch = epoch_plans(loop, rt, features, batches)
 
     def build(job):
         position, group = job
@@ -619,13 +670,14 @@ class EvalConfig:
     predict_path: Path | None = None
     windows: dict | None = None  # the window settings recorded with a tuned threshold
     precision: str = "fp32"
+    compiled: bool = False  # False: a compiled model runs eagerly here (no second compilation for evaluation)
 
     @classmethod
-    def from_flags(cls, args, predict_path: Path | None, score: bool) -> EvalConfig:
+    def from_flags(cls, args, setup: RunSetup, predict_path: Path | None, score: bool, compiled: bool) -> EvalConfig:
         settings = decoding.DecodingSettings(args.n_best_size, args.max_answer_length, args.version_2_with_negative)
         windows = {name: getattr(args, name) for name in ("max_seq_length", "doc_stride", "max_query_length")}
         return cls(Path(args.output_dir), settings, args.null_score_diff_threshold, score, predict_path, windows,
-                   precision_of(args))
+                   setup.path.precision, compiled)
 
 
 @dataclass(frozen=True)
@@ -649,7 +701,7 @@ def evaluate(model, evaluation: Evaluation, rt, prefix: str, model_folder: str |
     """
     started, config, features = time.perf_counter(), evaluation.config, evaluation.features
     parts = process_group.gather_to_main(rt, infer(model, features, evaluation.batching, rt,
-                                                   precision=config.precision))
+                                                   precision=config.precision, compiled=config.compiled))
     results: dict = {}
     if rt.is_main:
         inferred, head = time.perf_counter(), evaluation.batching.head
@@ -689,12 +741,13 @@ def score_predictions(examples, predictions, decoded: decoding.Decoded, config: 
     return results
 
 
-def infer(model, features, strategy, rt, *, precision: str = "fp32") -> dict:
+def infer(model, features, strategy, rt, *, precision: str = "fp32", compiled: bool = True) -> dict:
     """The head's arrays for this rank's share of the batches, copied to the host once at the end.
 
     The batches (or packs) are those of one process, dealt out to the ranks, so every feature sees the
     same neighbours and arithmetic whatever the number of processes. Float32 weights (the training model)
     compute under bf16/fp16 autocast; a model loaded for evaluation on a GPU has half-precision weights.
+    compiled=False runs a model compiled for training eagerly (evaluation mode would compile it again).
     """
     model.to(rt.device)
     model.eval()
@@ -704,7 +757,7 @@ def infer(model, features, strategy, rt, *, precision: str = "fp32") -> dict:
                                   lambda idx: batching.pinned(strategy.tensors(features, idx, with_labels=False), rt.device))
     outputs = []
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), contextlib.nullcontext() if compiled else eager_stance():
             for batch in batches:
                 batch = batching.to_device(batch, rt.device)
                 with amp:
@@ -715,6 +768,12 @@ def infer(model, features, strategy, rt, *, precision: str = "fp32") -> dict:
                           f"pass --per_gpu_eval_batch_size {max(1, strategy.batch_size // 2)}") from exc
     finally:
         batches.close()
+
+
+def eager_stance():
+    """Compiled code runs eagerly inside (torch >= 2.6; older versions compile evaluation as before)."""
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
 
 
 if __name__ == "__main__":

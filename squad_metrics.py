@@ -44,6 +44,12 @@ class ScoringInputError(ValueError):
 # Answer normalization and per-answer metrics (official definitions)
 # --------------------------------------------------------------------------------------------
 
+
+def make_qid_to_has_ans(gold_answers: Mapping[str, Sequence[str]]) -> dict[str, bool]:
+    """Whether each question has an answer (the official script reads it off the data file's articles)."""
+    return {qid: bool(answers) for qid, answers in gold_answers.items()}
+
+
 # Only ASCII punctuation is removed, as in the official scripts: "«" or "—" stay in the answer.
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
@@ -98,7 +104,7 @@ def _f1_v1(prediction: str, ground_truth: str) -> int | float:
 
 
 # --------------------------------------------------------------------------------------------
-# Scoring a prediction set
+# Scoring a prediction set (the official script's functions, in its order)
 # --------------------------------------------------------------------------------------------
 
 
@@ -150,90 +156,6 @@ def merge_eval(main_eval: OrderedDict, new_eval: Mapping, prefix: str) -> None:
         main_eval[f"{prefix}_{k}"] = new_eval[k]
 
 
-def find_best_thresh(preds: Mapping[str, str], scores: Mapping, na_probs: Mapping[str, float],
-                     qid_to_has_ans: Mapping[str, bool], total: int) -> tuple[float, float]:
-    """Best score over no-answer thresholds, and the threshold reaching it (official algorithm).
-
-    Start from answering "no answer" everywhere, then lower the bar one question at a time in
-    ascending no-answer order (ties in the order of ``na_probs``, as the official stable sort).
-    A question without a prediction scores 0 whatever the threshold, so it is left out of both the
-    starting score and the walk; with every prediction present this is the official computation.
-    """
-    cur_score = sum(1 for qid in scores if not qid_to_has_ans[qid])
-    best_score = cur_score
-    best_thresh = 0.0
-    for qid in sorted(na_probs, key=lambda k: na_probs[k]):
-        if qid not in scores:
-            continue
-        if qid_to_has_ans[qid]:
-            diff = scores[qid]
-        else:
-            diff = -1 if preds[qid] else 0
-        cur_score += diff
-        # Strictly greater: on ties the earliest (lowest) threshold wins.
-        if cur_score > best_score:
-            best_score = cur_score
-            best_thresh = na_probs[qid]
-    return 100.0 * best_score / total, best_thresh
-
-
-def threshold_curve(preds: Mapping[str, str], scores: Mapping, na_probs: Mapping[str, float],
-                    qid_to_has_ans: Mapping[str, bool]) -> tuple[list[float], list[float]]:
-    """The summed score of answering exactly the questions whose no-answer value is at most t, for each t
-    where it can change: first "no answer anywhere" (t below every value), then every distinct value in
-    ascending order, a whole group of equal values at once (one threshold cannot split them).
-
-    Returns (thresholds, summed scores); thresholds[0] is the smallest value minus 1.0. A question
-    without a prediction scores 0 whatever the threshold and is left out, as in find_best_thresh.
-    """
-    walk = sorted((k for k in na_probs if k in scores), key=lambda k: na_probs[k])
-    current = sum(1 for qid in scores if not qid_to_has_ans[qid])
-    thresholds = [(na_probs[walk[0]] if walk else 0.0) - 1.0]
-    summed = [current]
-    for i, qid in enumerate(walk):
-        current += scores[qid] if qid_to_has_ans[qid] else (-1 if preds[qid] else 0)
-        if i + 1 == len(walk) or na_probs[walk[i + 1]] != na_probs[qid]:
-            thresholds.append(na_probs[qid])
-            summed.append(current)
-    return thresholds, summed
-
-
-def best_threshold(thresholds: Sequence[float], summed: Sequence[float]) -> float:
-    """The threshold of the best point of a threshold_curve; the lowest wins ties, as in the official sweep.
-    Unlike the official one it always reproduces the score when passed back as the decoding threshold
-    (predict "" when the no-answer value exceeds it), also when "no answer anywhere" wins."""
-    return thresholds[max(range(len(summed)), key=lambda i: (summed[i], -i))]
-
-
-def score_at_threshold(raw: Mapping, na_probs: Mapping[str, float], qid_to_has_ans: Mapping[str, bool],
-                       qid_list: Sequence[str], threshold: float) -> float:
-    """The score (0-100) over qid_list at a threshold, with the arithmetic of the exact/f1 keys (sums in data
-    order), so that a best score equals, to the last digit, the score printed when its threshold is used."""
-    thresholded = apply_no_ans_threshold(raw, na_probs, qid_to_has_ans, threshold)
-    return make_eval_dict(thresholded, thresholded, qid_list)["exact"]
-
-
-def make_precision_recall_eval(scores: Mapping, na_probs: Mapping[str, float], num_true_pos: int,
-                               qid_to_has_ans: Mapping[str, bool]) -> tuple[float, list, list]:
-    """Average precision (0-100) of ranking by no-answer value, with the curve's points."""
-    qid_list = [k for k in sorted(na_probs, key=lambda k: na_probs[k]) if k in qid_to_has_ans]
-    true_pos = 0.0
-    precisions = [1.0]
-    recalls = [0.0]
-    avg_prec = 0.0
-    for i, qid in enumerate(qid_list):
-        if qid_to_has_ans[qid]:
-            true_pos += scores.get(qid, 0)
-        cur_p = true_pos / float(i + 1)
-        cur_r = true_pos / float(num_true_pos)
-        # A threshold can only sit between two different values.
-        if i == len(qid_list) - 1 or na_probs[qid] != na_probs[qid_list[i + 1]]:
-            avg_prec += cur_p * (cur_r - recalls[-1])
-            precisions.append(cur_p)
-            recalls.append(cur_r)
-    return 100.0 * avg_prec, precisions, recalls
-
-
 def _import_matplotlib():
     """matplotlib's Figure class (matplotlib is optional: only --out-image-dir needs it)."""
     try:
@@ -259,6 +181,47 @@ def draw_pr_curve(ax, precisions: list, recalls: list, title: str) -> None:
     ax.step(recalls, precisions, color="b", alpha=0.2, where="post")
     ax.fill_between(recalls, precisions, step="post", alpha=0.2, color="b")
     ax.set(xlabel="Recall", ylabel="Precision", xlim=(0.0, 1.05), ylim=(0.0, 1.05), title=title)
+
+
+def make_precision_recall_eval(scores: Mapping, na_probs: Mapping[str, float], num_true_pos: int,
+                               qid_to_has_ans: Mapping[str, bool]) -> tuple[float, list, list]:
+    """Average precision (0-100) of ranking by no-answer value, with the curve's points."""
+    qid_list = [k for k in sorted(na_probs, key=lambda k: na_probs[k]) if k in qid_to_has_ans]
+    true_pos = 0.0
+    precisions = [1.0]
+    recalls = [0.0]
+    avg_prec = 0.0
+    for i, qid in enumerate(qid_list):
+        if qid_to_has_ans[qid]:
+            true_pos += scores.get(qid, 0)
+        cur_p = true_pos / float(i + 1)
+        cur_r = true_pos / float(num_true_pos)
+        # A threshold can only sit between two different values.
+        if i == len(qid_list) - 1 or na_probs[qid] != na_probs[qid_list[i + 1]]:
+            avg_prec += cur_p * (cur_r - recalls[-1])
+            precisions.append(cur_p)
+            recalls.append(cur_r)
+    return 100.0 * avg_prec, precisions, recalls
+
+
+def run_precision_recall_analysis(main_eval: OrderedDict, exact_raw: Mapping, f1_raw: Mapping,
+                                  na_probs: Mapping[str, float], qid_to_has_ans: Mapping[str, bool],
+                                  out_image_dir: str, *, figure_cls) -> None:
+    """Add pr_exact_ap, pr_f1_ap, pr_oracle_ap and write the three PR curves as PNG."""
+    os.makedirs(out_image_dir, exist_ok=True)
+    num_true_pos = sum(1 for v in qid_to_has_ans.values() if v)
+    if num_true_pos == 0:
+        return
+    oracle_scores = {k: float(v) for k, v in qid_to_has_ans.items()}
+    curves = [
+        ("pr_exact", exact_raw, "Precision-Recall curve for Exact Match score"),
+        ("pr_f1", f1_raw, "Precision-Recall curve for F1 score"),
+        ("pr_oracle", oracle_scores, "Oracle Precision-Recall curve (binary task of HasAns vs. NoAns)"),
+    ]
+    for name, scores, title in curves:
+        ap, precisions, recalls = make_precision_recall_eval(scores, na_probs, num_true_pos, qid_to_has_ans)
+        plot_pr_curve(precisions, recalls, os.path.join(out_image_dir, f"{name}.png"), title, figure_cls=figure_cls)
+        main_eval[f"{name}_ap"] = ap
 
 
 def _histogram_range(values: Sequence[float]) -> tuple[float, float]:
@@ -302,24 +265,99 @@ def histogram_na_prob(na_probs: Mapping[str, float], qid_list: Sequence[str], im
     _save_figure(fig, os.path.join(image_dir, f"na_prob_hist_{name}.png"))
 
 
-def run_precision_recall_analysis(main_eval: OrderedDict, exact_raw: Mapping, f1_raw: Mapping,
-                                  na_probs: Mapping[str, float], qid_to_has_ans: Mapping[str, bool],
-                                  out_image_dir: str, *, figure_cls) -> None:
-    """Add pr_exact_ap, pr_f1_ap, pr_oracle_ap and write the three PR curves as PNG."""
-    os.makedirs(out_image_dir, exist_ok=True)
-    num_true_pos = sum(1 for v in qid_to_has_ans.values() if v)
-    if num_true_pos == 0:
-        return
-    oracle_scores = {k: float(v) for k, v in qid_to_has_ans.items()}
-    curves = [
-        ("pr_exact", exact_raw, "Precision-Recall curve for Exact Match score"),
-        ("pr_f1", f1_raw, "Precision-Recall curve for F1 score"),
-        ("pr_oracle", oracle_scores, "Oracle Precision-Recall curve (binary task of HasAns vs. NoAns)"),
-    ]
-    for name, scores, title in curves:
-        ap, precisions, recalls = make_precision_recall_eval(scores, na_probs, num_true_pos, qid_to_has_ans)
-        plot_pr_curve(precisions, recalls, os.path.join(out_image_dir, f"{name}.png"), title, figure_cls=figure_cls)
-        main_eval[f"{name}_ap"] = ap
+def find_best_thresh(preds: Mapping[str, str], scores: Mapping, na_probs: Mapping[str, float],
+                     qid_to_has_ans: Mapping[str, bool], total: int) -> tuple[float, float]:
+    """Best score over no-answer thresholds, and the threshold reaching it (official algorithm).
+
+    Start from answering "no answer" everywhere, then lower the bar one question at a time in
+    ascending no-answer order (ties in the order of ``na_probs``, as the official stable sort).
+    A question without a prediction scores 0 whatever the threshold, so it is left out of both the
+    starting score and the walk; with every prediction present this is the official computation.
+    """
+    cur_score = sum(1 for qid in scores if not qid_to_has_ans[qid])
+    best_score = cur_score
+    best_thresh = 0.0
+    for qid in sorted(na_probs, key=lambda k: na_probs[k]):
+        if qid not in scores:
+            continue
+        if qid_to_has_ans[qid]:
+            diff = scores[qid]
+        else:
+            diff = -1 if preds[qid] else 0
+        cur_score += diff
+        # Strictly greater: on ties the earliest (lowest) threshold wins.
+        if cur_score > best_score:
+            best_score = cur_score
+            best_thresh = na_probs[qid]
+    return 100.0 * best_score / total, best_thresh
+
+
+def find_all_best_thresh(main_eval: OrderedDict, preds: Mapping[str, str], exact_raw: Mapping, f1_raw: Mapping,
+                         na_probs: Mapping[str, float], qid_to_has_ans: Mapping[str, bool]) -> None:
+    """best_exact, best_exact_thresh, best_f1, best_f1_thresh of the file as written (the official sweep)."""
+    total = len(qid_to_has_ans)
+    main_eval["best_exact"], main_eval["best_exact_thresh"] = find_best_thresh(preds, exact_raw, na_probs,
+                                                                               qid_to_has_ans, total)
+    main_eval["best_f1"], main_eval["best_f1_thresh"] = find_best_thresh(preds, f1_raw, na_probs, qid_to_has_ans, total)
+
+
+# --------------------------------------------------------------------------------------------
+# The sweep over every span (what a run reports: each question's best span with its null odds)
+# --------------------------------------------------------------------------------------------
+
+
+def threshold_curve(preds: Mapping[str, str], scores: Mapping, na_probs: Mapping[str, float],
+                    qid_to_has_ans: Mapping[str, bool]) -> tuple[list[float], list[float]]:
+    """The summed score of answering exactly the questions whose no-answer value is at most t, for each t
+    where it can change: first "no answer anywhere" (t below every value), then every distinct value in
+    ascending order, a whole group of equal values at once (one threshold cannot split them).
+
+    Returns (thresholds, summed scores); thresholds[0] is the smallest value minus 1.0. A question
+    without a prediction scores 0 whatever the threshold and is left out, as in find_best_thresh.
+    """
+    walk = sorted((k for k in na_probs if k in scores), key=lambda k: na_probs[k])
+    current = sum(1 for qid in scores if not qid_to_has_ans[qid])
+    thresholds = [(na_probs[walk[0]] if walk else 0.0) - 1.0]
+    summed = [current]
+    for i, qid in enumerate(walk):
+        current += scores[qid] if qid_to_has_ans[qid] else (-1 if preds[qid] else 0)
+        if i + 1 == len(walk) or na_probs[walk[i + 1]] != na_probs[qid]:
+            thresholds.append(na_probs[qid])
+            summed.append(current)
+    return thresholds, summed
+
+
+def best_threshold(thresholds: Sequence[float], summed: Sequence[float]) -> float:
+    """The threshold of the best point of a threshold_curve; the lowest wins ties, as in the official sweep.
+    Unlike the official one it always reproduces the score when passed back as the decoding threshold
+    (predict "" when the no-answer value exceeds it), also when "no answer anywhere" wins."""
+    return thresholds[max(range(len(summed)), key=lambda i: (summed[i], -i))]
+
+
+def score_at_threshold(raw: Mapping, na_probs: Mapping[str, float], qid_to_has_ans: Mapping[str, bool],
+                       qid_list: Sequence[str], threshold: float) -> float:
+    """The score (0-100) over qid_list at a threshold, with the arithmetic of the exact/f1 keys (sums in data
+    order), so that a best score equals, to the last digit, the score printed when its threshold is used."""
+    thresholded = apply_no_ans_threshold(raw, na_probs, qid_to_has_ans, threshold)
+    return make_eval_dict(thresholded, thresholded, qid_list)["exact"]
+
+
+def find_all_best_thresh_over_spans(main_eval: OrderedDict, gold: Mapping[str, Sequence[str]],
+                                    sweep_preds: Mapping[str, str], na_probs: Mapping[str, float],
+                                    qid_to_has_ans: Mapping[str, bool]) -> tuple[dict, dict]:
+    """The same keys, swept over every question's best span: each threshold, passed back as the decoding
+    threshold, reproduces its score exactly. Returns the spans' raw exact and F1 scores (for the PR curves)."""
+    exact_raw, f1_raw = get_raw_scores(gold, sweep_preds)
+    for name, raw in (("exact", exact_raw), ("f1", f1_raw)):
+        at = best_threshold(*threshold_curve(sweep_preds, raw, na_probs, qid_to_has_ans))
+        main_eval[f"best_{name}"] = score_at_threshold(raw, na_probs, qid_to_has_ans, list(gold), at)
+        main_eval[f"best_{name}_thresh"] = at
+    return exact_raw, f1_raw
+
+
+# --------------------------------------------------------------------------------------------
+# squad_evaluate: the official main's recipe, for a run or the command line
+# --------------------------------------------------------------------------------------------
 
 
 def prediction_coverage(question_ids: Iterable[str], preds: Mapping[str, Any]) -> tuple[list[str], list[str]]:
@@ -404,7 +442,7 @@ def squad_evaluate(gold_answers: Mapping[str, Sequence[str]] | Iterable[tuple[st
     _log_coverage(list(gold), preds)
     if na_probs is not None:
         _check_na_probs(na_probs, preds, gold)
-    qid_to_has_ans = {qid: bool(answers) for qid, answers in gold.items()}
+    qid_to_has_ans = make_qid_to_has_ans(gold)
     has_ans_qids = [k for k, v in qid_to_has_ans.items() if v]
     no_ans_qids = [k for k, v in qid_to_has_ans.items() if not v]
     exact_raw, f1_raw = get_raw_scores(gold, preds)
@@ -418,20 +456,10 @@ def squad_evaluate(gold_answers: Mapping[str, Sequence[str]] | Iterable[tuple[st
     if no_ans_qids:
         merge_eval(out_eval, make_eval_dict(exact_thresh, f1_thresh, no_ans_qids), "NoAns")
     if na_probs is not None:
-        total = len(gold)
         if sweep_preds is not None:
-            exact_raw, f1_raw = get_raw_scores(gold, sweep_preds)
-            exact_t = best_threshold(*threshold_curve(sweep_preds, exact_raw, na_probs, qid_to_has_ans))
-            f1_t = best_threshold(*threshold_curve(sweep_preds, f1_raw, na_probs, qid_to_has_ans))
-            best_exact = score_at_threshold(exact_raw, na_probs, qid_to_has_ans, list(gold), exact_t)
-            best_f1 = score_at_threshold(f1_raw, na_probs, qid_to_has_ans, list(gold), f1_t)
+            exact_raw, f1_raw = find_all_best_thresh_over_spans(out_eval, gold, sweep_preds, na_probs, qid_to_has_ans)
         else:
-            best_exact, exact_t = find_best_thresh(preds, exact_raw, na_probs, qid_to_has_ans, total)
-            best_f1, f1_t = find_best_thresh(preds, f1_raw, na_probs, qid_to_has_ans, total)
-        out_eval["best_exact"] = best_exact
-        out_eval["best_exact_thresh"] = exact_t
-        out_eval["best_f1"] = best_f1
-        out_eval["best_f1_thresh"] = f1_t
+            find_all_best_thresh(out_eval, preds, exact_raw, f1_raw, na_probs, qid_to_has_ans)
         if figure_cls is not None:
             run_precision_recall_analysis(out_eval, exact_raw, f1_raw, na_probs, qid_to_has_ans, out_image_dir,
                                           figure_cls=figure_cls)
@@ -449,7 +477,7 @@ def gold_answers_from_examples(examples: Iterable[Any]) -> OrderedDict[str, list
 
 
 # --------------------------------------------------------------------------------------------
-# Reading and validating the CLI's files
+# Reading and validating the command line's files
 # --------------------------------------------------------------------------------------------
 
 
@@ -544,10 +572,10 @@ def parse_na_probs(na_probs: Any, path: str = "na_probs") -> dict[str, float]:
     return na_probs
 
 
-
 # --------------------------------------------------------------------------------------------
 # The no-answer plot of an evaluation
 # --------------------------------------------------------------------------------------------
+
 
 def plots_available() -> bool:
     """Whether matplotlib is installed (the plots are optional)."""
@@ -589,6 +617,7 @@ def plot_no_answer(gold_answers: Mapping[str, Sequence[str]], sweep_preds: Mappi
         draw_pr_curve(ax, precisions, recalls, f"Precision-recall, {title} (AP {ap:.2f})")
     fig.tight_layout()
     _save_figure(fig, path)
+
 
 # --------------------------------------------------------------------------------------------
 # Command line (drop-in for the official evaluate-v2.0.py)

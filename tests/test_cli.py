@@ -10,6 +10,7 @@ import pytest
 
 import batching
 import cli
+import fast_path
 import output_folder
 import process_group
 import qa_model
@@ -45,7 +46,7 @@ def test_every_classic_flag_keeps_its_name_and_value():
 
 def test_classic_defaults():
     args = cli.parse_args(["--model_name_or_path", "m", "--output_dir", "o", "--do_eval",
-                                 "--predict_file", "p.json"])
+                           "--predict_file", "p.json"])
     assert (args.max_seq_length, args.doc_stride, args.max_query_length) == (384, 128, 64)
     assert (args.per_gpu_train_batch_size, args.learning_rate, args.num_train_epochs) == (8, 5e-5, 3.0)
     assert (args.n_best_size, args.max_answer_length, args.null_score_diff_threshold) == (20, 30, 0.0)
@@ -56,9 +57,11 @@ def test_classic_defaults():
 @pytest.mark.parametrize("flag, grouped", [([], True), (["--length_grouping", "off"], False)])
 def test_length_grouping_reaches_the_padded_batches(flag, grouped):
     args = cli.parse_args(["--model_name_or_path", "m", "--output_dir", "o", "--do_eval",
-                                 "--predict_file", "p.json", *flag])
+                           "--predict_file", "p.json", *flag])
     config = type("Config", (), {"model_type": "bert"})()
-    assert run_squad.make_batching(args, batching.SpanHead(), config, None, 8).grouped is grouped
+    path = fast_path.choose(args, fast_path.Facts(cuda=False, bf16_gpu=False, model_type="bert"))
+    setup = run_squad.RunSetup(None, None, "bert", False, False, None, path)
+    assert run_squad.make_batching(args, setup, batching.SpanHead(), config, None, 8).grouped is grouped
 
 
 def test_newer_spellings_are_aliases():

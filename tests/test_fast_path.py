@@ -290,3 +290,31 @@ def test_the_prepared_padding_mask_gives_the_two_dimensional_masks_logits(family
     assert torch.equal(prepared.end_logits, classic.end_logits)
     exact = batching.PaddedBatches(6, batching.SpanHead(), family, pad_to_multiple_of=1)
     assert exact.tensors(features, np.arange(1), with_labels=False)["prepared_mask"] is None  # nothing padded
+
+
+def test_the_run_says_its_path_and_evaluation_does_not_compile_again(tiny_bert_dir, squad_dir, tmp_path, monkeypatch,
+                                                                      capsys):
+    """--torch_compile compiles training; evaluation during training runs the same model eagerly instead of
+    compiling it a second time (in evaluation mode), and the log says so."""
+    import torch._dynamo.utils
+
+    graphs_during_evaluation = []
+    real_evaluate = run_squad.evaluate
+
+    def evaluate(*args, **kwargs):
+        before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        try:
+            return real_evaluate(*args, **kwargs)
+        finally:
+            graphs_during_evaluation.append(torch._dynamo.utils.counters["stats"]["unique_graphs"] - before)
+
+    monkeypatch.setattr(run_squad, "evaluate", evaluate)
+    dev = small_v2_file(squad_dir, tmp_path / "dev.json", questions=10)
+    command = [*common_flags(tiny_bert_dir, tmp_path / "out"), *flags(squad_dir, tmp_path, 2), "--torch_compile",
+               "--torch_compile_backend", "aot_eager", "--evaluate_during_training", "--eval_steps", "2",
+               "--predict_file", str(dev)]
+    assert run_squad.main(command) == 0
+    assert graphs_during_evaluation == [0]
+    paths = [line.split("run_squad: ", 1)[1] for line in capsys.readouterr().err.splitlines() if "run_squad: path: " in line]
+    assert paths == ["path: padded batches (the CPU default; --packing to pack); fp32 (no precision flag); "
+                     "torch.compile for training (--torch_compile); evaluation eager (not compiled a second time)"]

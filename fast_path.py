@@ -1,0 +1,121 @@
+"""Which path a run takes on its device: packed or padded batches, torch.compile or eager, the precision and
+the attention kernels; decided once, from the flags and a few facts, and said in one log line.
+
+Why a module of its own: the seed scripts' flags do not name the fast path, so the tool chooses the fastest
+configuration it can show correct for the model family and the device; a flag given explicitly always wins,
+and each choice has its way back (`--packing off`, `--torch_compile off`, `--fp32`, `--sdpa_kernels torch`).
+The rules are plain data measured on an H200 (bench/RESULTS.md, ../shared/measurements) and pure functions
+over facts, so they are tested on any machine. No torch here: run_squad.py gathers the facts.
+
+The rules (CUDA; on a CPU every default stays the classic one: padded, eager, fp32):
+  packing    on for the families whose packed attention takes flash attention's varlen kernel (every
+             family packing.py supports, except the relative-position BERT, whose exact packed path is
+             quadratic in the pack on a GPU); BERT-large measured 337 vs 181 seq/s (padded, --bf16).
+  precision  bf16 autocast on a GPU that computes bf16 and no precision flag: fp32 master weights and
+             optimizer, as --bf16. Measured with MiniLM on the shared SQuAD 2.0 sample, held-out questions:
+             fp32 F1 54.52 / 52.63 (seeds 42 / 7), bf16 53.98 (seed 42): within seed noise.
+  compile    torch.compile for training when it pays back its compilation: at least COMPILE_MIN_PARAMETERS
+             and COMPILE_MIN_STEPS (BERT-large packed: ~20 s of compilation, 54 instead of 95 ms a step, so
+             it pays after ~500 steps; small models gain little, their steps are bound by the host).
+             Evaluation runs eager in a run that trains (compiling it again cost 9 s of an 11 s evaluation
+             of 1,447 questions); an evaluation-only run compiles when --torch_compile is given.
+  attention  padded batches use SDPA's flash or memory-efficient kernels, never cuDNN: cuDNN builds a
+             graph for every new (batch, width) shape (~3 ms of CPU per attention call) and its backward
+             gives NaN for lengths = 64 mod 128 with a mask (pytorch #196678).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Families whose packed attention runs flash attention's varlen kernel on a GPU (packing.SUPPORTED_MODEL_TYPES,
+# which also takes the relative-position BERT through an exact but quadratic path).
+VARLEN_PACKING_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "albert", "distilbert", "modernbert")
+COMPILE_MIN_PARAMETERS = 100_000_000
+COMPILE_MIN_STEPS = 1_000
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the choice depends on besides the flags."""
+
+    cuda: bool  # the run's device is a GPU
+    bf16_gpu: bool  # that GPU computes bf16 (Ampere and newer)
+    model_type: str
+    relative_positions: bool = False  # BERT with relative_key(_query) position embeddings
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The path of one run, each part with the reason it was taken."""
+
+    packing: bool
+    precision: str  # fp32, bf16 or fp16
+    sdpa_without_cudnn: bool
+    reasons: tuple[str, ...]
+    compile_training: bool = False
+    compile_evaluation: bool = False
+
+    def with_compilation(self, training: bool, evaluation: bool, reason: str) -> Choice:
+        return Choice(self.packing, self.precision, self.sdpa_without_cudnn, (*self.reasons, reason), training,
+                      evaluation)
+
+    def describe(self) -> str:
+        return "path: " + "; ".join(self.reasons)
+
+
+def choose(flags, facts: Facts) -> Choice:
+    """Packing, precision and the attention kernels (compilation waits for the run's length: compilation())."""
+    packing, packing_why = choose_packing(flags.packing, facts)
+    precision, precision_why = choose_precision(flags, facts)
+    no_cudnn = facts.cuda and flags.sdpa_kernels == "auto" and not packing
+    reasons = [packing_why, precision_why]
+    if facts.cuda and not packing:
+        reasons.append("padded attention: SDPA flash or memory-efficient kernels, not cuDNN" if no_cudnn else
+                       "padded attention: PyTorch's own SDPA choice (--sdpa_kernels torch)")
+    return Choice(packing, precision, no_cudnn, tuple(reasons))
+
+
+def choose_packing(flag: str, facts: Facts) -> tuple[bool, str]:
+    if flag == "on":
+        return True, "packed batches (--packing)"
+    if flag == "off":
+        return False, "padded batches (--packing off)"
+    if not facts.cuda:
+        return False, "padded batches (the CPU default; --packing to pack)"
+    if facts.model_type in VARLEN_PACKING_TYPES and not facts.relative_positions:
+        return True, f"packed batches ({facts.model_type}: flash attention's varlen kernel; --packing off for padded)"
+    what = "relative positions: its packed path is quadratic on a GPU" if facts.relative_positions else \
+        "its attention cannot be packed"
+    return False, f"padded batches ({facts.model_type}, {what})"
+
+
+def choose_precision(flags, facts: Facts) -> tuple[str, str]:
+    if flags.fp16:
+        return "fp16", "fp16 autocast with a gradient scaler (--fp16)"
+    if flags.bf16:
+        return "bf16", "bf16 autocast (--bf16)"
+    if flags.fp32:
+        return "fp32", "fp32 (--fp32)"
+    if facts.cuda and facts.bf16_gpu:
+        return "bf16", "bf16 autocast (a bf16 GPU and no precision flag; --fp32 for fp32)"
+    return "fp32", "fp32 (no precision flag" + (", and the GPU has no bf16)" if facts.cuda else ")")
+
+
+def compilation(choice: Choice, flag: str, cuda: bool, training: bool, parameters: int, steps: int) -> Choice:
+    """Whether to torch.compile for training and for evaluation, given the run's size (steps: 0 without
+    training)."""
+    if flag == "off":
+        return choice.with_compilation(False, False, "eager (--torch_compile off)")
+    if flag == "on":
+        if training:
+            return choice.with_compilation(True, False, "torch.compile for training (--torch_compile); "
+                                                        "evaluation eager (not compiled a second time)")
+        return choice.with_compilation(False, True, "torch.compile for evaluation (--torch_compile)")
+    if not cuda or not training:
+        return choice.with_compilation(False, False, "eager (compilation pays only for long GPU training)")
+    if parameters >= COMPILE_MIN_PARAMETERS and steps >= COMPILE_MIN_STEPS:
+        return choice.with_compilation(True, False, f"torch.compile for training ({parameters / 1e6:.0f}M parameters x "
+                                                    f"{steps} steps repay its compilation; --torch_compile off to skip)")
+    return choice.with_compilation(False, False, f"eager ({parameters / 1e6:.0f}M parameters x {steps} steps: "
+                                                 f"compilation would not pay; --torch_compile to compile)")
