@@ -111,8 +111,9 @@ throughput train_modernbert 100 --config $MODERN --batch_size 32 --loops default
 throughput eval_large_compiled 70 --config $LARGE --mode eval --batch_size $EVAL_BATCH --loops default --compile
 # 4. Attention kernels (FA2 varlen with and without dropout, SDPA backends, cuDNN's per-shape cost).
 if fits attention 60; then
-  timeout 60 python bench/attention_kernels.py ${DRY_RUN:+--dry-run} --lengths_file "$LENGTHS" \
-    --json_out "$OUT/attention.json" > "$OUT/attention.log" 2>&1
+  if [ -n "${DRY_RUN:-}" ]; then kernels=(--dry-run); else kernels=(--lengths_file "$LENGTHS"); fi
+  timeout 60 python bench/attention_kernels.py "${kernels[@]}" --json_out "$OUT/attention.json" \
+    > "$OUT/attention.log" 2>&1
   echo "== attention rc=$?"; tail -3 "$OUT/attention.log"
 fi
 # 5. A forced out-of-memory: 4,000 padded fp32 features in one batch.
