@@ -11,6 +11,7 @@ atomic_io, so a file or folder is either complete under its final name or absent
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import re
@@ -29,6 +30,8 @@ TRAINING_STATE = "training_state.json"  # the optimizer step of the final model
 EVAL_RESULTS = "eval_results.json"
 FINAL_MODEL_TMP = "final-model"
 THRESHOLD_FILE = "null_score_diff_threshold.json"  # the tuned no-answer threshold of a model folder
+# A model folder that cannot be written (read-only, not ours): its threshold is only warned about.
+READ_ONLY_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
 # What run_squad writes into --output_dir, whose temporaries a killed run may leave behind.
 OUTPUT_GLOBS = (f"{CHECKPOINT_PREFIX}*", FINAL_MODEL_TMP, "*.json", "*.txt", "*.png")
 
@@ -123,8 +126,10 @@ def models_to_evaluate(output_dir: Path, all_checkpoints: bool, trained: bool, m
     return [(str(folder), final_prefix(folder))]
 
 
-def write_eval_results(output_dir: Path, prefix: str, results: dict) -> None:
-    """eval_results.json: every evaluation by step; eval_results.txt: the latest as `key = value`."""
+def write_eval_results(output_dir: Path, prefix: str, results: dict, files: atomic_io.FileSet | None = None) -> None:
+    """eval_results.json: every evaluation by step; eval_results.txt: the latest as `key = value`. Each written
+    atomically, or staged in ``files`` (the evaluation's set): eval_results.json last, so that a step it lists
+    has all its files in place."""
     path = output_dir / EVAL_RESULTS
     everything = {}
     if path.is_file():
@@ -138,16 +143,22 @@ def write_eval_results(output_dir: Path, prefix: str, results: dict) -> None:
             logger.warning("%s could not be read; kept as %s, starting a new one", path, kept.name)
             everything = {}
     everything[prefix] = results
-    atomic_io.write_json_atomic(path, everything, indent=2)
     lines = [f"step = {prefix}"] + [f"{k} = {v}" for k, v in results.items()]
+    if files is not None:
+        files.write_text(output_dir / "eval_results.txt", "\n".join(lines) + "\n")
+        files.write_json(path, everything, indent=2)
+        return
     atomic_io.write_text_atomic(output_dir / "eval_results.txt", "\n".join(lines) + "\n")
+    atomic_io.write_json_atomic(path, everything, indent=2)
 
 
-def write_threshold(folder: Path, results: dict, prefix: str, predict_path: Path | None, decoding: dict) -> None:
+def write_threshold(folder: Path, results: dict, prefix: str, predict_path: Path | None, decoding: dict,
+                    files: atomic_io.FileSet | None = None) -> None:
     """The tuned no-answer threshold (best F1's), into the model folder it was tuned for, so that the model
     answers as it was scored (qa_pipeline.py applies it), with the decoder settings the null odds came from.
     Only a folder this tool trained (it holds training_args.json) is written: a pretrained or installed model
-    given to --model_name_or_path is input, never modified. A folder that cannot be written is warned about."""
+    given to --model_name_or_path is input, never modified. Staged in ``files`` (the evaluation's set) when
+    given. A folder that cannot be written is warned about (the threshold stays in eval_results.json)."""
     if "best_f1_thresh" not in results:
         return
     if not (folder / TRAINING_ARGS).is_file():
@@ -158,8 +169,13 @@ def write_threshold(folder: Path, results: dict, prefix: str, predict_path: Path
               "best_exact": results["best_exact"], "best_exact_thresh": results["best_exact_thresh"],
               **decoding, "step": prefix, "predict_file": str(predict_path) if predict_path else None}
     try:
-        atomic_io.write_json_atomic(folder / THRESHOLD_FILE, record, indent=2)
+        if files is not None:
+            files.write_json(folder / THRESHOLD_FILE, record, indent=2)
+        else:
+            atomic_io.write_json_atomic(folder / THRESHOLD_FILE, record, indent=2)
     except OSError as exc:
+        if files is not None and exc.errno not in READ_ONLY_ERRNOS:
+            raise  # a full disk: the evaluation's set is not written
         logger.warning("could not write the tuned threshold into %s (%s)", folder, exc.strerror or exc)
         return
     logger.info("tuned threshold %g (best F1 %.2f) written to %s", record["null_score_diff_threshold"],

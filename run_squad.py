@@ -40,6 +40,7 @@ import torch
 import transformers
 from tqdm.auto import tqdm
 
+import atomic_io
 import batching
 import checkpoints
 import decoding
@@ -657,23 +658,16 @@ def evaluate(model, evaluation: Evaluation, rt, prefix: str, model_folder: str |
         predictions = decoded.answers(config.threshold)
         logger.info("inference on %d features: %.1f s; decoding %d questions: %.2f s", len(features),
                     inferred - started, len(evaluation.examples), time.perf_counter() - inferred)
-        v2 = config.settings.version_2_with_negative
-        paths = decoding.write_prediction_files(config.output_dir, prefix, predictions, decoded.nbest,
-                                                decoded.null_odds if v2 or head.beam else None)
-        logger.info("wrote %s", ", ".join(str(p) for p in paths.values()))
         if config.score:
             results = score_predictions(evaluation.examples, predictions, decoded, config, prefix)
-            if v2 and model_folder is not None:
-                output_folder.write_threshold(Path(model_folder), results, prefix, config.predict_path, {
-                    "n_best_size": config.settings.n_best_size,
-                    "max_answer_length": config.settings.max_answer_length, **config.windows})
+        write_evaluation(config, prefix, evaluation.examples, predictions, decoded, results, head.beam, model_folder)
         logger.info("evaluated %d features in %.1f s", len(features), time.perf_counter() - started)
     process_group.barrier(rt)
     return results
 
 
 def score_predictions(examples, predictions, decoded: decoding.Decoded, config: EvalConfig, prefix: str) -> dict:
-    """Official scores of the predictions file; for SQuAD 2.0 the sweep over the spans, and plots."""
+    """Official scores of the predictions file; for SQuAD 2.0 the sweep over the spans."""
     gold, v2 = squad_metrics.gold_answers_from_examples(examples), config.settings.version_2_with_negative
     # The scorer's --na-prob-thresh is the decoding threshold: a question whose null odds exceed it was
     # predicted "" already, so EM/F1 describe exactly the predictions file just written (the official
@@ -681,12 +675,40 @@ def score_predictions(examples, predictions, decoded: decoding.Decoded, config: 
     results = dict(squad_metrics.squad_evaluate(
         gold, predictions, na_probs=decoded.null_odds if v2 else None, na_prob_thresh=config.threshold,
         version_2=v2, sweep_preds=decoded.best_spans if v2 else None))
-    if v2 and squad_metrics.plots_available():
-        squad_metrics.plot_no_answer(gold, decoded.best_spans, decoded.null_odds, config.threshold,
-                                     str(config.output_dir / f"no_answer_{prefix}.png"))
-    output_folder.write_eval_results(config.output_dir, prefix, results)
     logger.info("evaluation %s: %s", prefix, json.dumps(results))
     return results
+
+
+class EvaluationWriteError(Exception):
+    """The files of an evaluation could not be written (a full disk, ...): none of them was (exit code 1)."""
+
+
+def write_evaluation(config: EvalConfig, prefix: str, examples, predictions, decoded: decoding.Decoded,
+                     results: dict, beam: bool, model_folder: str | None) -> None:
+    """The files of one evaluation as one set (atomic_io.FileSet): predictions, n-best, null odds, the plot,
+    the tuned threshold (in the model folder) and eval_results, all written aside, then renamed in, the
+    results last. A failed write leaves every earlier file as it was."""
+    v2, output_dir = config.settings.version_2_with_negative, config.output_dir
+    try:
+        with atomic_io.file_set() as files:
+            paths = decoding.write_prediction_files(output_dir, prefix, predictions, decoded.nbest,
+                                                    decoded.null_odds if v2 or beam else None, files)
+            if results and v2 and squad_metrics.plots_available():
+                gold = squad_metrics.gold_answers_from_examples(examples)
+                files.write_path(output_dir / f"no_answer_{prefix}.png", lambda tmp: squad_metrics.plot_no_answer(
+                    gold, decoded.best_spans, decoded.null_odds, config.threshold, str(tmp)))
+            if results and v2 and model_folder is not None:
+                output_folder.write_threshold(Path(model_folder), results, prefix, config.predict_path, {
+                    "n_best_size": config.settings.n_best_size,
+                    "max_answer_length": config.settings.max_answer_length, **config.windows}, files)
+            if results:
+                output_folder.write_eval_results(output_dir, prefix, results, files)
+    except OSError as exc:
+        failed = Path(exc.filename) if exc.filename else output_dir
+        where = failed.name if failed.parent == output_dir else str(failed)
+        raise EvaluationWriteError(f"could not write the evaluation results of step {prefix} to {output_dir} "
+                                   f"({where}: {exc.strerror or exc}): the previous results are unchanged") from exc
+    logger.info("wrote %s", ", ".join(str(p) for p in paths.values()))
 
 
 def infer(model, features, strategy, rt, *, precision: str = "fp32") -> dict:
