@@ -20,6 +20,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import folder_lock
 import output_folder
 from atomic_io import check_writable, first_line
 
@@ -328,7 +329,7 @@ def check_output_dir(args) -> None:
     if args.overwrite_output_dir or not out.is_dir():
         return
     resuming = args.resume_from_checkpoint is not None or restarted_by_torchrun()
-    if args.do_train and any(out.iterdir()) and not resuming:
+    if args.do_train and any(p.name != folder_lock.LOCK_NAME for p in out.iterdir()) and not resuming:
         raise InputError(
             f"--output_dir {out}: exists and is not empty; pass --overwrite_output_dir to write into it "
             "(nothing is deleted) or --resume_from_checkpoint latest to continue"
@@ -341,11 +342,24 @@ def check_output_dir(args) -> None:
                                  "to replace it, or choose another --output_dir")
 
 
+def check_output_dir_free(args) -> None:
+    """Another live run holds --output_dir (its lock, folder_lock.py): refused naming it, before anything else
+    about the folder is said. (The lock itself is taken later, by the process that will write there.)"""
+    out = Path(args.output_dir)
+    try:
+        holder = folder_lock.held_by(out)
+    except OSError:
+        return  # cannot tell here: taking the lock will
+    if holder is not None:
+        raise InputError(str(folder_lock.refusal(out, holder)))
+
+
 def check_run_squad_command(argv: Sequence[str] | None) -> FrozenArgs:
     """What run_squad.py can tell without torch: the flags, the data files, the output folder."""
     args = parse_args(argv)
     data_file(args, "--train_file")
     data_file(args, "--predict_file")
+    check_output_dir_free(args)
     check_output_dir(args)
     return args
 

@@ -144,6 +144,15 @@ def gather_to_main(rt: Runtime, obj) -> list | None:
     return everything if rt.is_main else None
 
 
+def from_main(rt: Runtime, obj):
+    """Rank 0's ``obj`` on every rank (a small picklable value), over the host-side group."""
+    if not rt.distributed:
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0, group=rt.cpu_group)
+    return box[0]
+
+
 def shutdown(rt: Runtime) -> None:
     if rt.distributed:
         torch.distributed.destroy_process_group()

@@ -44,6 +44,7 @@ import atomic_io
 import batching
 import checkpoints
 import decoding
+import folder_lock
 import output_folder
 import process_group
 import qa_model
@@ -70,7 +71,7 @@ class OutOfMemory(Exception):
 # Reported as bad input (exit code 2): the command line's, the data's, the model's and the launcher's.
 BAD_INPUT = (utils_squad.SquadDataError, utils_squad.FeatureSettingsError, squad_metrics.ScoringInputError,
              qa_model.ModelLoadError, qa_model.PackingUnsupported, output_folder.CheckpointInputError,
-             process_group.LaunchError)
+             process_group.LaunchError, folder_lock.FolderLocked)
 
 
 # --------------------------------------------------------------------------------------------
@@ -86,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         return cli.report(exc, cli.EXIT_INTERRUPTED, verbose, prefix="interrupted")
     except Exception as exc:  # noqa: BLE001 - every failure becomes one line (traceback with --verbose_logging)
         return cli.report(exc, cli.exit_code(exc, BAD_INPUT), verbose)
+    finally:
+        folder_lock.release_held()  # the folder's lock, on any exit
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,7 @@ def run(args) -> int:
     """file -> examples -> features -> training -> evaluation, in that order."""
     rt = process_group.setup(args.local_rank, args.no_cuda)
     process_group.setup_logging(args.verbose_logging, rt.rank)
+    claim_output_dir(Path(args.output_dir), rt)
     process_group.start_debugger(args.server_ip, args.server_port)
     process_group.barrier(rt)  # every rank has checked --output_dir before rank 0 writes anything into it
     train_path, predict_path = data_paths(args, rt)
@@ -162,6 +166,20 @@ def run(args) -> int:
                 print(json.dumps({"step": prefix, **results}), flush=True)
     process_group.shutdown(rt)
     return cli.EXIT_OK
+
+
+def claim_output_dir(output_dir: Path, rt) -> None:
+    """Rank 0, the only process that writes into --output_dir, takes its lock (folder_lock.py) until it exits
+    (main releases it); every rank learns whether it did, so that a refused run ends on all ranks at once."""
+    problem = None
+    if rt.is_main:
+        try:
+            folder_lock.hold(output_dir)
+        except folder_lock.FolderLocked as exc:
+            problem = str(exc)
+    problem = process_group.from_main(rt, problem)
+    if problem is not None:
+        raise folder_lock.FolderLocked(problem)
 
 
 def data_paths(args, rt) -> tuple[Path | None, Path | None]:

@@ -5,6 +5,7 @@ import errno
 import json
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import atomic_io
+import folder_lock
 import output_folder
 import run_squad
 from cli_helpers import REPO, common_flags, small_v2_file
@@ -140,3 +142,38 @@ def test_a_full_disk_midway_through_an_evaluation_keeps_the_previous_set(tiny_be
     odds = json.loads((out / "null_odds_2.json").read_text())
     assert all((predictions[q] == "") == (odds[q] > -3) for q in predictions), "the new set belongs together"
     assert json.loads((out / "eval_results.json").read_text())["2"] != json.loads(before["eval_results.json"])["2"]
+
+
+# --------------------------------------------------------------------------------------------
+# One run owns an output folder
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_second_run_a_resume_and_an_evaluation_into_a_held_folder_are_refused(tiny_bert_dir, squad_dir, tmp_path,
+                                                                                monkeypatch, capsys):
+    out = tmp_path / "out"
+    flags = [*common_flags(tiny_bert_dir, out), *train_flags(squad_dir, tmp_path, 3000, 20)]
+    first = Run(flags)
+    try:
+        first.wait_for("saved " + str(out / "checkpoint-20"))
+        refusal = (f"error: --output_dir {out}: in use by another run (pid {first.process.pid} on "
+                   f"{atomic_io.host()}, since ")
+        for extra in (["--overwrite_output_dir"], ["--resume_from_checkpoint", "latest"]):
+            second = Run([*flags, *extra])
+            code, err = second.finish()
+            assert code == 2 and last_line(err).startswith(refusal), err[-2000:]
+            assert "running: run_squad.py --model_name_or_path" in last_line(err)
+        evaluation = Run([*common_flags(out / "checkpoint-20", out), *eval_flags(squad_dir, tmp_path),
+                          "--overwrite_output_dir"])
+        code, err = evaluation.finish()
+        assert code == 2 and last_line(err).startswith(refusal), err[-2000:]
+        # The lock itself, where the early check of the command line does not see it:
+        monkeypatch.setattr(folder_lock, "held_by", lambda folder: None)
+        assert run_squad.main([*flags, "--resume_from_checkpoint", "latest"]) == 2
+        assert last_line(capsys.readouterr().err).startswith(refusal)
+        assert first.process.poll() is None, "the first run goes on"
+    finally:
+        first.process.send_signal(signal.SIGTERM)
+    code, err = first.finish()
+    assert code == 3, err[-2000:]
+    assert not (out / folder_lock.LOCK_NAME).exists(), "released when the run ends"
