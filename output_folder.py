@@ -1,6 +1,6 @@
 """What a run leaves in --output_dir, and the checks before a run writes there: the names of its files and
-folders, its checkpoints listed and resolved, which models to evaluate, eval_results.json and the tuned
-no-answer threshold.
+folders, its checkpoints listed and resolved, the settings a resume compares, which models to evaluate,
+eval_results.json and the tuned no-answer threshold.
 
 Why a module of its own: the command line must refuse a folder it would overwrite before it imports torch
 (cli.py's checks, at once), and a later run (--resume_from_checkpoint latest, --eval_all_checkpoints, a
@@ -73,6 +73,47 @@ def resolve_resume(output_dir: Path, wanted: str | None) -> Path | None:
     if not (path / TRAINER_STATE).is_file():
         raise CheckpointInputError(f"--resume_from_checkpoint {path}: not a complete checkpoint (no {TRAINER_STATE})")
     return path
+
+
+# What a resume compares between the checkpoint's training_args.json and this run (checkpoints.check_resume):
+# the features (windows, casing, data, tokenizer), the batches (their sizes, order and number of processes),
+# and the schedule and optimizer settings (those the restored optimizer state would silently override).
+RESUME_SETTINGS = (
+    "model_type", "max_seq_length", "doc_stride", "max_query_length", "do_lower_case", "context_first",
+    "version_2_with_negative", "skip_bad_answers", "train_file_sha256", "tokenizer_sha256",
+    "per_gpu_train_batch_size", "gradient_accumulation_steps", "world_size", "packing", "pack_tokens",
+    "length_grouping", "seed", "learning_rate", "lr_scheduler_type", "warmup_steps", "warmup_ratio", "lr_end",
+    "lr_power", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "layerwise_lr_decay",
+)
+SETTING_NAMES = {"train_file_sha256": "the training data (sha256)", "tokenizer_sha256": "the tokenizer (sha256)",
+                 "world_size": "processes", "model_type": "model type"}
+
+
+def _setting(name: str, value) -> str:
+    if name.endswith("_sha256") and isinstance(value, str):
+        return value[:12]
+    return json.dumps(value)
+
+
+def resume_mismatches(saved: dict, current: dict, auto_batch: bool) -> list[str]:
+    """Each setting that differs between a checkpoint's training_args.json and this run, as `--flag A there, B
+    here`. A setting the checkpoint does not record (an older one) is not compared. With
+    --auto_find_batch_size the checkpoint's micro-batches are kept, so only the global batch must agree; the
+    length of the run is --max_steps when either sets it, else --num_train_epochs."""
+    names = [n for n in RESUME_SETTINGS if n in saved and n in current]
+    if auto_batch:
+        names = [n for n in names if n not in ("per_gpu_train_batch_size", "gradient_accumulation_steps")]
+    found = [(SETTING_NAMES.get(n, f"--{n}"), saved[n], current[n], n) for n in names if saved[n] != current[n]]
+    if auto_batch and all(k in d for d in (saved, current) for k in ("per_gpu_train_batch_size", "gradient_accumulation_steps")):
+        there = saved["per_gpu_train_batch_size"] * saved["gradient_accumulation_steps"]
+        here = current["per_gpu_train_batch_size"] * current["gradient_accumulation_steps"]
+        if there != here:
+            found.append(("batch per process (--per_gpu_train_batch_size x --gradient_accumulation_steps)",
+                          there, here, "batch"))
+    length = "max_steps" if max(saved.get("max_steps", -1), current.get("max_steps", -1)) > 0 else "num_train_epochs"
+    if length in saved and length in current and saved[length] != current[length]:
+        found.append((f"--{length}", saved[length], current[length], length))
+    return [f"{label} {_setting(name, there)} there, {_setting(name, here)} here" for label, there, here, name in found]
 
 
 def prune(output_dir: Path, limit: int, protect: Path | None, step: int) -> None:

@@ -85,6 +85,7 @@ import transformers
 from tokenizers import Tokenizer
 
 import batching
+import checkpoints
 import decoding
 import qa_model
 import utils_squad
@@ -606,6 +607,10 @@ class QuestionAnsweringPipeline:
     @staticmethod
     def _load_model(folder: Path, dtype):
         source = qa_model.ModelSource(str(folder))
+        try:
+            checkpoints.check_model_files(folder)  # a damaged file is named, before transformers reads it
+        except checkpoints.WeightsUnreadable as exc:
+            raise PipelineInputError(str(exc)) from None
         try:
             config = qa_model.load_config(source)
             beam = qa_model.uses_beam_head(config.model_type, _simple_span_head(config))

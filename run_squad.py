@@ -71,7 +71,7 @@ class OutOfMemory(Exception):
 # Reported as bad input (exit code 2): the command line's, the data's, the model's and the launcher's.
 BAD_INPUT = (utils_squad.SquadDataError, utils_squad.FeatureSettingsError, squad_metrics.ScoringInputError,
              qa_model.ModelLoadError, qa_model.PackingUnsupported, output_folder.CheckpointInputError,
-             process_group.LaunchError, folder_lock.FolderLocked)
+             process_group.LaunchError, folder_lock.FolderLocked, checkpoints.WeightsUnreadable)
 
 
 # --------------------------------------------------------------------------------------------
@@ -101,12 +101,14 @@ class RunSetup:
     beam_head: bool
     context_first: bool
     source: qa_model.ModelSource
+    identity: dict  # the training data's and tokenizer's fingerprints, the processes: what a resume compares
 
     def run_args(self, args, batches: TrainBatches | None = None) -> dict:
         """The flags as training_args.json records them, with the derived paths and model type, and the
         micro-batches training used (--auto_find_batch_size may have changed them; the global batch is the
-        same): passed back as flags, they reproduce the run."""
-        derived = {"model_type": self.model_type, "train_path": self.train_path, "predict_path": self.predict_path}
+        same): passed back as flags, they reproduce the run. With the run's identity (checkpoints.run_identity)."""
+        derived = {"model_type": self.model_type, "train_path": self.train_path, "predict_path": self.predict_path,
+                   **self.identity}
         if batches is not None:
             derived.update(per_gpu_train_batch_size=batches.batch_size, gradient_accumulation_steps=batches.accumulation)
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in {**vars(args), **derived}.items()}
@@ -134,7 +136,8 @@ def run(args) -> int:
     tokenizer = qa_model.load_tokenizer(source, args.do_lower_case)
     setup = RunSetup(train_path, predict_path, config.model_type,
                      qa_model.uses_beam_head(config.model_type, args.simple_span_head),
-                     bool(args.context_first or tokenizer.padding_side == "left"), source)
+                     bool(args.context_first or tokenizer.padding_side == "left"), source,
+                     checkpoints.run_identity(train_path if args.do_train else None, tokenizer, rt.world_size))
     check_model_settings(args, setup, config, tokenizer)
     head = batching.make_head(setup.beam_head)
     evaluation = None
@@ -145,8 +148,9 @@ def run(args) -> int:
                                 EvalConfig.from_flags(args, predict_path, score=not args.do_predict))
     if args.do_train:
         features = build_features(args, rt, tokenizer, train_path, train_examples, setup.context_first, True)
-        resume_from = output_folder.resolve_resume(Path(args.output_dir), args.resume_from_checkpoint
-                                                or ("latest" if cli.restarted_by_torchrun() else None))
+        resume_from = checkpoints.resolve_resume(Path(args.output_dir), args.resume_from_checkpoint
+                                                 or ("latest" if cli.restarted_by_torchrun() else None))
+        checkpoints.check_resume(resume_from, setup.run_args(args), config, args.auto_find_batch_size)
         model = load_model(args, setup, config, str(resume_from) if resume_from else args.model_name_or_path)
         batches = train_batches(args, rt, model, head, config, features, resume_from)
         saving = Saving(Path(args.output_dir), args.save_steps, args.save_total_limit, tokenizer,
@@ -269,6 +273,7 @@ def load_model(args, setup: RunSetup, config, path: str, eval_device=None):
     gets --bf16/--fp16 weights: half the memory and no autocast casts."""
     half = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
     dtype = half if half is not None and eval_device is not None and eval_device.type == "cuda" else torch.float32
+    checkpoints.check_model_files(Path(path))  # a damaged file is named, before transformers reads it
     model = qa_model.load_model(path, config, setup.source, setup.beam_head, args.attn_implementation, dtype)
     if args.packing:
         qa_model.enable_packing(model, attention_dropout=args.packed_attention_dropout == "on")

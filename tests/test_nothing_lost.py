@@ -5,6 +5,7 @@ import errno
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,10 +16,13 @@ from pathlib import Path
 import pytest
 
 import atomic_io
+import checkpoints
 import folder_lock
 import output_folder
+import qa_pipeline
 import run_squad
-from cli_helpers import REPO, common_flags, small_v2_file
+import utils_squad
+from cli_helpers import REPO, common_flags, small_squad_file, small_v2_file
 
 pytestmark = pytest.mark.slow
 
@@ -177,3 +181,140 @@ def test_a_second_run_a_resume_and_an_evaluation_into_a_held_folder_are_refused(
     code, err = first.finish()
     assert code == 3, err[-2000:]
     assert not (out / folder_lock.LOCK_NAME).exists(), "released when the run ends"
+
+
+# --------------------------------------------------------------------------------------------
+# A resume checks the checkpoint against the run
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def checkpointed(tiny_bert_dir, squad_dir, tmp_path_factory):
+    """A run of 2 steps with checkpoint-2, and its flags."""
+    tmp = tmp_path_factory.mktemp("checkpointed")
+    out = tmp / "out"
+    flags = [*common_flags(tiny_bert_dir, out), *train_flags(squad_dir, tmp, 2, 2)]
+    assert run_squad.main(flags) == 0
+    return out, flags, tmp
+
+
+def config_folder(tiny_bert_dir: Path, target: Path, **changes) -> Path:
+    target.mkdir(parents=True, exist_ok=True)
+    config = json.loads((tiny_bert_dir / "config.json").read_text())
+    (target / "config.json").write_text(json.dumps({**config, **changes}))
+    return target
+
+
+@pytest.mark.parametrize("extra, named", [
+    (["--max_seq_length", "128"], "--max_seq_length 192 there, 128 here"),
+    (["--doc_stride", "32"], "--doc_stride 64 there, 32 here"),
+    (["--per_gpu_train_batch_size", "4", "--seed", "8"], "--per_gpu_train_batch_size 8 there, 4 here; --seed 7 there, 8 here"),
+    (["--do_lower_case"], "--do_lower_case false there, true here"),
+    (["--learning_rate", "2e-3", "--lr_scheduler_type", "cosine"], "--learning_rate 0.001 there, 0.002 here; "
+                                                                    "--lr_scheduler_type \"linear\" there, \"cosine\" here"),
+    (["--max_steps", "5"], "--max_steps 2 there, 5 here"),
+    (["--packing"], "--packing false there, true here"),
+])
+def test_a_resume_with_a_changed_setting_is_refused_naming_both_values(checkpointed, capsys, extra, named):
+    out, flags, _ = checkpointed
+    assert run_squad.main([*flags, *extra, "--resume_from_checkpoint", "latest"]) == 2
+    line = last_line(capsys.readouterr().err)
+    checkpoint = out / "checkpoint-2"
+    assert line == (f"error: --resume_from_checkpoint {checkpoint}: made with other settings than this run's: {named}. "
+                    f"Resume with its settings, or start fresh from its weights on purpose: --model_name_or_path "
+                    f"{checkpoint} without --resume_from_checkpoint, into a new --output_dir")
+
+
+def test_a_resume_with_other_data_or_model_config_is_refused(checkpointed, tiny_bert_dir, squad_dir, capsys):
+    out, flags, tmp = checkpointed
+    changed = small_squad_file(squad_dir / "train-v2.0.json", tmp / "other.json", questions=100)
+    other = [*flags[:flags.index("--train_file") + 1], str(changed), *flags[flags.index("--train_file") + 2:]]
+    assert run_squad.main([*other, "--resume_from_checkpoint", "latest"]) == 2
+    line = last_line(capsys.readouterr().err)
+    sha = json.loads((out / "checkpoint-2" / "training_args.json").read_text())["train_file_sha256"]
+    assert f"the training data (sha256) {sha[:12]} there, {utils_squad.file_sha256(changed)[:12]} here" in line
+
+    heads = config_folder(tiny_bert_dir, tmp / "heads", num_attention_heads=4)  # the same weight shapes
+    assert run_squad.main([*flags, "--config_name", str(heads), "--resume_from_checkpoint", "latest"]) == 2
+    assert ": model config num_attention_heads 2 there, 4 here. Resume" in last_line(capsys.readouterr().err)
+
+    wider = config_folder(tiny_bert_dir, tmp / "wider", hidden_size=64)  # other shapes: one line, no load table
+    assert run_squad.main([*flags, "--config_name", str(wider), "--resume_from_checkpoint", "latest"]) == 2
+    err = capsys.readouterr().err
+    assert ": model config hidden_size 32 there, 64 here. Resume" in last_line(err)
+    assert "MISMATCH" not in err and "ignore_mismatched_sizes" not in err
+
+
+def test_auto_find_batch_size_keeps_the_checkpoints_micro_batches_but_not_another_global_batch(checkpointed, capsys):
+    out, flags, _ = checkpointed
+    assert run_squad.main([*flags, "--auto_find_batch_size", "--per_gpu_train_batch_size", "4",
+                           "--gradient_accumulation_steps", "2", "--resume_from_checkpoint", "latest"]) == 0
+    assert run_squad.main([*flags, "--auto_find_batch_size", "--per_gpu_train_batch_size", "4",
+                           "--resume_from_checkpoint", "latest"]) == 2
+    assert ("batch per process (--per_gpu_train_batch_size x --gradient_accumulation_steps) 8 there, 4 here"
+            in last_line(capsys.readouterr().err))
+
+
+def test_starting_fresh_from_a_checkpoints_weights_is_the_documented_way(checkpointed, tmp_path):
+    out, flags, _ = checkpointed
+    fresh = tmp_path / "fresh"
+    command = [*flags, "--max_seq_length", "128", "--model_name_or_path", str(out / "checkpoint-2"),
+               "--output_dir", str(fresh)]
+    assert run_squad.main(command) == 0
+    assert json.loads((fresh / "training_args.json").read_text())["max_seq_length"] == 128
+
+
+@pytest.mark.parametrize("name", output_folder.RESUME_SETTINGS)
+def test_every_compared_setting_is_named_with_both_values(name):
+    saved = {n: 1 for n in output_folder.RESUME_SETTINGS}
+    label = output_folder.SETTING_NAMES.get(name, f"--{name}")
+    assert output_folder.resume_mismatches(saved, {**saved, name: 2}, auto_batch=False) == [f"{label} 1 there, 2 here"]
+    assert output_folder.resume_mismatches({k: v for k, v in saved.items() if k != name}, {**saved, name: 2},
+                                           auto_batch=False) == [], "a setting an older checkpoint lacks is not compared"
+
+
+def test_the_length_of_the_run_is_max_steps_when_set_else_the_epochs():
+    assert output_folder.resume_mismatches({"max_steps": -1, "num_train_epochs": 2.0},
+                                           {"max_steps": -1, "num_train_epochs": 3.0}, False) == [
+        "--num_train_epochs 2.0 there, 3.0 here"]
+    assert output_folder.resume_mismatches({"max_steps": 100, "num_train_epochs": 2.0},
+                                           {"max_steps": 100, "num_train_epochs": 3.0}, False) == []
+    assert output_folder.resume_mismatches({"world_size": 8}, {"world_size": 4}, False) == ["processes 8 there, 4 here"]
+
+
+# --------------------------------------------------------------------------------------------
+# A checkpoint that does not load
+# --------------------------------------------------------------------------------------------
+
+
+def cut(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+@pytest.mark.parametrize("damaged", ["model.safetensors", output_folder.TRAINER_STATE])
+def test_latest_passes_over_a_damaged_newest_checkpoint(tiny_bert_dir, squad_dir, tmp_path, capsys, damaged):
+    out = tmp_path / "out"
+    flags = [*common_flags(tiny_bert_dir, out), *train_flags(squad_dir, tmp_path, 4, 2)]
+    assert run_squad.main(flags) == 0
+    cut(out / "checkpoint-4" / damaged)
+    assert run_squad.main([*flags, "--resume_from_checkpoint", str(out / "checkpoint-4")]) == 2
+    line = last_line(capsys.readouterr().err)
+    assert line.startswith(f"error: {out / 'checkpoint-4' / damaged}: cannot be read, the file is damaged or cut short (")
+    assert run_squad.main([*flags, "--resume_from_checkpoint", "latest"]) == 0
+    err = capsys.readouterr().err
+    assert (f"--resume_from_checkpoint latest: passing over {out / 'checkpoint-4'}, it does not load: "
+            f"{out / 'checkpoint-4' / damaged}: cannot be read") in err
+    assert f"resumed from {out / 'checkpoint-2'} at step 2" in err
+    assert checkpoints.checkpoint_problem(out / "checkpoint-4") is None, "written again by the resumed run"
+
+
+def test_the_pipeline_names_a_cut_weights_file(tiny_bert_dir, tmp_path, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_bert_dir, model)
+    cut(model / "model.safetensors")
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"question": "Who?", "context": "Nobody is here."}) + "\n")
+    assert qa_pipeline.main([str(model), "--input", str(questions)]) == 2
+    assert last_line(capsys.readouterr().err).startswith(
+        f"error: {model / 'model.safetensors'}: cannot be read, the file is damaged or cut short (")
