@@ -225,9 +225,11 @@ def save_final_model(output_dir: Path, model, tokenizer, run_args: dict, global_
         with atomic_io.files_atomic(output_dir, FINAL_MODEL_TMP) as tmp:
             write_model_folder(tmp, model, tokenizer, run_args)
             (tmp / TRAINING_STATE).write_text(json.dumps({"global_step": global_step}))
-    except Exception as exc:  # noqa: BLE001 - as in save_checkpoint
+    except BaseException as exc:  # noqa: BLE001 - as in save_checkpoint; and Ctrl-C must not lose the threshold
         if aside.is_file():
             aside.replace(stale)
+        if not isinstance(exc, Exception):
+            raise
         raise CheckpointWriteError(f"could not write the final model to {output_dir} ({write_failure_reason(exc)}); "
                                    f"last good checkpoint: {last_good(output_dir)}") from exc
     if aside.is_file():

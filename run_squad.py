@@ -26,6 +26,7 @@ import sys
 import cli
 
 if __name__ == "__main__":  # bad flags and missing files are answered at once, before torch takes seconds
+    cli.one_line_interrupts_at_import()
     cli.exit_now_if_bad(lambda: cli.check_run_squad_command(sys.argv[1:]))
 
 import contextlib
@@ -33,6 +34,7 @@ import json
 import logging
 import math
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,14 +83,28 @@ BAD_INPUT = (utils_squad.SquadDataError, utils_squad.FeatureSettingsError, squad
 
 def main(argv: list[str] | None = None) -> int:
     verbose = "--verbose_logging" in (argv if argv is not None else sys.argv[1:])
+    handlers, output_dir = cli.install_interrupt_handlers(), None
     try:
-        return run(cli.check_run_squad_command(argv))
-    except TrainingInterrupted as exc:
-        return cli.report(exc, cli.EXIT_INTERRUPTED, verbose, prefix="interrupted")
-    except Exception as exc:  # noqa: BLE001 - every failure becomes one line (traceback with --verbose_logging)
-        return cli.report(exc, cli.exit_code(exc, BAD_INPUT), verbose)
+        args = cli.check_run_squad_command(argv)
+        output_dir = Path(args.output_dir)
+        return run(args)
+    except (Exception, KeyboardInterrupt, cli.Terminated) as exc:  # noqa: BLE001 - every end is one line
+        cli.ignore_interrupts(handlers)  # the run is over: another Ctrl-C must not cut its one line or its cleanup
+        return report_end(exc, verbose, output_dir)
     finally:
-        folder_lock.release_held()  # the folder's lock, on any exit
+        folder_lock.release_held()
+        cli.restore_handlers(handlers)
+
+
+def report_end(exc: BaseException, verbose: bool, output_dir: Path | None) -> int:
+    """The one line (the traceback too with --verbose_logging) and the exit code of a run that did not finish."""
+    if isinstance(exc, TrainingInterrupted):
+        return cli.report(exc, cli.EXIT_INTERRUPTED, verbose, prefix="interrupted")
+    if isinstance(exc, (KeyboardInterrupt, cli.Terminated)):  # data preparation, evaluation, saving; a second Ctrl-C
+        if verbose:
+            traceback.print_exc()
+        return cli.report_interrupt(exc, output_folder.last_good(output_dir) if output_dir else None)
+    return cli.report(exc, cli.exit_code(exc, BAD_INPUT), verbose)
 
 
 @dataclass(frozen=True)
@@ -672,6 +688,7 @@ def evaluate(model, evaluation: Evaluation, rt, prefix: str, model_folder: str |
     with matplotlib the sweep and the official precision-recall curves into no_answer_<step>.png.
     """
     started, config, features = time.perf_counter(), evaluation.config, evaluation.features
+    logger.info("evaluating %s: %d features", prefix if prefix != "final" else "the model", len(features))
     parts = process_group.gather_to_main(rt, infer(model, features, evaluation.batching, rt,
                                                    precision=config.precision))
     results: dict = {}
@@ -763,4 +780,4 @@ def infer(model, features, strategy, rt, *, precision: str = "fp32") -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.exit_with(main())

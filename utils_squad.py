@@ -20,6 +20,7 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
 import zipfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -815,6 +816,8 @@ _WORKER: dict = {}
 
 
 def _worker_init(spec: _Spec) -> None:
+    # Ctrl-C reaches every process of the terminal's group: the parent stops the pool, workers say nothing.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Each worker is one process on one core: the Rust thread pool would only oversubscribe.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     # The spec (with the tokenizer JSON) travels once per worker, not once per chunk.

@@ -283,6 +283,94 @@ def test_the_length_of_the_run_is_max_steps_when_set_else_the_epochs():
 
 
 # --------------------------------------------------------------------------------------------
+# Interrupts anywhere
+# --------------------------------------------------------------------------------------------
+
+
+def interrupted_line(name: str, last_good: str = "none") -> str:
+    return f"interrupted: {name}: stopped at once, nothing half-written left; last good checkpoint: {last_good}"
+
+
+def test_ctrl_c_while_torch_is_imported_is_one_line(tiny_bert_dir, squad_dir, tmp_path):
+    out = tmp_path / "out"
+    run = Run([*common_flags(tiny_bert_dir, out), *train_flags(squad_dir, tmp_path, 2, 0)])
+    time.sleep(1.5)  # the command line is checked in ~0.1 s; importing torch and transformers takes seconds
+    run.process.send_signal(signal.SIGINT)
+    code, err = run.finish()
+    assert code == -signal.SIGINT, err[-3000:]
+    assert err.strip() == "interrupted: SIGINT: stopped at once, nothing half-written left"
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupt_during_data_preparation_is_one_line_and_leaves_nothing(tiny_bert_dir, squad_dir, tmp_path, sig):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    train = small_v2_file(squad_dir, tmp_path / "train.json", articles=10, questions=4000)
+    run = Run([*common_flags(tiny_bert_dir, out), "--do_train", "--train_file", str(train), "--max_steps", "2"],
+              RUN_SQUAD_CACHE=str(cache))
+    run.wait_for(f"from {train}")  # read: tokenizer, features and model are next
+    run.process.send_signal(sig)
+    code, err = run.finish()
+    assert code == -sig, err[-3000:]
+    assert last_line(err) == interrupted_line(signal.Signals(sig).name)
+    assert "Traceback" not in err
+    assert not out.exists(), "the folder this run made is removed again"
+    assert not temporaries(cache)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupt_during_evaluation_is_one_line_and_writes_nothing(minilm_path, squad_dir, tmp_path, sig):
+    out = tmp_path / "out"
+    run = Run([*common_flags(minilm_path, out), *eval_flags(squad_dir, tmp_path, questions=400)])
+    run.wait_for("evaluating the model: ")
+    run.process.send_signal(sig)
+    code, err = run.finish()
+    assert code == -sig, err[-3000:]
+    assert last_line(err) == interrupted_line(signal.Signals(sig).name)
+    assert "Traceback" not in err
+    assert not out.exists(), "no predictions, no temporaries, and the folder this run made is removed again"
+
+
+def test_a_second_ctrl_c_during_training_stops_at_once_with_one_line(minilm_path, squad_dir, tmp_path):
+    out = tmp_path / "out"
+    run = Run([*common_flags(minilm_path, out), *train_flags(squad_dir, tmp_path, 1000, 0)])
+    run.wait_for("training: ")
+    time.sleep(1.5)  # the loop runs (the stop flag is installed just after that line)
+    run.process.send_signal(signal.SIGINT)
+    run.wait_for("SIGINT: finishing this step, then writing a checkpoint (Ctrl-C again to stop at once)")
+    run.process.send_signal(signal.SIGINT)  # during the step or its checkpoint
+    code, err = run.finish()
+    assert code == -signal.SIGINT, err[-3000:]
+    assert last_line(err) == interrupted_line("SIGINT")
+    assert "Traceback" not in err
+    assert not temporaries(out) and not output_folder.list_checkpoints(out)
+
+
+def test_ctrl_c_while_the_final_model_is_saved_keeps_the_previous_one(tiny_bert_dir, squad_dir, tmp_path, monkeypatch,
+                                                                     capsys):
+    out = tmp_path / "out"
+    flags = [*common_flags(tiny_bert_dir, out), *train_flags(squad_dir, tmp_path, 2, 0)]
+    assert run_squad.main(flags) == 0
+    before = snapshot(out)
+    real_write = checkpoints.write_model_folder
+
+    def interrupted_midway(folder, *args):
+        real_write(folder, *args)
+        signal.raise_signal(signal.SIGINT)  # Ctrl-C once the new weights are written aside
+
+    monkeypatch.setattr(checkpoints, "write_model_folder", interrupted_midway)
+    capsys.readouterr()
+    assert run_squad.main([*flags, "--overwrite_output_dir", "--learning_rate", "5e-3"]) == 130
+    err = capsys.readouterr().err
+    assert last_line(err) == interrupted_line("SIGINT")
+    assert "Traceback" not in err
+    after = snapshot(out)
+    for name in ("model.safetensors", "config.json", "training_args.json", "training_state.json"):
+        assert after[name] == before[name], name
+    assert not temporaries(out)
+
+
+# --------------------------------------------------------------------------------------------
 # A checkpoint that does not load
 # --------------------------------------------------------------------------------------------
 
