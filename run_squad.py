@@ -258,10 +258,8 @@ def check_model_settings(args, setup: RunSetup, config, tokenizer) -> None:
 
 def build_features(args, rt, tokenizer, path: Path, examples, context_first: bool, is_training: bool):
     """Featurize through the on-disk cache; rank 0 builds it while the other ranks wait."""
-    cache_dir = utils_squad.features_cache_dir(args.features_cache_dir)
-    if rt.is_main:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-    else:
+    cache_dir = utils_squad.features_cache_dir(args.features_cache_dir)  # created, or done without, there
+    if not rt.is_main:
         process_group.barrier(rt)
     features = utils_squad.load_or_build_features(
         path, examples, tokenizer, feature_settings(args, context_first, is_training), cache_dir=cache_dir,

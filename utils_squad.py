@@ -985,9 +985,30 @@ def load_features(path, key: str, n_examples: int) -> SquadFeatures | None:
         return None
 
 
+def _cache_problem(exc: OSError, folder: Path) -> str:
+    if isinstance(exc, (FileExistsError, NotADirectoryError)) or (folder.exists() and not folder.is_dir()):
+        return "a file is where the folder should be"
+    return exc.strerror or atomic_io.first_line(exc)
+
+
+def usable_cache_dir(cache_dir) -> Path | None:
+    """The cache folder, created if needed; None (with one warning naming it and why) when it cannot be: the
+    cache only saves time, so the run goes on without it."""
+    folder = Path(cache_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        logger.warning("feature cache %s cannot be used (%s): features are built without it", folder,
+                       _cache_problem(exc, folder))
+        return None
+    return folder
+
+
 def load_or_build_features(data_path, examples, tokenizer, settings: FeatureSettings, cache_dir,
                            overwrite_cache: bool = False, threads: int = 1) -> SquadFeatures:
-    """Cached features keyed by data content, examples, tokenizer identity, settings and format."""
+    """Cached features keyed by data content, examples, tokenizer identity, settings and format. A cache that
+    cannot be read or written (a file in its place, read-only, full) is warned about once and done without."""
+    cache_dir = usable_cache_dir(cache_dir) if cache_dir is not None else None
     if cache_dir is None:
         return convert_examples_to_features(examples, tokenizer, settings, threads)
     key = features_cache_key(data_path, examples, tokenizer, settings)
@@ -998,7 +1019,12 @@ def load_or_build_features(data_path, examples, tokenizer, settings: FeatureSett
             logger.info("Loaded %d features for %d examples from cache %s", len(features), len(examples), path)
             return features
     features = convert_examples_to_features(examples, tokenizer, settings, threads)
-    save_features(path, features, key)
+    try:
+        save_features(path, features, key)
+    except OSError as exc:  # the temporary is already removed: nothing half-written stays in the cache
+        logger.warning("feature cache %s cannot be written (%s): going on without it", cache_dir,
+                       _cache_problem(exc, cache_dir))
+        return features
     logger.info("Saved features to cache %s", path)
     return features
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from safetensors.numpy import load_file
 
 import atomic_io
 import checkpoints
@@ -406,3 +407,40 @@ def test_the_pipeline_names_a_cut_weights_file(tiny_bert_dir, tmp_path, capsys):
     assert qa_pipeline.main([str(model), "--input", str(questions)]) == 2
     assert last_line(capsys.readouterr().err).startswith(
         f"error: {model / 'model.safetensors'}: cannot be read, the file is damaged or cut short (")
+
+
+# --------------------------------------------------------------------------------------------
+# The feature cache degrades
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_file_where_the_cache_folder_should_be_is_warned_about_and_done_without(tiny_bert_dir, squad_dir, tmp_path,
+                                                                                 capsys):
+    blocker = tmp_path / "cache"
+    blocker.write_text("not a folder")
+    out = tmp_path / "out"
+    command = [*common_flags(tiny_bert_dir, out), *train_flags(squad_dir, tmp_path, 1, 0),
+               "--features_cache_dir", str(blocker)]
+    assert run_squad.main(command) == 0
+    err = capsys.readouterr().err
+    assert (f"feature cache {blocker} cannot be used (a file is where the folder should be): features are built "
+            "without it") in err
+    assert (out / "model.safetensors").is_file() and blocker.read_text() == "not a folder"
+
+
+def test_a_full_cache_disk_is_warned_about_and_leaves_no_partial_file(tiny_bert_dir, squad_dir, tmp_path, monkeypatch,
+                                                                      capsys):
+    cache, out = tmp_path / "cache", tmp_path / "out"
+
+    def full(handle, **arrays):
+        handle.write(b"PK\x03\x04 half an archive")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(utils_squad.np, "savez", full)
+    command = [*common_flags(tiny_bert_dir, out), *train_flags(squad_dir, tmp_path, 1, 0),
+               "--features_cache_dir", str(cache)]
+    assert run_squad.main(command) == 0
+    assert f"feature cache {cache} cannot be written (No space left on device): going on without it" in \
+        capsys.readouterr().err
+    assert list(cache.iterdir()) == []
+    assert load_file(out / "model.safetensors")
