@@ -41,6 +41,9 @@ ANSWER_REPAIR_WINDOW = 20
 JSON_MEMORY_FACTOR = 12
 # Examples per unit of work: bounds intermediate memory and is the multiprocessing chunk size.
 CHUNK_EXAMPLES = 2048
+# A context longer than this (no SQuAD paragraph is) is tokenized in pieces of about this many characters, one
+# at a time: see encode_contexts.
+LONG_CONTEXT_CHARS = 1 << 16
 
 
 # --------------------------------------------------------------------------------------------
@@ -714,14 +717,56 @@ def _concat(pieces, dtype) -> np.ndarray:
     return np.concatenate(pieces).astype(dtype, copy=False) if pieces else np.zeros(0, dtype)
 
 
+def _encoding_arrays(enc, first_char: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ids, offsets (shifted by first_char) and word ids (-1 for none) of one tokenizers Encoding."""
+    ids = np.asarray(enc.ids, dtype=np.int32)
+    offsets = np.asarray(enc.offsets, dtype=np.int32).reshape(-1, 2) + first_char
+    words = np.array([-1 if w is None else w for w in enc.word_ids], dtype=np.int64)
+    return ids, offsets, words
+
+
+def piece_starts(text: str, piece_chars: int) -> list[int]:
+    """Where to cut a long text for tokenizing it in pieces: before a space that follows a non-space character,
+    at least piece_chars after the previous cut. Every tokenizer here splits words there (whitespace,
+    Metaspace, byte-level BPE), and a piece starting with that space gets no extra prefix, so the pieces give the
+    whole text's tokens (tested for every family). A text without such a space stays whole."""
+    starts = [0]
+    while len(text) - starts[-1] > piece_chars:
+        cut = text.find(" ", starts[-1] + piece_chars)
+        while cut != -1 and text[cut - 1].isspace():
+            cut = text.find(" ", cut + 1)
+        if cut == -1:
+            break
+        starts.append(cut)
+    return starts
+
+
+def encode_contexts(backend, contexts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(ids, offsets, word ids) of each context, without special tokens. Contexts up to LONG_CONTEXT_CHARS are
+    encoded in one batch; a longer one in pieces (piece_starts), one at a time, so that its cost is its tokens'
+    arrays, not the tokenizer's working memory for the whole string (measured with a BERT tokenizer on a 2 MB
+    context: 370 MB above the loaded tokenizer whole, 130 MB in pieces; bench/RESULTS.md)."""
+    short = [c for c in contexts if len(c) <= LONG_CONTEXT_CHARS]
+    encoded = iter(backend.encode_batch(short, add_special_tokens=False)) if short else iter(())
+    return [_encoding_arrays(next(encoded)) if len(c) <= LONG_CONTEXT_CHARS else _encode_long(backend, c)
+            for c in contexts]
+
+
+def _encode_long(backend, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    bounds = [*piece_starts(text, LONG_CONTEXT_CHARS), len(text)]
+    parts, next_word = [], 0
+    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+        ids, offsets, words = _encoding_arrays(backend.encode(text[start:end], add_special_tokens=False), start)
+        words[words >= 0] += next_word  # word ids count on across pieces
+        next_word = int(words.max()) + 1 if len(words) and words.max() >= 0 else next_word
+        parts.append((ids, offsets, words))
+    return tuple(np.concatenate([p[k] for p in parts]) for k in range(3))
+
+
 def _tokenize_contexts(backend, contexts: list[str]):
     """(ids, trimmed offsets) per distinct context, tokenized once without special tokens."""
-    out = []
-    for context, enc in zip(contexts, backend.encode_batch(contexts, add_special_tokens=False), strict=True):
-        ids = np.asarray(enc.ids, dtype=np.int32)
-        offs = np.asarray(enc.offsets, dtype=np.int32).reshape(-1, 2)
-        out.append((ids, trim_offsets_whitespace(context, offs)))
-    return out
+    return [(ids, trim_offsets_whitespace(context, offsets))
+            for context, (ids, offsets, _) in zip(contexts, encode_contexts(backend, contexts), strict=True)]
 
 
 def _featurize_chunk(spec: _Spec, examples: Sequence[SquadExample], first_index: int, backend=None):
