@@ -12,11 +12,14 @@ transformers 5. The story, in the order of this file:
 A batch goes from features to the model through batching.py (the epoch's plan, padded or packed arrays,
 pinned and built ahead, the head's inputs) and back (the head's outputs in the features' layout). The
 plumbing has one home each: process_group.py (torchrun, Slurm, barriers, the stop signal, random state),
-output_folder.py (what is in --output_dir) and checkpoints.py (writing and reading model and trainer state),
+output_folder.py (what is in --output_dir) and checkpoints.py (writing and reading model and trainer state, what
+a resume checks), folder_lock.py (one run per --output_dir),
 atomic_io.py (every write), qa_model.py (loading the model, parameter groups, the memory probe),
 packing.py (packed attention), train_log.py (what training reports, read from the device on logging steps).
 
-Exit codes: 0 success, 2 bad input or flags, 3 interrupted with a checkpoint written, 1 anything else.
+Exit codes: 0 success, 2 bad input or flags, 3 interrupted with a checkpoint written, 1 anything else; interrupted
+anywhere else (or by a second Ctrl-C) the process ends by the signal (the shell reports 130 / 143). What a run
+guarantees (atomic sets of files, the folder's lock, what a resume checks): the README's "Reliability".
 """
 
 from __future__ import annotations
