@@ -76,11 +76,11 @@ def resolve_resume(output_dir: Path, wanted: str | None) -> Path | None:
 
 
 # What a resume compares between the checkpoint's training_args.json and this run (checkpoints.check_resume):
-# the features (windows, casing, data, tokenizer), the batches (their sizes, order and number of processes),
-# and the schedule and optimizer settings (those the restored optimizer state would silently override).
+# the model's head, the features (windows, casing, data, tokenizer), the batches (their sizes, order and number
+# of processes), and the schedule and optimizer settings (those the restored optimizer state would override).
 RESUME_SETTINGS = (
-    "model_type", "max_seq_length", "doc_stride", "max_query_length", "do_lower_case", "context_first",
-    "version_2_with_negative", "skip_bad_answers", "train_file_sha256", "tokenizer_sha256",
+    "model_type", "simple_span_head", "max_seq_length", "doc_stride", "max_query_length", "do_lower_case",
+    "context_first", "version_2_with_negative", "skip_bad_answers", "train_file_sha256", "tokenizer_sha256",
     "per_gpu_train_batch_size", "gradient_accumulation_steps", "world_size", "packing", "pack_tokens",
     "length_grouping", "seed", "learning_rate", "lr_scheduler_type", "warmup_steps", "warmup_ratio", "lr_end",
     "lr_power", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "layerwise_lr_decay",
