@@ -14,8 +14,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -96,6 +98,126 @@ def fsync_files(folder: Path) -> None:
 
 
 @contextmanager
+def signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block is done, then act as they would have.
+
+    For the renames that put a set of complete files in place: a few system calls, which a Ctrl-C must not
+    split into half an old set and half a new one. Python runs signal handlers in the main thread only, so
+    only there are they swapped; elsewhere the block runs as is (no handler can interrupt it there).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for signum in dict.fromkeys(caught):
+            signal.raise_signal(signum)  # delivered now, to the handler that was in place
+
+
+class FileSet:
+    """Files that belong together (the predictions, n-best, null odds, scores and threshold of one evaluation),
+    written aside and then renamed in together: `stage` gives each final path its temporary beside it (same
+    folder, so same file system: the rename is atomic), `commit` flushes them all to disk and only then
+    renames them in, in the order staged, with SIGINT/SIGTERM held back; `discard` removes the temporaries.
+
+    What "together" honestly means: a failed or interrupted write (a full disk, Ctrl-C, an exception) happens
+    before any rename, so every earlier file is unchanged and no temporary is left. Only the renames remain
+    once everything is written; they take microseconds, and a crash of the process or machine between two of
+    them (kill -9, power loss) is the one window that leaves part of the new set beside part of the old. Stage
+    last the file that marks the set complete (eval_results.json), so that what it lists is all in place.
+    """
+
+    def __init__(self) -> None:
+        self.staged: list[tuple[Path, Path]] = []  # (temporary, final)
+
+    def stage(self, final: str | os.PathLike) -> Path:
+        final = Path(final)
+        if any(f == final for _, f in self.staged):
+            raise ValueError(f"{final} is staged twice in one set")
+        tmp = temporary_path(final)
+        self.staged.append((tmp, final))
+        return tmp
+
+    def write(self, final: str | os.PathLike, write: Callable[[IO], Any], binary: bool = False) -> Path:
+        """Stage ``final`` and run ``write(file)`` on its temporary; an OSError names ``final``."""
+        def to_file(tmp: Path) -> None:
+            with open(tmp, "xb") if binary else open(tmp, "x", encoding="utf-8") as handle:
+                write(handle)
+        return self.write_path(final, to_file)
+
+    def write_path(self, final: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
+        """Stage ``final`` and run ``write(temporary path)`` (a writer that opens the file itself); a failed
+        write leaves nothing staged for ``final`` and raises, an OSError naming ``final``."""
+        tmp = self.stage(final)
+        try:
+            write(tmp)
+        except BaseException as exc:
+            self.staged.pop()  # not part of the set: a caller may go on without it
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            if isinstance(exc, OSError) and (exc.filename is None or str(exc.filename).startswith(str(tmp))):
+                raise OSError(exc.errno, exc.strerror, str(final)) from exc
+            raise
+        return tmp
+
+    def write_text(self, final: str | os.PathLike, text: str) -> Path:
+        return self.write(final, lambda handle: handle.write(text))
+
+    def write_json(self, final: str | os.PathLike, obj: Any, indent: int | None = 4) -> Path:
+        """json.dumps(obj, indent=indent) plus a newline, as write_json_atomic."""
+        return self.write_text(final, json.dumps(obj, indent=indent) + "\n")
+
+    def commit(self) -> list[Path]:
+        """Flush every temporary, then rename them all in; returns the final paths. A temporary that was
+        staged but never written is an error (the set would be incomplete)."""
+        for tmp, final in self.staged:
+            try:
+                with open(tmp, "rb") as handle:
+                    os.fsync(handle.fileno())
+            except OSError as exc:
+                raise OSError(exc.errno, exc.strerror, str(final)) from exc
+        done: list[Path] = []
+        with signals_deferred():
+            for tmp, final in self.staged:
+                try:
+                    os.replace(tmp, final)
+                except OSError as exc:
+                    kept = [str(f) for f in done]
+                    raise OSError(exc.errno, f"{exc.strerror}; already in place: {', '.join(kept) or 'none'}",
+                                  str(final)) from exc
+                done.append(final)
+        self.staged = []
+        return done
+
+    def discard(self) -> None:
+        for tmp, _ in self.staged:
+            try:
+                os.remove(tmp)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                pass  # a read-only folder: the stale-temporary cleaner of a later run takes it
+        self.staged = []
+
+
+@contextmanager
+def file_set() -> Iterator[FileSet]:
+    """A FileSet committed when the block ends normally, discarded when it raises (or is interrupted)."""
+    files = FileSet()
+    try:
+        yield files
+        files.commit()
+    finally:
+        files.discard()  # after a commit there is nothing left to discard
+
+
+@contextmanager
 def folder_atomic(final: Path) -> Iterator[Path]:
     """Yield an empty temporary folder; on success it replaces ``final`` whole, on failure it is removed.
 
@@ -109,8 +231,9 @@ def folder_atomic(final: Path) -> Iterator[Path]:
         fsync_files(tmp)
         if final.exists():
             old = temporary_path(final)
-            os.replace(final, old)
-            os.replace(tmp, final)
+            with signals_deferred():  # never the old folder moved out and the new one not yet in
+                os.replace(final, old)
+                os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
@@ -123,16 +246,19 @@ def folder_atomic(final: Path) -> Iterator[Path]:
 def files_atomic(folder: Path, name: str) -> Iterator[Path]:
     """Yield a temporary folder whose files are each renamed into ``folder`` once all are complete.
 
-    For a set of files that must sit directly in ``folder`` (a model saved in the output folder): a kill
-    before the renames leaves the old files; each rename replaces one complete file.
+    For a set of files that must sit directly in ``folder`` (a model saved in the output folder): a failure or
+    a kill before the renames leaves the old files; each rename replaces one complete file, and SIGINT/SIGTERM
+    wait until all are done. As for FileSet, a crash of the process between two renames is the one window
+    that leaves some new files beside some old ones.
     """
     tmp = temporary_path(folder / name)
     tmp.mkdir(parents=True)
     try:
         yield tmp
         fsync_files(tmp)
-        for item in sorted(tmp.iterdir()):
-            os.replace(item, folder / item.name)
+        with signals_deferred():
+            for item in sorted(tmp.iterdir()):
+                os.replace(item, folder / item.name)
         tmp.rmdir()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -181,18 +307,26 @@ def _may_be_live(tmp: Path, now: float) -> bool:
     return False  # another host (shared folder) or an older name: only the age tells
 
 
+def _written_by_another_live_process(tmp: Path) -> bool:
+    """Whether tmp's writer (named in its name) is a process of this host, other than this one, that runs."""
+    writer = writer_of(tmp)
+    return writer is not None and writer[0] == host() and writer[1] != os.getpid() and _pid_alive(writer[1])
+
+
 def remove_stale_temporaries(folder: str | os.PathLike, final_glob: str, owned: bool = False) -> int:
     """Delete the temporaries (files or folders) of final names matching ``final_glob`` that no live
     process is writing; returns how many.
 
     owned=False (a folder others may share, such as the feature cache): a temporary is stale once its
     writer on this host has exited and it is older than ORPHAN_TMP_AGE_S (PID namespaces of containers
-    can hide a live writer), or from another host and that old. owned=True (this run's --output_dir, which
-    no other process writes): every temporary there is stale.
+    can hide a live writer), or from another host and that old. owned=True (this run's --output_dir, whose
+    lock this process holds): a temporary is stale unless its writer is another live process on this host
+    (one that wrote there without the lock, or a moment before it was released), whatever its age; those of
+    another host are stale, since no run that holds the folder's lock writes from there now.
     """
     now, removed = time.time(), 0
     for tmp in Path(folder).glob(f"{final_glob}.*.tmp"):
-        if not owned and _may_be_live(tmp, now):
+        if _written_by_another_live_process(tmp) if owned else _may_be_live(tmp, now):
             continue
         try:
             if tmp.is_dir():

@@ -7,7 +7,9 @@ with this module at the top of the file, before their own imports pull in torch 
 So everything here is standard library: argparse, pathlib, json.
 
 Exit codes, for every command: 0 success, 2 bad input or flags (one line on stderr naming the file, the record
-and the problem), 3 interrupted with a checkpoint written (run_squad.py), 1 anything else (also one line).
+and the problem), 3 interrupted with a checkpoint written (run_squad.py), 1 anything else (also one line);
+run_squad.py interrupted before a checkpoint was written ends by the signal itself after its one line (the
+shell reports 130 for SIGINT, 143 for SIGTERM, and a script running it stops too).
 """
 
 from __future__ import annotations
@@ -15,15 +17,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import folder_lock
 import output_folder
 from atomic_io import check_writable, first_line
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 3
+# Interrupted with no checkpoint written: what the shell reports for a process ended by SIGINT / SIGTERM.
+EXIT_SIGNALLED = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 class UsageError(Exception):
@@ -57,6 +63,82 @@ def run_guarded(work: Callable[[], int], bad_input: tuple[type[BaseException], .
         return EXIT_FAILURE
     except Exception as exc:  # noqa: BLE001 - every failure becomes one line (traceback with --verbose_logging)
         return report(exc, exit_code(exc, bad_input), verbose)
+
+
+# --------------------------------------------------------------------------------------------
+# Interrupts: SIGINT and SIGTERM anywhere outside the training loop (whose StopFlag checkpoints instead)
+# --------------------------------------------------------------------------------------------
+
+
+class Terminated(BaseException):
+    """SIGTERM outside the training loop. A BaseException, as KeyboardInterrupt for SIGINT: it unwinds every
+    `with` and `finally` (temporaries removed, the folder's lock released) and no `except Exception` stops it."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated("SIGTERM")
+
+
+def install_interrupt_handlers() -> dict:
+    """SIGINT raises KeyboardInterrupt and SIGTERM raises Terminated, so that both unwind into one line and an
+    exit code; returns the handlers they replace (restore_handlers). A signal the process was started with
+    ignored stays ignored (a shell's background job ignores Ctrl-C, as Python itself respects)."""
+    previous = {}
+    for sig, handler in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, _raise_terminated)):
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            previous[sig] = signal.signal(sig, handler)
+    return previous
+
+
+def ignore_interrupts(signals: dict) -> None:
+    """From here on ``signals`` (those install_interrupt_handlers set) are ignored, until restore_handlers: a
+    command reporting how it ended."""
+    for sig in signals:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def restore_handlers(previous: dict) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def interrupt_signal(exc: BaseException) -> int:
+    return signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
+
+
+def report_interrupt(exc: BaseException, last_good: str | None) -> int:
+    """One line for an interrupt that wrote no checkpoint; returns 130 (SIGINT) or 143 (SIGTERM)."""
+    signum = interrupt_signal(exc)
+    where = f"; last good checkpoint: {last_good}" if last_good is not None else ""
+    print(f"interrupted: {signal.Signals(signum).name}: stopped at once, nothing half-written left{where}",
+          file=sys.stderr)
+    return EXIT_SIGNALLED[signum]
+
+
+def exit_with(code: int) -> None:
+    """sys.exit(code), except that 130 and 143 end the process by SIGINT / SIGTERM themselves (after every
+    cleanup has run): a shell then reports 128 + the signal, and a bash script running the command stops
+    instead of going on as if the command had handled the interrupt (what an exit(130) would tell it)."""
+    for signum, signalled in EXIT_SIGNALLED.items():
+        if code == signalled:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+    sys.exit(code)
+
+
+def one_line_interrupts_at_import() -> None:
+    """While a command imports torch (seconds), Ctrl-C or SIGTERM print one line, not a traceback of the import."""
+    install_interrupt_handlers()
+    default_hook = sys.excepthook
+
+    def hook(kind, exc, tb):
+        if isinstance(exc, (KeyboardInterrupt, Terminated)):
+            exit_with(report_interrupt(exc, None))
+        default_hook(kind, exc, tb)
+
+    sys.excepthook = hook
 
 
 def exit_now_if_bad(check: Callable[[], object]):
@@ -332,7 +414,7 @@ def check_output_dir(args) -> None:
     if args.overwrite_output_dir or not out.is_dir():
         return
     resuming = args.resume_from_checkpoint is not None or restarted_by_torchrun()
-    if args.do_train and any(out.iterdir()) and not resuming:
+    if args.do_train and any(p.name != folder_lock.LOCK_NAME for p in out.iterdir()) and not resuming:
         raise InputError(
             f"--output_dir {out}: exists and is not empty; pass --overwrite_output_dir to write into it "
             "(nothing is deleted) or --resume_from_checkpoint latest to continue"
@@ -345,11 +427,24 @@ def check_output_dir(args) -> None:
                                  "to replace it, or choose another --output_dir")
 
 
+def check_output_dir_free(args) -> None:
+    """Another live run holds --output_dir (its lock, folder_lock.py): refused naming it, before anything else
+    about the folder is said. (The lock itself is taken later, by the process that will write there.)"""
+    out = Path(args.output_dir)
+    try:
+        holder = folder_lock.held_by(out)
+    except OSError:
+        return  # cannot tell here: taking the lock will
+    if holder is not None:
+        raise InputError(str(folder_lock.refusal(out, holder)))
+
+
 def check_run_squad_command(argv: Sequence[str] | None) -> FrozenArgs:
     """What run_squad.py can tell without torch: the flags, the data files, the output folder."""
     args = parse_args(argv)
     data_file(args, "--train_file")
     data_file(args, "--predict_file")
+    check_output_dir_free(args)
     check_output_dir(args)
     return args
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from atomic_io import write_json_atomic
+from atomic_io import FileSet, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -475,19 +475,25 @@ def compute_predictions_log_probs(examples: Sequence[Any], features: Any, start_
 
 
 def write_prediction_files(output_dir: str | os.PathLike, prefix: str, predictions: Mapping[str, str],
-                           nbest: Mapping[str, list], null_odds: Mapping[str, float] | None) -> dict[str, str]:
+                           nbest: Mapping[str, list], null_odds: Mapping[str, float] | None,
+                           files: FileSet | None = None) -> dict[str, str]:
     """Write predictions_<prefix>.json, nbest_predictions_<prefix>.json and (when given)
-    null_odds_<prefix>.json, JSON with indent 4 as the classic script, each atomically.
-    An empty prefix gives predictions.json etc. Returns {"predictions"|"nbest"|"null_odds": path}.
+    null_odds_<prefix>.json, JSON with indent 4 as the classic script, each atomically, or staged in
+    ``files`` (an evaluation's set, renamed in with its scores). The predictions file is staged last: it is
+    the one the others explain. An empty prefix gives predictions.json etc. Returns
+    {"predictions"|"nbest"|"null_odds": path}.
     """
     os.makedirs(output_dir, exist_ok=True)
     suffix = f"_{prefix}" if prefix else ""
-    files = {"predictions": (f"predictions{suffix}.json", predictions),
-             "nbest": (f"nbest_predictions{suffix}.json", nbest)}
+    written = {"nbest": (f"nbest_predictions{suffix}.json", nbest)}
     if null_odds is not None:
-        files["null_odds"] = (f"null_odds{suffix}.json", null_odds)
+        written["null_odds"] = (f"null_odds{suffix}.json", null_odds)
+    written["predictions"] = (f"predictions{suffix}.json", predictions)
     paths = {}
-    for key, (name, obj) in files.items():
+    for key, (name, obj) in written.items():
         paths[key] = os.path.join(os.fspath(output_dir), name)
-        write_json_atomic(paths[key], obj, indent=4)
+        if files is not None:
+            files.write_json(paths[key], obj, indent=4)
+        else:
+            write_json_atomic(paths[key], obj, indent=4)
     return paths

@@ -1,6 +1,6 @@
 """What a run leaves in --output_dir, and the checks before a run writes there: the names of its files and
-folders, its checkpoints listed and resolved, which models to evaluate, eval_results.json and the tuned
-no-answer threshold.
+folders, its checkpoints listed and resolved, the settings a resume compares, which models to evaluate,
+eval_results.json and the tuned no-answer threshold.
 
 Why a module of its own: the command line must refuse a folder it would overwrite before it imports torch
 (cli.py's checks, at once), and a later run (--resume_from_checkpoint latest, --eval_all_checkpoints, a
@@ -11,6 +11,7 @@ atomic_io, so a file or folder is either complete under its final name or absent
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import re
@@ -29,6 +30,8 @@ TRAINING_STATE = "training_state.json"  # the optimizer step of the final model
 EVAL_RESULTS = "eval_results.json"
 FINAL_MODEL_TMP = "final-model"
 THRESHOLD_FILE = "null_score_diff_threshold.json"  # the tuned no-answer threshold of a model folder
+# A model folder that cannot be written (read-only, not ours): its threshold is only warned about.
+READ_ONLY_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
 # What run_squad writes into --output_dir, whose temporaries a killed run may leave behind.
 OUTPUT_GLOBS = (f"{CHECKPOINT_PREFIX}*", FINAL_MODEL_TMP, "*.json", "*.txt", "*.png")
 
@@ -70,6 +73,48 @@ def resolve_resume(output_dir: Path, wanted: str | None) -> Path | None:
     if not (path / TRAINER_STATE).is_file():
         raise CheckpointInputError(f"--resume_from_checkpoint {path}: not a complete checkpoint (no {TRAINER_STATE})")
     return path
+
+
+# What a resume compares between the checkpoint's training_args.json and this run (checkpoints.check_resume):
+# the model's head, the features (windows, casing, data, tokenizer), the batches (their sizes, order and number
+# of processes), and the schedule and optimizer settings (those the restored optimizer state would override).
+RESUME_SETTINGS = (
+    "model_type", "simple_span_head", "max_seq_length", "doc_stride", "max_query_length", "do_lower_case",
+    "context_first", "version_2_with_negative", "skip_bad_answers", "train_file_sha256", "tokenizer_sha256",
+    "per_gpu_train_batch_size", "gradient_accumulation_steps", "world_size", "packed", "pack_tokens",
+    "length_grouping", "seed", "learning_rate", "lr_scheduler_type", "warmup_steps", "warmup_ratio", "lr_end",
+    "lr_power", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "layerwise_lr_decay",
+)
+SETTING_NAMES = {"train_file_sha256": "the training data (sha256)", "tokenizer_sha256": "the tokenizer (sha256)",
+                 "world_size": "processes", "model_type": "model type",
+                 "packed": "packed batches (--packing)"}  # the path taken: --packing auto packs on a GPU only
+
+
+def _setting(name: str, value) -> str:
+    if name.endswith("_sha256") and isinstance(value, str):
+        return value[:12]
+    return json.dumps(value)
+
+
+def resume_mismatches(saved: dict, current: dict, auto_batch: bool) -> list[str]:
+    """Each setting that differs between a checkpoint's training_args.json and this run, as `--flag A there, B
+    here`. A setting the checkpoint does not record (an older one) is not compared. With
+    --auto_find_batch_size the checkpoint's micro-batches are kept, so only the global batch must agree; the
+    length of the run is --max_steps when either sets it, else --num_train_epochs."""
+    names = [n for n in RESUME_SETTINGS if n in saved and n in current]
+    if auto_batch:
+        names = [n for n in names if n not in ("per_gpu_train_batch_size", "gradient_accumulation_steps")]
+    found = [(SETTING_NAMES.get(n, f"--{n}"), saved[n], current[n], n) for n in names if saved[n] != current[n]]
+    if auto_batch and all(k in d for d in (saved, current) for k in ("per_gpu_train_batch_size", "gradient_accumulation_steps")):
+        there = saved["per_gpu_train_batch_size"] * saved["gradient_accumulation_steps"]
+        here = current["per_gpu_train_batch_size"] * current["gradient_accumulation_steps"]
+        if there != here:
+            found.append(("batch per process (--per_gpu_train_batch_size x --gradient_accumulation_steps)",
+                          there, here, "batch"))
+    length = "max_steps" if max(saved.get("max_steps", -1), current.get("max_steps", -1)) > 0 else "num_train_epochs"
+    if length in saved and length in current and saved[length] != current[length]:
+        found.append((f"--{length}", saved[length], current[length], length))
+    return [f"{label} {_setting(name, there)} there, {_setting(name, here)} here" for label, there, here, name in found]
 
 
 def prune(output_dir: Path, limit: int, protect: Path | None, step: int) -> None:
@@ -123,8 +168,10 @@ def models_to_evaluate(output_dir: Path, all_checkpoints: bool, trained: bool, m
     return [(str(folder), final_prefix(folder))]
 
 
-def write_eval_results(output_dir: Path, prefix: str, results: dict) -> None:
-    """eval_results.json: every evaluation by step; eval_results.txt: the latest as `key = value`."""
+def write_eval_results(output_dir: Path, prefix: str, results: dict, files: atomic_io.FileSet | None = None) -> None:
+    """eval_results.json: every evaluation by step; eval_results.txt: the latest as `key = value`. Each written
+    atomically, or staged in ``files`` (the evaluation's set): eval_results.json last, so that a step it lists
+    has all its files in place."""
     path = output_dir / EVAL_RESULTS
     everything = {}
     if path.is_file():
@@ -138,16 +185,22 @@ def write_eval_results(output_dir: Path, prefix: str, results: dict) -> None:
             logger.warning("%s could not be read; kept as %s, starting a new one", path, kept.name)
             everything = {}
     everything[prefix] = results
-    atomic_io.write_json_atomic(path, everything, indent=2)
     lines = [f"step = {prefix}"] + [f"{k} = {v}" for k, v in results.items()]
+    if files is not None:
+        files.write_text(output_dir / "eval_results.txt", "\n".join(lines) + "\n")
+        files.write_json(path, everything, indent=2)
+        return
     atomic_io.write_text_atomic(output_dir / "eval_results.txt", "\n".join(lines) + "\n")
+    atomic_io.write_json_atomic(path, everything, indent=2)
 
 
-def write_threshold(folder: Path, results: dict, prefix: str, predict_path: Path | None, decoding: dict) -> None:
+def write_threshold(folder: Path, results: dict, prefix: str, predict_path: Path | None, decoding: dict,
+                    files: atomic_io.FileSet | None = None) -> None:
     """The tuned no-answer threshold (best F1's), into the model folder it was tuned for, so that the model
     answers as it was scored (qa_pipeline.py applies it), with the decoder settings the null odds came from.
     Only a folder this tool trained (it holds training_args.json) is written: a pretrained or installed model
-    given to --model_name_or_path is input, never modified. A folder that cannot be written is warned about."""
+    given to --model_name_or_path is input, never modified. Staged in ``files`` (the evaluation's set) when
+    given. A folder that cannot be written is warned about (the threshold stays in eval_results.json)."""
     if "best_f1_thresh" not in results:
         return
     if not (folder / TRAINING_ARGS).is_file():
@@ -158,8 +211,13 @@ def write_threshold(folder: Path, results: dict, prefix: str, predict_path: Path
               "best_exact": results["best_exact"], "best_exact_thresh": results["best_exact_thresh"],
               **decoding, "step": prefix, "predict_file": str(predict_path) if predict_path else None}
     try:
-        atomic_io.write_json_atomic(folder / THRESHOLD_FILE, record, indent=2)
+        if files is not None:
+            files.write_json(folder / THRESHOLD_FILE, record, indent=2)
+        else:
+            atomic_io.write_json_atomic(folder / THRESHOLD_FILE, record, indent=2)
     except OSError as exc:
+        if files is not None and exc.errno not in READ_ONLY_ERRNOS:
+            raise  # a full disk: the evaluation's set is not written
         logger.warning("could not write the tuned threshold into %s (%s)", folder, exc.strerror or exc)
         return
     logger.info("tuned threshold %g (best F1 %.2f) written to %s", record["null_score_diff_threshold"],

@@ -144,6 +144,15 @@ def gather_to_main(rt: Runtime, obj) -> list | None:
     return everything if rt.is_main else None
 
 
+def from_main(rt: Runtime, obj):
+    """Rank 0's ``obj`` on every rank (a small picklable value), over the host-side group."""
+    if not rt.distributed:
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0, group=rt.cpu_group)
+    return box[0]
+
+
 def shutdown(rt: Runtime) -> None:
     if rt.distributed:
         torch.distributed.destroy_process_group()
@@ -180,7 +189,12 @@ class StopFlag:
     def _handle(self, signum, frame) -> None:
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C stops at once
-        self.signum = signum
+        first, self.signum = self.signum is None, signum  # set first: a second signal may run this handler anew
+        if first and self.rt.is_main:
+            # Said at once, so that a user knows the first Ctrl-C was heard (os.write: no logging lock is taken
+            # inside a handler that may have interrupted a log call).
+            os.write(2, f"{signal.Signals(signum).name}: finishing this step, then writing a checkpoint "
+                        "(Ctrl-C again to stop at once)\n".encode())
 
     def agreed(self) -> bool:
         """Whether all ranks stop now (called once per optimizer step on every rank)."""

@@ -83,8 +83,10 @@ import numpy as np
 import torch
 import transformers
 from tokenizers import Tokenizer
+from tqdm import tqdm
 
 import batching
+import checkpoints
 import decoding
 import qa_model
 import utils_squad
@@ -97,6 +99,8 @@ MASKED_LOGIT = -10000.0  # 4.x's logit for tokens that cannot be in an answer
 NO_NULL_SCORE = 1000000.0  # 4.x's starting "smallest null score" (large and positive)
 DEFAULT_BATCH_SIZE = cli.PIPELINE_BATCH_SIZE
 ANSWER_KEYS = ("score", "start", "end", "answer")
+# Windows go through the model this many batches at a time, each chunk ranked before the next one runs.
+CHUNK_BATCHES = 8
 INPUT_KEYS = ("question", "context", "X", "data")
 HALF_DTYPES = ("float16", "bfloat16")
 
@@ -366,12 +370,8 @@ def build_windows(pairs: list[tuple[str, str]], tokenizer, backend: Tokenizer, s
     # The question may not fill the window: at least one context token always fits.
     max_query_length = max(1, min(settings.max_question_len, settings.max_seq_len - specials - 1))
     n_question = _question_lengths(backend, [q for q, _ in pairs], max_query_length)
-    contexts = []
-    for context, enc in zip((c for _, c in pairs), backend.encode_batch([c for _, c in pairs],
-                                                                         add_special_tokens=False), strict=True):
-        offsets = np.asarray(enc.offsets, dtype=np.int32).reshape(-1, 2)
-        word_ids = np.array([-1 if w is None else w for w in enc.word_ids], dtype=np.int64)
-        contexts.append((word_ids, utils_squad.trim_offsets_whitespace(context, offsets)))
+    contexts = [(word_ids, utils_squad.trim_offsets_whitespace(context, offsets)) for context, (_, offsets, word_ids)
+                in zip((c for _, c in pairs), utils_squad.encode_contexts(backend, [c for _, c in pairs]), strict=True)]
     n_context = np.array([len(w) for w, _ in contexts], dtype=np.int64)
     steps = _steps(settings, n_question, n_context, specials)
     features = _featurize(examples, tokenizer, settings, max_query_length, context_first)
@@ -479,6 +479,36 @@ class AnswerList:
     def ranked(self) -> list[dict]:
         """Best first; equal scores in the order found (Python's stable sort, as 4.x)."""
         return sorted(self.answers, key=lambda a: a["score"], reverse=True)
+
+
+class Ranking:
+    """Per example its AnswerList and its smallest null score, filled window by window."""
+
+    def __init__(self, windows: Windows):
+        self.lists = [AnswerList(ex.context) for ex in windows.examples]
+        self.nulls = [NO_NULL_SCORE] * len(self.lists)
+
+    def result(self) -> tuple[list[list[dict]], list[float]]:
+        return [answers.ranked() for answers in self.lists], self.nulls
+
+
+def shifted_to_all(arrays: dict, first_feature: int, first_token: int) -> dict:
+    """A chunk's head outputs indexed over all windows of the call (flat tokens for span heads, features for
+    beam heads), as the classic decoder takes them."""
+    shifted = dict(arrays)
+    if "token" in shifted:
+        shifted["token"] = shifted["token"] + first_token
+    if "feature" in shifted:
+        shifted["feature"] = shifted["feature"] + first_feature
+    return shifted
+
+
+def progress_bar(total: int, chunk: int):
+    """Progress over the windows of a call longer than one chunk, on standard error when it is a terminal only
+    (never in a log file or a pipe); the bar is removed when done."""
+    shown = total > chunk and sys.stderr.isatty()
+    return tqdm(total=total, desc="qa_pipeline: windows", unit="window", file=sys.stderr, disable=not shown,
+                leave=False, dynamic_ncols=True)
 
 
 def null_answer(score: float) -> dict:
@@ -607,6 +637,10 @@ class QuestionAnsweringPipeline:
     def _load_model(folder: Path, dtype):
         source = qa_model.ModelSource(str(folder))
         try:
+            checkpoints.check_model_files(folder)  # a damaged file is named, before transformers reads it
+        except checkpoints.WeightsUnreadable as exc:
+            raise PipelineInputError(str(exc)) from None
+        try:
             config = qa_model.load_config(source)
             beam = qa_model.uses_beam_head(config.model_type, _simple_span_head(config))
             return qa_model.load_model(str(folder), config, source, beam, dtype=dtype), beam
@@ -634,14 +668,29 @@ class QuestionAnsweringPipeline:
         return results[0] if len(results) == 1 else results
 
     def answer(self, pairs: Sequence[tuple[str, str]], **kwargs) -> list[list[dict]]:
-        """Per (question, context) pair its answers, best first, always as a list (the command line's form)."""
+        """Per (question, context) pair its answers, best first, always as a list (the command line's form).
+
+        The windows go through the model a chunk at a time (CHUNK_BATCHES batches, in window order), and each
+        chunk's windows are ranked before the next chunk runs: what a call holds beyond the windows themselves
+        is one chunk's outputs (plus, when a tuned threshold decides, each window's logits for the classic
+        decoder), whatever the length of the contexts. A long call shows its progress on a terminal."""
         settings = call_settings(kwargs, self.tokenizer.model_max_length, self.batch_size)
         if not pairs:
             return []
         windows = build_windows(list(pairs), self.tokenizer, self.backend, settings, self.context_first)
-        arrays = self._forward(windows.features, settings.batch_size)
-        spans, nulls = self._rank(windows, arrays, settings)
-        decisions = self._threshold_decisions(windows, arrays, settings)
+        ranking = Ranking(windows)
+        kept: list[dict] | None = [] if self.threshold is not None and settings.handle_impossible_answer else None
+        features, chunk = windows.features, settings.batch_size * CHUNK_BATCHES
+        with progress_bar(len(features), chunk) as bar:
+            for first in range(0, len(features), chunk):
+                part = features.select(np.arange(first, min(first + chunk, len(features))))
+                arrays = self._forward(part, settings.batch_size)
+                self._rank_part(ranking, windows, first, part, arrays, settings)
+                if kept is not None:
+                    kept.append(shifted_to_all(arrays, first, int(features.feature_start[first])))
+                bar.update(len(part))
+        spans, nulls = ranking.result()
+        decisions = self._threshold_decisions(windows, kept, settings)
         return [final_answers(s, n, d, settings) for s, n, d in zip(spans, nulls, decisions, strict=True)]
 
     def _forward(self, features, batch_size: int) -> dict[str, np.ndarray]:
@@ -672,31 +721,39 @@ class QuestionAnsweringPipeline:
                 yield span_window(start[sl], end[sl], allowed, cls, settings)
 
     def _rank(self, windows: Windows, arrays: dict, settings: CallSettings) -> tuple[list[list[dict]], list[float]]:
-        """Per example its spans (widened, merged, best first) and its smallest null score over the windows."""
-        features = windows.features
-        lists = [AnswerList(ex.context) for ex in windows.examples]
-        nulls = [NO_NULL_SCORE] * len(lists)
-        for f, found in enumerate(self._window_spans(features, arrays, settings)):
-            ex = int(features.example_index[f])
-            nulls[ex] = min(nulls[ex], found.null)
-            sl = features.token_slice(f)
-            offsets = features.offsets[sl]
+        """Per example its spans (widened, merged, best first) and its smallest null score over the windows, from
+        the outputs of every window at once."""
+        ranking = Ranking(windows)
+        self._rank_part(ranking, windows, 0, windows.features, arrays, settings)
+        return ranking.result()
+
+    def _rank_part(self, ranking: Ranking, windows: Windows, first: int, part, arrays: dict,
+                   settings: CallSettings) -> None:
+        """Add the spans and null scores of the consecutive windows ``part`` (from window ``first`` on, its
+        outputs ``arrays``) to ``ranking``, in window order (the order 4.x discovered answers in)."""
+        token_offset = int(windows.features.feature_start[first])
+        for f, found in enumerate(self._window_spans(part, arrays, settings)):
+            ex = int(part.example_index[f])
+            ranking.nulls[ex] = min(ranking.nulls[ex], found.null)
+            sl = part.token_slice(f)
+            offsets = part.offsets[sl]
             if settings.align_to_words:
-                char_start, char_end = word_spans(offsets, windows.words[sl])
+                char_start, char_end = word_spans(offsets, windows.words[token_offset + sl.start:token_offset + sl.stop])
             else:
                 char_start, char_end = offsets[:, 0], offsets[:, 1]
             for s, e, score in zip(found.starts.tolist(), found.ends.tolist(), found.scores.tolist(), strict=True):
-                lists[ex].add(int(char_start[s]), int(char_end[e]), score)
-        return [answers.ranked() for answers in lists], nulls
+                ranking.lists[ex].add(int(char_start[s]), int(char_end[e]), score)
 
-    def _threshold_decisions(self, windows: Windows, arrays: dict, settings: CallSettings) -> list[bool | None]:
-        """Per example whether its null odds exceed the tuned threshold (None: no threshold applies)."""
-        if self.threshold is None or not settings.handle_impossible_answer:
+    def _threshold_decisions(self, windows: Windows, parts: list[dict] | None,
+                             settings: CallSettings) -> list[bool | None]:
+        """Per example whether its null odds exceed the tuned threshold (None: no threshold applies); ``parts``
+        are the head's outputs of every window, chunk by chunk, indexed over all windows."""
+        if self.threshold is None or not settings.handle_impossible_answer or parts is None:
             return [None] * len(windows.examples)
         settings = decoding.DecodingSettings(n_best_size=self.threshold.n_best_size,
                                              max_answer_length=self.threshold.max_answer_length,
                                              version_2_with_negative=True)
-        null_odds = self.head.decode(windows.examples, windows.features, [arrays], settings).null_odds
+        null_odds = self.head.decode(windows.examples, windows.features, parts, settings).null_odds
         return [null_odds[ex.qas_id] > self.threshold.value for ex in windows.examples]
 
 

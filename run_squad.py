@@ -12,11 +12,14 @@ transformers 5. The story, in the order of this file:
 A batch goes from features to the model through batching.py (the epoch's plan, padded or packed arrays,
 pinned and built ahead, the head's inputs) and back (the head's outputs in the features' layout). The
 plumbing has one home each: process_group.py (torchrun, Slurm, barriers, the stop signal, random state),
-output_folder.py (what is in --output_dir) and checkpoints.py (writing and reading model and trainer state),
+output_folder.py (what is in --output_dir) and checkpoints.py (writing and reading model and trainer state, what
+a resume checks), folder_lock.py (one run per --output_dir),
 atomic_io.py (every write), qa_model.py (loading the model, parameter groups, the memory probe),
 packing.py (packed attention), train_log.py (what training reports, read from the device on logging steps).
 
-Exit codes: 0 success, 2 bad input or flags, 3 interrupted with a checkpoint written, 1 anything else.
+Exit codes: 0 success, 2 bad input or flags, 3 interrupted with a checkpoint written, 1 anything else; interrupted
+anywhere else (or by a second Ctrl-C) the process ends by the signal (the shell reports 130 / 143). What a run
+guarantees (atomic sets of files, the folder's lock, what a resume checks): the README's "Reliability".
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import sys
 import cli
 
 if __name__ == "__main__":  # bad flags and missing files are answered at once, before torch takes seconds
+    cli.one_line_interrupts_at_import()
     cli.exit_now_if_bad(lambda: cli.check_run_squad_command(sys.argv[1:]))
 
 import contextlib
@@ -34,17 +38,20 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, replace
+import traceback
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 import transformers
 from tqdm.auto import tqdm
 
+import atomic_io
 import batching
 import checkpoints
 import decoding
 import fast_path
+import folder_lock
 import modeling_relative
 import output_folder
 import process_group
@@ -72,7 +79,7 @@ class OutOfMemory(Exception):
 # Reported as bad input (exit code 2): the command line's, the data's, the model's and the launcher's.
 BAD_INPUT = (utils_squad.SquadDataError, utils_squad.FeatureSettingsError, squad_metrics.ScoringInputError,
              qa_model.ModelLoadError, qa_model.PackingUnsupported, output_folder.CheckpointInputError,
-             process_group.LaunchError)
+             process_group.LaunchError, folder_lock.FolderLocked, checkpoints.WeightsUnreadable)
 
 
 # --------------------------------------------------------------------------------------------
@@ -82,12 +89,28 @@ BAD_INPUT = (utils_squad.SquadDataError, utils_squad.FeatureSettingsError, squad
 
 def main(argv: list[str] | None = None) -> int:
     verbose = "--verbose_logging" in (argv if argv is not None else sys.argv[1:])
+    handlers, output_dir = cli.install_interrupt_handlers(), None
     try:
-        return run(cli.check_run_squad_command(argv))
-    except TrainingInterrupted as exc:
+        args = cli.check_run_squad_command(argv)
+        output_dir = Path(args.output_dir)
+        return run(args)
+    except (Exception, KeyboardInterrupt, cli.Terminated) as exc:  # noqa: BLE001 - every end is one line
+        cli.ignore_interrupts(handlers)  # the run is over: another Ctrl-C must not cut its one line or its cleanup
+        return report_end(exc, verbose, output_dir)
+    finally:
+        folder_lock.release_held()
+        cli.restore_handlers(handlers)
+
+
+def report_end(exc: BaseException, verbose: bool, output_dir: Path | None) -> int:
+    """The one line (the traceback too with --verbose_logging) and the exit code of a run that did not finish."""
+    if isinstance(exc, TrainingInterrupted):
         return cli.report(exc, cli.EXIT_INTERRUPTED, verbose, prefix="interrupted")
-    except Exception as exc:  # noqa: BLE001 - every failure becomes one line (traceback with --verbose_logging)
-        return cli.report(exc, cli.exit_code(exc, BAD_INPUT), verbose)
+    if isinstance(exc, (KeyboardInterrupt, cli.Terminated)):  # data preparation, evaluation, saving; a second Ctrl-C
+        if verbose:
+            traceback.print_exc()
+        return cli.report_interrupt(exc, output_folder.last_good(output_dir) if output_dir else None)
+    return cli.report(exc, cli.exit_code(exc, BAD_INPUT), verbose)
 
 
 @dataclass(frozen=True)
@@ -101,13 +124,16 @@ class RunSetup:
     context_first: bool
     source: qa_model.ModelSource
     path: fast_path.Choice  # packing, precision, attention kernels (compilation is decided in run())
+    identity: dict = field(default_factory=dict)  # the data's and tokenizer's fingerprints, the processes:
+    # what a resume compares
 
     def run_args(self, args, batches: TrainBatches | None = None) -> dict:
         """The flags as training_args.json records them, with the derived paths and model type, and the
         micro-batches training used (--auto_find_batch_size may have changed them; the global batch is the
-        same): passed back as flags, they reproduce the run."""
+        same): passed back as flags, they reproduce the run. With the path taken and the run's identity
+        (checkpoints.run_identity)."""
         derived = {"model_type": self.model_type, "train_path": self.train_path, "predict_path": self.predict_path,
-                   "packed": self.path.packing, "precision": self.path.precision}
+                   "packed": self.path.packing, "precision": self.path.precision, **self.identity}
         if batches is not None:
             derived.update(per_gpu_train_batch_size=batches.batch_size, gradient_accumulation_steps=batches.accumulation)
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in {**vars(args), **derived}.items()}
@@ -117,6 +143,7 @@ def run(args) -> int:
     """file -> examples -> features -> training -> evaluation, in that order."""
     rt = process_group.setup(args.local_rank, args.no_cuda)
     process_group.setup_logging(args.verbose_logging, rt.rank)
+    claim_output_dir(Path(args.output_dir), rt)
     process_group.start_debugger(args.server_ip, args.server_port)
     process_group.barrier(rt)  # every rank has checked --output_dir before rank 0 writes anything into it
     train_path, predict_path = data_paths(args, rt)
@@ -134,7 +161,8 @@ def run(args) -> int:
     tokenizer = qa_model.load_tokenizer(source, args.do_lower_case)
     setup = RunSetup(train_path, predict_path, config.model_type,
                      qa_model.uses_beam_head(config.model_type, args.simple_span_head),
-                     bool(args.context_first or tokenizer.padding_side == "left"), source, choose_path(args, rt, config))
+                     bool(args.context_first or tokenizer.padding_side == "left"), source, choose_path(args, rt, config),
+                     checkpoints.run_identity(train_path if args.do_train else None, tokenizer, rt.world_size))
     check_model_settings(args, setup, config, tokenizer)
     if setup.path.sdpa_without_cudnn:
         torch.backends.cuda.enable_cudnn_sdp(False)  # for the whole process: see fast_path's attention rule
@@ -152,8 +180,9 @@ def run(args) -> int:
                                                       compiled=compiled))
     if args.do_train:
         features = build_features(args, rt, tokenizer, train_path, train_examples, setup.context_first, True)
-        resume_from = output_folder.resolve_resume(Path(args.output_dir), args.resume_from_checkpoint
-                                                   or ("latest" if cli.restarted_by_torchrun() else None))
+        resume_from = checkpoints.resolve_resume(Path(args.output_dir), args.resume_from_checkpoint
+                                                 or ("latest" if cli.restarted_by_torchrun() else None))
+        checkpoints.check_resume(resume_from, setup.run_args(args), config, args.auto_find_batch_size)
         model = load_model(args, setup, config, str(resume_from) if resume_from else args.model_name_or_path)
         batches = train_batches(args, setup, rt, model, head, config, features, resume_from)
         loop = LoopConfig.from_flags(args, setup, train_path)
@@ -206,6 +235,20 @@ def compile_for_training(args, setup: RunSetup, model, head, config, features, b
     if batches.batching.packed:
         return batches
     return replace(batches, batching=make_batching(args, setup, head, config, features, batches.batch_size, True))
+
+
+def claim_output_dir(output_dir: Path, rt) -> None:
+    """Rank 0, the only process that writes into --output_dir, takes its lock (folder_lock.py) until it exits
+    (main releases it); every rank learns whether it did, so that a refused run ends on all ranks at once."""
+    problem = None
+    if rt.is_main:
+        try:
+            folder_lock.hold(output_dir)
+        except folder_lock.FolderLocked as exc:
+            problem = str(exc)
+    problem = process_group.from_main(rt, problem)
+    if problem is not None:
+        raise folder_lock.FolderLocked(problem)
 
 
 def data_paths(args, rt) -> tuple[Path | None, Path | None]:
@@ -264,10 +307,8 @@ def check_model_settings(args, setup: RunSetup, config, tokenizer) -> None:
 
 def build_features(args, rt, tokenizer, path: Path, examples, context_first: bool, is_training: bool):
     """Featurize through the on-disk cache; rank 0 builds it while the other ranks wait."""
-    cache_dir = utils_squad.features_cache_dir(args.features_cache_dir)
-    if rt.is_main:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-    else:
+    cache_dir = utils_squad.features_cache_dir(args.features_cache_dir)  # created, or done without, there
+    if not rt.is_main:
         process_group.barrier(rt)
     features = utils_squad.load_or_build_features(
         path, examples, tokenizer, feature_settings(args, context_first, is_training), cache_dir=cache_dir,
@@ -291,6 +332,7 @@ def load_model(args, setup: RunSetup, config, path: str, eval_device=None):
     (``eval_device``) gets bf16/fp16 weights when the run computes in them: half the memory, no autocast casts."""
     half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(setup.path.precision)
     dtype = half if half is not None and eval_device is not None and eval_device.type == "cuda" else torch.float32
+    checkpoints.check_model_files(Path(path))  # a damaged file is named, before transformers reads it
     model = qa_model.load_model(path, config, setup.source, setup.beam_head, args.attn_implementation, dtype)
     if setup.path.packing:
         qa_model.enable_packing(model, attention_dropout=args.packed_attention_dropout == "on")
@@ -700,6 +742,7 @@ def evaluate(model, evaluation: Evaluation, rt, prefix: str, model_folder: str |
     with matplotlib the sweep and the official precision-recall curves into no_answer_<step>.png.
     """
     started, config, features = time.perf_counter(), evaluation.config, evaluation.features
+    logger.info("evaluating %s: %d features", prefix if prefix != "final" else "the model", len(features))
     parts = process_group.gather_to_main(rt, infer(model, features, evaluation.batching, rt,
                                                    precision=config.precision, compiled=config.compiled))
     results: dict = {}
@@ -709,23 +752,16 @@ def evaluate(model, evaluation: Evaluation, rt, prefix: str, model_folder: str |
         predictions = decoded.answers(config.threshold)
         logger.info("inference on %d features: %.1f s; decoding %d questions: %.2f s", len(features),
                     inferred - started, len(evaluation.examples), time.perf_counter() - inferred)
-        v2 = config.settings.version_2_with_negative
-        paths = decoding.write_prediction_files(config.output_dir, prefix, predictions, decoded.nbest,
-                                                decoded.null_odds if v2 or head.beam else None)
-        logger.info("wrote %s", ", ".join(str(p) for p in paths.values()))
         if config.score:
             results = score_predictions(evaluation.examples, predictions, decoded, config, prefix)
-            if v2 and model_folder is not None:
-                output_folder.write_threshold(Path(model_folder), results, prefix, config.predict_path, {
-                    "n_best_size": config.settings.n_best_size,
-                    "max_answer_length": config.settings.max_answer_length, **config.windows})
+        write_evaluation(config, prefix, evaluation.examples, predictions, decoded, results, head.beam, model_folder)
         logger.info("evaluated %d features in %.1f s", len(features), time.perf_counter() - started)
     process_group.barrier(rt)
     return results
 
 
 def score_predictions(examples, predictions, decoded: decoding.Decoded, config: EvalConfig, prefix: str) -> dict:
-    """Official scores of the predictions file; for SQuAD 2.0 the sweep over the spans, and plots."""
+    """Official scores of the predictions file; for SQuAD 2.0 the sweep over the spans."""
     gold, v2 = squad_metrics.gold_answers_from_examples(examples), config.settings.version_2_with_negative
     # The scorer's --na-prob-thresh is the decoding threshold: a question whose null odds exceed it was
     # predicted "" already, so EM/F1 describe exactly the predictions file just written (the official
@@ -733,12 +769,40 @@ def score_predictions(examples, predictions, decoded: decoding.Decoded, config: 
     results = dict(squad_metrics.squad_evaluate(
         gold, predictions, na_probs=decoded.null_odds if v2 else None, na_prob_thresh=config.threshold,
         version_2=v2, sweep_preds=decoded.best_spans if v2 else None))
-    if v2 and squad_metrics.plots_available():
-        squad_metrics.plot_no_answer(gold, decoded.best_spans, decoded.null_odds, config.threshold,
-                                     str(config.output_dir / f"no_answer_{prefix}.png"))
-    output_folder.write_eval_results(config.output_dir, prefix, results)
     logger.info("evaluation %s: %s", prefix, json.dumps(results))
     return results
+
+
+class EvaluationWriteError(Exception):
+    """The files of an evaluation could not be written (a full disk, ...): none of them was (exit code 1)."""
+
+
+def write_evaluation(config: EvalConfig, prefix: str, examples, predictions, decoded: decoding.Decoded,
+                     results: dict, beam: bool, model_folder: str | None) -> None:
+    """The files of one evaluation as one set (atomic_io.FileSet): predictions, n-best, null odds, the plot,
+    the tuned threshold (in the model folder) and eval_results, all written aside, then renamed in, the
+    results last. A failed write leaves every earlier file as it was."""
+    v2, output_dir = config.settings.version_2_with_negative, config.output_dir
+    try:
+        with atomic_io.file_set() as files:
+            paths = decoding.write_prediction_files(output_dir, prefix, predictions, decoded.nbest,
+                                                    decoded.null_odds if v2 or beam else None, files)
+            if results and v2 and squad_metrics.plots_available():
+                gold = squad_metrics.gold_answers_from_examples(examples)
+                files.write_path(output_dir / f"no_answer_{prefix}.png", lambda tmp: squad_metrics.plot_no_answer(
+                    gold, decoded.best_spans, decoded.null_odds, config.threshold, str(tmp)))
+            if results and v2 and model_folder is not None:
+                output_folder.write_threshold(Path(model_folder), results, prefix, config.predict_path, {
+                    "n_best_size": config.settings.n_best_size,
+                    "max_answer_length": config.settings.max_answer_length, **config.windows}, files)
+            if results:
+                output_folder.write_eval_results(output_dir, prefix, results, files)
+    except OSError as exc:
+        failed = Path(exc.filename) if exc.filename else output_dir
+        where = failed.name if failed.parent == output_dir else str(failed)
+        raise EvaluationWriteError(f"could not write the evaluation results of step {prefix} to {output_dir} "
+                                   f"({where}: {exc.strerror or exc}): the previous results are unchanged") from exc
+    logger.info("wrote %s", ", ".join(str(p) for p in paths.values()))
 
 
 def infer(model, features, strategy, rt, *, precision: str = "fp32", compiled: bool = True) -> dict:
@@ -777,4 +841,4 @@ def eager_stance():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.exit_with(main())

@@ -20,6 +20,7 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
 import zipfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -40,6 +41,9 @@ ANSWER_REPAIR_WINDOW = 20
 JSON_MEMORY_FACTOR = 12
 # Examples per unit of work: bounds intermediate memory and is the multiprocessing chunk size.
 CHUNK_EXAMPLES = 2048
+# A context longer than this (no SQuAD paragraph is) is tokenized in pieces of about this many characters, one
+# at a time: see encode_contexts.
+LONG_CONTEXT_CHARS = 1 << 16
 
 
 # --------------------------------------------------------------------------------------------
@@ -713,14 +717,56 @@ def _concat(pieces, dtype) -> np.ndarray:
     return np.concatenate(pieces).astype(dtype, copy=False) if pieces else np.zeros(0, dtype)
 
 
+def _encoding_arrays(enc, first_char: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ids, offsets (shifted by first_char) and word ids (-1 for none) of one tokenizers Encoding."""
+    ids = np.asarray(enc.ids, dtype=np.int32)
+    offsets = np.asarray(enc.offsets, dtype=np.int32).reshape(-1, 2) + first_char
+    words = np.array([-1 if w is None else w for w in enc.word_ids], dtype=np.int64)
+    return ids, offsets, words
+
+
+def piece_starts(text: str, piece_chars: int) -> list[int]:
+    """Where to cut a long text for tokenizing it in pieces: before a space that follows a non-space character,
+    at least piece_chars after the previous cut. Every tokenizer here splits words there (whitespace,
+    Metaspace, byte-level BPE), and a piece starting with that space gets no extra prefix, so the pieces give the
+    whole text's tokens (tested for every family). A text without such a space stays whole."""
+    starts = [0]
+    while len(text) - starts[-1] > piece_chars:
+        cut = text.find(" ", starts[-1] + piece_chars)
+        while cut != -1 and text[cut - 1].isspace():
+            cut = text.find(" ", cut + 1)
+        if cut == -1:
+            break
+        starts.append(cut)
+    return starts
+
+
+def encode_contexts(backend, contexts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(ids, offsets, word ids) of each context, without special tokens. Contexts up to LONG_CONTEXT_CHARS are
+    encoded in one batch; a longer one in pieces (piece_starts), one at a time, so that its cost is its tokens'
+    arrays, not the tokenizer's working memory for the whole string (measured with a BERT tokenizer on a 2 MB
+    context: 370 MB above the loaded tokenizer whole, 130 MB in pieces; bench/RESULTS.md)."""
+    short = [c for c in contexts if len(c) <= LONG_CONTEXT_CHARS]
+    encoded = iter(backend.encode_batch(short, add_special_tokens=False)) if short else iter(())
+    return [_encoding_arrays(next(encoded)) if len(c) <= LONG_CONTEXT_CHARS else _encode_long(backend, c)
+            for c in contexts]
+
+
+def _encode_long(backend, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    bounds = [*piece_starts(text, LONG_CONTEXT_CHARS), len(text)]
+    parts, next_word = [], 0
+    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+        ids, offsets, words = _encoding_arrays(backend.encode(text[start:end], add_special_tokens=False), start)
+        words[words >= 0] += next_word  # word ids count on across pieces
+        next_word = int(words.max()) + 1 if len(words) and words.max() >= 0 else next_word
+        parts.append((ids, offsets, words))
+    return tuple(np.concatenate([p[k] for p in parts]) for k in range(3))
+
+
 def _tokenize_contexts(backend, contexts: list[str]):
     """(ids, trimmed offsets) per distinct context, tokenized once without special tokens."""
-    out = []
-    for context, enc in zip(contexts, backend.encode_batch(contexts, add_special_tokens=False), strict=True):
-        ids = np.asarray(enc.ids, dtype=np.int32)
-        offs = np.asarray(enc.offsets, dtype=np.int32).reshape(-1, 2)
-        out.append((ids, trim_offsets_whitespace(context, offs)))
-    return out
+    return [(ids, trim_offsets_whitespace(context, offsets))
+            for context, (ids, offsets, _) in zip(contexts, encode_contexts(backend, contexts), strict=True)]
 
 
 def _featurize_chunk(spec: _Spec, examples: Sequence[SquadExample], first_index: int, backend=None):
@@ -815,6 +861,8 @@ _WORKER: dict = {}
 
 
 def _worker_init(spec: _Spec) -> None:
+    # Ctrl-C reaches every process of the terminal's group: the parent stops the pool, workers say nothing.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Each worker is one process on one core: the Rust thread pool would only oversubscribe.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     # The spec (with the tokenizer JSON) travels once per worker, not once per chunk.
@@ -982,9 +1030,30 @@ def load_features(path, key: str, n_examples: int) -> SquadFeatures | None:
         return None
 
 
+def _cache_problem(exc: OSError, folder: Path) -> str:
+    if isinstance(exc, (FileExistsError, NotADirectoryError)) or (folder.exists() and not folder.is_dir()):
+        return "a file is where the folder should be"
+    return exc.strerror or atomic_io.first_line(exc)
+
+
+def usable_cache_dir(cache_dir) -> Path | None:
+    """The cache folder, created if needed; None (with one warning naming it and why) when it cannot be: the
+    cache only saves time, so the run goes on without it."""
+    folder = Path(cache_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        logger.warning("feature cache %s cannot be used (%s): features are built without it", folder,
+                       _cache_problem(exc, folder))
+        return None
+    return folder
+
+
 def load_or_build_features(data_path, examples, tokenizer, settings: FeatureSettings, cache_dir,
                            overwrite_cache: bool = False, threads: int = 1) -> SquadFeatures:
-    """Cached features keyed by data content, examples, tokenizer identity, settings and format."""
+    """Cached features keyed by data content, examples, tokenizer identity, settings and format. A cache that
+    cannot be read or written (a file in its place, read-only, full) is warned about once and done without."""
+    cache_dir = usable_cache_dir(cache_dir) if cache_dir is not None else None
     if cache_dir is None:
         return convert_examples_to_features(examples, tokenizer, settings, threads)
     key = features_cache_key(data_path, examples, tokenizer, settings)
@@ -995,7 +1064,12 @@ def load_or_build_features(data_path, examples, tokenizer, settings: FeatureSett
             logger.info("Loaded %d features for %d examples from cache %s", len(features), len(examples), path)
             return features
     features = convert_examples_to_features(examples, tokenizer, settings, threads)
-    save_features(path, features, key)
+    try:
+        save_features(path, features, key)
+    except OSError as exc:  # the temporary is already removed: nothing half-written stays in the cache
+        logger.warning("feature cache %s cannot be written (%s): going on without it", cache_dir,
+                       _cache_problem(exc, cache_dir))
+        return features
     logger.info("Saved features to cache %s", path)
     return features
 

@@ -26,7 +26,8 @@ import atomic_io  # noqa: E402
 # Flags that differ between runs by construction, or that do not change the result.
 IGNORED = {"output_dir", "overwrite_output_dir", "overwrite_cache", "features_cache_dir", "logging_steps",
            "save_steps", "save_total_limit", "verbose_logging", "resume_from_checkpoint", "local_rank", "threads",
-           "server_ip", "server_port", "cache_dir", "eval_all_checkpoints"}
+           "server_ip", "server_port", "cache_dir", "eval_all_checkpoints",
+           "train_file_sha256", "tokenizer_sha256"}  # what a resume compares: train_path and the flags show it
 SCORES = ("EM", "F1", "best F1", "threshold")
 
 

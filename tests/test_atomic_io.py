@@ -1,8 +1,13 @@
 """atomic_io: every write reaches its final name by one rename; a failure or a kill leaves the old state."""
 
+import errno
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -90,3 +95,91 @@ def test_an_owned_folder_drops_every_temporary_a_shared_one_only_orphans(tmp_pat
                                        (ValueError(), "ValueError")])
 def test_first_line_of_any_exception(exc, line):
     assert atomic_io.first_line(exc) == line
+
+
+class FullDiskAfterHalf:
+    """A file whose first write stores half of its data and then fails as a full disk does."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def write(self, data):
+        self.handle.write(data[:len(data) // 2])
+        self.handle.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __getattr__(self, name):
+        return getattr(self.handle, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.close()
+
+
+def test_a_file_set_appears_whole_or_not_at_all(tmp_path):
+    for name in ("predictions_3.json", "nbest_predictions_3.json", "eval_results.json"):
+        (tmp_path / name).write_text(f"old {name}")
+    with pytest.raises(OSError) as err, atomic_io.file_set() as files:
+        files.write_json(tmp_path / "nbest_predictions_3.json", {"q": ["new"]})
+        files.write(tmp_path / "predictions_3.json", lambda handle: FullDiskAfterHalf(handle).write("new predictions"))
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(tmp_path / "predictions_3.json")
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {
+        name: f"old {name}" for name in ("predictions_3.json", "nbest_predictions_3.json", "eval_results.json")}
+    with atomic_io.file_set() as files:
+        files.write_json(tmp_path / "nbest_predictions_3.json", {"q": ["new"]})
+        files.write_text(tmp_path / "predictions_3.json", "new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval_results.json", "nbest_predictions_3.json",
+                                                          "predictions_3.json"]
+    assert (tmp_path / "predictions_3.json").read_text() == "new"
+
+
+def test_a_file_set_is_renamed_in_the_order_staged_after_every_file_is_written(tmp_path, monkeypatch):
+    seen = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        seen.append((Path(dst).name, sorted(p.name for p in tmp_path.glob("*.tmp"))))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(atomic_io.os, "replace", replace)
+    with atomic_io.file_set() as files:
+        for name in ("b.json", "a.json", "eval_results.json"):
+            files.write_text(tmp_path / name, name)
+    assert [name for name, _ in seen] == ["b.json", "a.json", "eval_results.json"]
+    assert len(seen[0][1]) == 3, "every temporary is written before the first rename"
+
+
+def test_an_interrupt_while_a_set_is_written_leaves_the_old_files(tmp_path):
+    (tmp_path / "predictions_3.json").write_text("old")
+    with pytest.raises(KeyboardInterrupt), atomic_io.file_set() as files:
+        files.write_text(tmp_path / "predictions_3.json", "new")
+        signal.raise_signal(signal.SIGINT)  # Ctrl-C while the next file would be written
+    assert [p.name for p in tmp_path.iterdir()] == ["predictions_3.json"]
+    assert (tmp_path / "predictions_3.json").read_text() == "old"
+
+
+def test_ctrl_c_waits_until_the_renames_are_done(tmp_path):
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_io.signals_deferred():
+            signal.raise_signal(signal.SIGINT)
+            done.append("renames")
+    assert done == ["renames"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_an_owned_folder_keeps_the_temporaries_of_another_live_process(tmp_path):
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        live = tmp_path / f"checkpoint-4.{atomic_io.host()}-{other.pid}.abc.tmp"
+        live.mkdir()  # another run's checkpoint in progress
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+        orphan = tmp_path / f"checkpoint-2.{atomic_io.host()}-{int(dead.stdout)}.abc.tmp"
+        orphan.mkdir()  # a killed run's
+        assert atomic_io.remove_stale_temporaries(tmp_path, "checkpoint-*", owned=True) == 1
+        assert live.exists() and not orphan.exists()
+    finally:
+        other.kill()
+        other.wait()

@@ -10,6 +10,7 @@ JSON Lines in and out, and one line with exit code 2 for every kind of bad input
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -468,3 +469,40 @@ def test_output_line_keeps_extra_keys_and_shapes_answers():
     assert json.loads(qa_pipeline.output_line(record, [], 1)) == {**record, "score": 0.0, "start": 0, "end": 0,
                                                                   "answer": ""}
     assert list(json.loads(qa_pipeline.output_line(record, [answer], 1))) == [*record, *answer]  # input keys first
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_long_context_goes_through_the_model_a_chunk_at_a_time_with_the_same_answers(qa, monkeypatch):
+    """Windows are run and ranked CHUNK_BATCHES batches at a time, so a call holds one chunk's outputs, not every
+    window's; the answers (and the tuned threshold's decisions) are those of one chunk holding every window."""
+    context = " ".join([CONTEXT] * 12)
+    pairs = [(QUESTION, context), ("What is the capital of Poland?", context)]
+    keywords = {"max_seq_len": 48, "doc_stride": 16, "top_k": 3, "handle_impossible_answer": True}
+    whole = qa.answer(pairs, batch_size=4096, **keywords)
+    sizes = []
+    real_forward = QuestionAnsweringPipeline._forward
+
+    def forward(self, features, batch_size):
+        sizes.append(len(features))
+        return real_forward(self, features, batch_size)
+
+    monkeypatch.setattr(QuestionAnsweringPipeline, "_forward", forward)
+    chunked = qa.answer(pairs, batch_size=2, **keywords)
+    assert sizes == [16, 16, 4], sizes  # 36 windows (2 questions x 18), 8 batches of 2 at a time
+    for ours, theirs in zip(chunked, whole, strict=True):
+        assert [a["answer"] for a in ours] == [a["answer"] for a in theirs]
+        assert [a["score"] for a in ours] == pytest.approx([a["score"] for a in theirs], abs=1e-6)
+    thresholded = QuestionAnsweringPipeline(str(MODEL), device="cpu", null_threshold=0.0)
+    assert thresholded.answer(pairs, batch_size=2, **keywords) == thresholded.answer(pairs, batch_size=4096, **keywords)
+
+
+def test_progress_is_shown_on_a_terminal_only(qa, monkeypatch):
+    context = " ".join([CONTEXT] * 12)
+    for stream, shown in ((io.StringIO(), False), (Terminal(), True)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        qa.answer([(QUESTION, context)], batch_size=1, max_seq_len=48, doc_stride=16)
+        assert ("qa_pipeline: windows" in stream.getvalue()) == shown

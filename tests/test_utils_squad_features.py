@@ -412,3 +412,23 @@ def test_real_sample_classic_feature_count_and_recovery(squad_dir, minilm_path):
     texts = us.labelled_answer_texts(feats, examples)
     good = sum(normalize(texts[r]) == normalize(examples[feats.example_index[r]].answers[0]["text"]) for r in rows)
     assert good / len(rows) >= 0.99
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_long_context_tokenized_in_pieces_gives_the_whole_texts_tokens(family, monkeypatch):
+    """Contexts above LONG_CONTEXT_CHARS are tokenized piece by piece (bounded memory): the same ids, offsets and
+    word ids as the whole text, whatever the family's normalizer and pre-tokenizer, across runs of spaces,
+    tabs, newlines, punctuation and non-Latin text at the cuts."""
+    from tiny_models import CORPUS
+
+    text = "  \n".join(f"{s}\t {UNICODE}  ({NUMBERS})." for s in CORPUS[:14])
+    backend = us.plain_backend(tiny_tokenizer(family).backend_tokenizer.to_str())
+    whole = us._encoding_arrays(backend.encode(text, add_special_tokens=False))
+    monkeypatch.setattr(us, "LONG_CONTEXT_CHARS", 97)
+    assert len(us.piece_starts(text, 97)) > 20
+    (pieces,) = us.encode_contexts(backend, [text])
+    for name, ours, theirs in zip(("ids", "offsets", "word ids"), pieces, whole, strict=True):
+        assert np.array_equal(ours, theirs), name
+    short = us.encode_contexts(backend, [NORMANS, text, UNICODE])  # short ones batched, order kept
+    assert np.array_equal(short[0][0], backend.encode(NORMANS, add_special_tokens=False).ids)
+    assert np.array_equal(short[2][0], backend.encode(UNICODE, add_special_tokens=False).ids)
