@@ -56,6 +56,15 @@ def writer_of(tmp: Path) -> tuple[str, int] | None:
     return (name, int(pid)) if name and pid.isdigit() else None
 
 
+class PartlyReplaced(OSError):
+    """A set's renames failed after some of its files were in place (``replaced``): the folder holds part of
+    the new set beside the rest of the previous one."""
+
+    def __init__(self, errno: int, strerror: str, filename: str, replaced: list[Path]):
+        super().__init__(errno, strerror, filename)
+        self.replaced = replaced
+
+
 def write_file_atomic(path: str | os.PathLike, write: Callable[[IO], Any], binary: bool = False) -> None:
     """Run ``write(file)`` on a temporary beside ``path``, flush it to disk, then rename it over ``path``.
 
@@ -188,9 +197,9 @@ class FileSet:
                 try:
                     os.replace(tmp, final)
                 except OSError as exc:
-                    kept = [str(f) for f in done]
-                    raise OSError(exc.errno, f"{exc.strerror}; already in place: {', '.join(kept) or 'none'}",
-                                  str(final)) from exc
+                    if not done:
+                        raise OSError(exc.errno, exc.strerror, str(final)) from exc
+                    raise PartlyReplaced(exc.errno, exc.strerror, str(final), replaced=done) from exc
                 done.append(final)
         self.staged = []
         return done
@@ -284,7 +293,8 @@ def move_aside(path: Path, new_name: str) -> Path:
     return kept
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this id runs on this host (one of another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -303,14 +313,14 @@ def _may_be_live(tmp: Path, now: float) -> bool:
         return True  # renamed or removed meanwhile: nothing to do
     writer = writer_of(tmp)
     if writer is not None and writer[0] == host():
-        return _pid_alive(writer[1])  # a hung but live writer keeps its file
+        return pid_alive(writer[1])  # a hung but live writer keeps its file
     return False  # another host (shared folder) or an older name: only the age tells
 
 
 def _written_by_another_live_process(tmp: Path) -> bool:
     """Whether tmp's writer (named in its name) is a process of this host, other than this one, that runs."""
     writer = writer_of(tmp)
-    return writer is not None and writer[0] == host() and writer[1] != os.getpid() and _pid_alive(writer[1])
+    return writer is not None and writer[0] == host() and writer[1] != os.getpid() and pid_alive(writer[1])
 
 
 def remove_stale_temporaries(folder: str | os.PathLike, final_glob: str, owned: bool = False) -> int:

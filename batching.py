@@ -42,8 +42,15 @@ from utils_squad import SquadFeatures, ragged_index
 NO_TOKEN_TYPES = {"xlm", "roberta", "distilbert", "camembert", "bart", "longformer", "xlm-roberta", "modernbert"}
 # Model types whose transformers forward takes a prepared 4-D key-padding mask as it is (tested equal to the 2-D
 # mask): given one, transformers neither builds a mask nor reads the 2-D one on the host to see whether it
-# could skip it (a GPU sync every forward).
+# could skip it (a GPU sync every forward). Only attention functions that read a boolean mask as such take it:
+# SDPA (and the packed attention's padded fallback, which is SDPA); eager attention would add it as numbers.
 PREPARED_MASK_TYPES = {"bert", "roberta", "xlm-roberta", "electra", "albert", "distilbert"}
+PREPARED_MASK_ATTENTION = {"sdpa", packing.PACKED_ATTENTION, packing.PACKED_ATTENTION_NO_DROPOUT}
+
+
+def takes_prepared_mask(model_type: str, attn_implementation: str | None) -> bool:
+    """Whether padded batches for this family and attention function carry a prepared 4-D mask."""
+    return model_type in PREPARED_MASK_TYPES and (attn_implementation or "sdpa") in PREPARED_MASK_ATTENTION
 
 
 # --------------------------------------------------------------------------------------------
@@ -430,11 +437,8 @@ class PaddedBatches:
     lang_id: int = 0
     pad_to_multiple_of: int = 8  # 64 under torch.compile: a handful of widths, so a handful of compilations
     grouped: bool = True  # training batches of similar lengths; False: random batches, as the classic script
+    prepared_mask: bool = False  # a 4-D key-padding mask (takes_prepared_mask), else the 2-D attention mask
     packed = False
-
-    @property
-    def prepared_mask(self) -> bool:
-        return self.model_type in PREPARED_MASK_TYPES
 
     def plan(self, lengths: np.ndarray, seed: int | None = None) -> list[np.ndarray]:
         """Feature indices per batch: shuffled by seed for training, deterministic (sorted) without."""
@@ -497,10 +501,13 @@ class PackedBatches:
 
 
 def make_batching(head, config, features, batch_size: int, *, packed: bool, pack_tokens: int, max_seq_length: int,
-                  version_2: bool, lang_id: int, compiled: bool = False, grouped: bool = True):
-    """Padded batches, or packs of a size fixed for the whole run from the features' lengths."""
+                  version_2: bool, lang_id: int, compiled: bool = False, grouped: bool = True,
+                  attn_implementation: str | None = None):
+    """Padded batches, or packs of a size fixed for the whole run from the features' lengths. attn_implementation:
+    the model's attention function (None: SDPA, transformers' default for these families)."""
     if not packed:
-        return PaddedBatches(batch_size, head, config.model_type, version_2, lang_id, 64 if compiled else 8, grouped)
+        return PaddedBatches(batch_size, head, config.model_type, version_2, lang_id, 64 if compiled else 8, grouped,
+                             takes_prepared_mask(config.model_type, attn_implementation))
     lengths = features.lengths()
     tokens = pack_tokens or max(max_seq_length, int(math.ceil(batch_size * lengths.mean() / 64)) * 64)
     return PackedBatches(batch_size, head, config.model_type, tokens=tokens, slots=tokens // int(lengths.min()),

@@ -8,12 +8,13 @@ The rules are plain data measured on an H200 (bench/RESULTS.md, ../shared/measur
 over facts, so they are tested on any machine. No torch here: run_squad.py gathers the facts.
 
 The rules (CUDA; on a CPU every default stays the classic one: padded, eager, fp32):
-  packing    on for the families whose packed attention takes flash attention's varlen kernel (every
-             family packing.py supports, except the relative-position BERT, whose exact packed path is
-             quadratic in the pack on a GPU); BERT-large measured 337 vs 181 seq/s (padded, --bf16).
-  precision  bf16 autocast on a GPU that computes bf16 and no precision flag: fp32 master weights and
-             optimizer, as --bf16. Measured with MiniLM on the shared SQuAD 2.0 sample, held-out questions:
-             fp32 F1 54.52 / 52.63 (seeds 42 / 7), bf16 53.98 (seed 42): within seed noise.
+  precision  bf16 autocast on a GPU that computes bf16 natively (Ampere and newer) and no precision flag:
+             fp32 master weights and optimizer, as --bf16. The accuracy evidence is in bench/RESULTS.md
+             ("bf16 autocast and F1").
+  packing    on where flash attention's varlen kernel runs: a GPU of compute capability 8.0 or newer, bf16
+             or fp16, and a family packing.py supports with that kernel (every one but the relative-position
+             BERT, whose exact packed path is quadratic in the pack on a GPU; and not models of remote code
+             or decoders); BERT-large measured 337 vs 181 seq/s (padded, --bf16).
   compile    torch.compile for training when it pays back its compilation: at least COMPILE_MIN_PARAMETERS
              and COMPILE_MIN_STEPS (BERT-large packed: ~20 s of compilation, 54 instead of 95 ms a step, so
              it pays after ~500 steps; small models gain little, their steps are bound by the host).
@@ -35,14 +36,35 @@ COMPILE_MIN_PARAMETERS = 100_000_000
 COMPILE_MIN_STEPS = 1_000
 
 
+# Families whose padded attention goes through SDPA (the others compute attention themselves).
+SDPA_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "albert", "distilbert", "modernbert")
+
+
+@dataclass(frozen=True)
+class PathFlags:
+    """The flags the choice reads (the rest of the command line plays no part in it)."""
+
+    packing: str = "auto"  # auto, on, off
+    sdpa_kernels: str = "auto"  # auto, torch
+    fp16: bool = False
+    bf16: bool = False
+    fp32: bool = False
+
+    @classmethod
+    def from_args(cls, args) -> PathFlags:
+        return cls(args.packing, args.sdpa_kernels, args.fp16, args.bf16, args.fp32)
+
+
 @dataclass(frozen=True)
 class Facts:
     """What the choice depends on besides the flags."""
 
     cuda: bool  # the run's device is a GPU
-    bf16_gpu: bool  # that GPU computes bf16 (Ampere and newer)
+    bf16_gpu: bool  # that GPU computes bf16 natively (Ampere and newer; not emulated)
     model_type: str
     relative_positions: bool = False  # BERT with relative_key(_query) position embeddings
+    flash_gpu: bool = False  # that GPU runs flash attention's kernels (compute capability 8.0 and newer)
+    custom_code: bool = False  # the model's classes come from its folder (--trust_remote_code) or it is a decoder
 
 
 @dataclass(frozen=True)
@@ -64,33 +86,36 @@ class Choice:
         return "path: " + "; ".join(self.reasons)
 
 
-def choose(flags, facts: Facts) -> Choice:
+def choose(flags: PathFlags, facts: Facts) -> Choice:
     """Packing, precision and the attention kernels (compilation waits for the run's length: compilation())."""
-    packing, packing_why = choose_packing(flags.packing, facts)
     precision, precision_why = choose_precision(flags, facts)
-    no_cudnn = facts.cuda and flags.sdpa_kernels == "auto" and not packing
+    packing, packing_why = choose_packing(flags.packing, facts, precision)
+    no_cudnn = facts.cuda and flags.sdpa_kernels == "auto"
     reasons = [packing_why, precision_why]
-    if facts.cuda and not packing:
+    if facts.cuda and not packing and facts.model_type in SDPA_TYPES:
         reasons.append("padded attention: SDPA flash or memory-efficient kernels, not cuDNN" if no_cudnn else
                        "padded attention: PyTorch's own SDPA choice (--sdpa_kernels torch)")
     return Choice(packing, precision, no_cudnn, tuple(reasons))
 
 
-def choose_packing(flag: str, facts: Facts) -> tuple[bool, str]:
+def choose_packing(flag: str, facts: Facts, precision: str) -> tuple[bool, str]:
     if flag == "on":
         return True, "packed batches (--packing)"
     if flag == "off":
         return False, "padded batches (--packing off)"
     if not facts.cuda:
         return False, "padded batches (the CPU default; --packing to pack)"
-    if facts.model_type in VARLEN_PACKING_TYPES and not facts.relative_positions:
-        return True, f"packed batches ({facts.model_type}: flash attention's varlen kernel; --packing off for padded)"
-    what = "relative positions: its packed path is quadratic on a GPU" if facts.relative_positions else \
-        "its attention cannot be packed"
-    return False, f"padded batches ({facts.model_type}, {what})"
+    if facts.model_type not in VARLEN_PACKING_TYPES or facts.custom_code:
+        return False, f"padded batches ({facts.model_type}: its attention cannot be packed)"
+    if facts.relative_positions:
+        return False, f"padded batches ({facts.model_type}, relative positions: its packed path is quadratic on a GPU)"
+    if not facts.flash_gpu or precision == "fp32":
+        why = "fp32" if facts.flash_gpu else "a GPU older than compute capability 8.0"
+        return False, f"padded batches (flash attention's varlen kernel needs bf16/fp16 on sm80+: {why})"
+    return True, f"packed batches ({facts.model_type}: flash attention's varlen kernel; --packing off for padded)"
 
 
-def choose_precision(flags, facts: Facts) -> tuple[str, str]:
+def choose_precision(flags: PathFlags, facts: Facts) -> tuple[str, str]:
     if flags.fp16:
         return "fp16", "fp16 autocast with a gradient scaler (--fp16)"
     if flags.bf16:

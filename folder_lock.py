@@ -54,7 +54,7 @@ class Holder:
         return f"pid {self.pid} on {self.host}, since {self.since}, running: {self.command}"
 
     def alive_here(self) -> bool:
-        return self.host == atomic_io.host() and atomic_io._pid_alive(self.pid)
+        return self.host == atomic_io.host() and atomic_io.pid_alive(self.pid)
 
 
 def read_holder(path: Path) -> Holder | None:

@@ -101,6 +101,8 @@ def resume_mismatches(saved: dict, current: dict, auto_batch: bool) -> list[str]
     here`. A setting the checkpoint does not record (an older one) is not compared. With
     --auto_find_batch_size the checkpoint's micro-batches are kept, so only the global batch must agree; the
     length of the run is --max_steps when either sets it, else --num_train_epochs."""
+    if "packed" not in saved and isinstance(saved.get("packing"), bool):
+        saved = {**saved, "packed": saved["packing"]}  # before --packing auto, the flag was the path taken
     names = [n for n in RESUME_SETTINGS if n in saved and n in current]
     if auto_batch:
         names = [n for n in names if n not in ("per_gpu_train_batch_size", "gradient_accumulation_steps")]
@@ -132,12 +134,15 @@ def prune(output_dir: Path, limit: int, protect: Path | None, step: int) -> None
 def clean_output_dir(output_dir: Path, resume_from: Path | None) -> None:
     """At the start of training: drop a killed run's temporaries, name an earlier run's checkpoints.
 
-    The output folder belongs to this run (it was refused unless empty, resumed or overwritten on purpose),
-    so every temporary in it is a leftover. A fresh run replaces the checkpoints of the steps it saves;
-    the others stay, and `--resume_from_checkpoint latest` or --eval_all_checkpoints would use them.
+    The output folder belongs to this run (it holds the folder's lock), so a temporary in it is a leftover
+    unless its writer, named in its name, still lives on this host; the tuned threshold's temporaries inside
+    checkpoint folders too. A fresh run replaces the checkpoints of the steps it saves; the others stay, and
+    `--resume_from_checkpoint latest` or --eval_all_checkpoints would use them.
     """
     for pattern in OUTPUT_GLOBS:
         atomic_io.remove_stale_temporaries(output_dir, pattern, owned=True)
+    for checkpoint in list_checkpoints(output_dir):
+        atomic_io.remove_stale_temporaries(checkpoint, THRESHOLD_FILE, owned=True)
     earlier = list_checkpoints(output_dir)
     if resume_from is None and earlier:
         logger.warning("%s already holds %d checkpoints of an earlier run (%s to %s): this run replaces those "

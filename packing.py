@@ -36,6 +36,8 @@ zero-length segments. Nothing in `packed_qa_loss` syncs with the host.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -125,7 +127,14 @@ def _flash_varlen_usable(query) -> bool:
         and query.dtype in (torch.float16, torch.bfloat16)
         and query.shape[-1] % 8 == 0
         and query.shape[-1] <= 256
+        and flash_capable(query.device.index)
     )
+
+
+@functools.cache
+def flash_capable(device_index: int | None) -> bool:
+    """Flash attention's kernels run on compute capability 8.0 and newer (asked once per device)."""
+    return torch.cuda.get_device_capability(device_index)[0] >= 8
 
 
 def _segment_of(cu_seqlens, total: int, device):

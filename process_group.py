@@ -105,6 +105,18 @@ def setup(local_rank_flag: int, no_cuda: bool) -> Runtime:
     return Runtime(rank=rank, world_size=world_size, local_rank=local_rank, device=device, cpu_group=cpu_group)
 
 
+def device_capabilities(device: torch.device) -> tuple[bool, bool]:
+    """(computes bf16 natively, runs flash attention's kernels): compute capability 8.0 and newer for both. Not
+    torch.cuda.is_bf16_supported()'s default, which also says yes where bf16 is only emulated (V100, T4)."""
+    if device.type != "cuda":
+        return False, False
+    newer = torch.cuda.get_device_capability(device)[0] >= 8
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False), newer
+    except TypeError:  # torch without the argument
+        return newer, newer
+
+
 def setup_logging(verbose: bool, rank: int) -> None:
     """Timestamps and the rank on every line; rank 0 logs, the others only warnings."""
     logging.basicConfig(

@@ -51,7 +51,7 @@ Where this differs from 4.x, on purpose:
   - The tuned no-answer threshold. Evaluating a SQuAD 2.0 model writes null_score_diff_threshold.json into
     its folder (the best-F1 threshold on the null odds). With ``handle_impossible_answer=True`` and a
     threshold, "" is the answer exactly when the null odds exceed it, as evaluation decided: the null odds
-    of squad_metrics' classic decoder on the same windows (span heads: smallest start+end logit at CLS over
+    of decoding.py's classic decoder on the same windows (span heads: smallest start+end logit at CLS over
     the windows minus the best valid span's start+end logits, n_best_size 20 and max_answer_length 30
     unless the file says otherwise; beam heads: smallest cls_logits). "" then comes first with the 4.x
     null score as its score, followed by top_k - 1 spans; otherwise only spans are returned.
@@ -695,7 +695,9 @@ class QuestionAnsweringPipeline:
 
     def _forward(self, features, batch_size: int) -> dict[str, np.ndarray]:
         """The head's outputs for every feature, on the host (batching.py's length-sorted padded batches)."""
-        padded = batching.PaddedBatches(batch_size, self.head, self.model_type, lang_id=self.lang_id)
+        attention = self.model.config._attn_implementation
+        padded = batching.PaddedBatches(batch_size, self.head, self.model_type, lang_id=self.lang_id,
+                                        prepared_mask=batching.takes_prepared_mask(self.model_type, attention))
         outputs = []
         with torch.inference_mode():
             for idx in padded.plan(features.lengths()):

@@ -153,7 +153,7 @@ def run(args) -> int:
     if rt.is_main:
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     process_group.set_seed(args.seed)
-    logger.info("process %d of %d on %s; fp16 %s, bf16 %s", rt.rank, rt.world_size, rt.device, args.fp16, args.bf16)
+    logger.info("process %d of %d on %s", rt.rank, rt.world_size, rt.device)
 
     source = qa_model.ModelSource(args.model_name_or_path, args.config_name, args.tokenizer_name, args.cache_dir,
                                   args.trust_remote_code)
@@ -161,7 +161,8 @@ def run(args) -> int:
     tokenizer = qa_model.load_tokenizer(source, args.do_lower_case)
     setup = RunSetup(train_path, predict_path, config.model_type,
                      qa_model.uses_beam_head(config.model_type, args.simple_span_head),
-                     bool(args.context_first or tokenizer.padding_side == "left"), source, choose_path(args, rt, config),
+                     bool(args.context_first or tokenizer.padding_side == "left"), source,
+                     choose_path(fast_path.PathFlags.from_args(args), rt.device, config, args.trust_remote_code),
                      checkpoints.run_identity(train_path if args.do_train else None, tokenizer, rt.world_size))
     check_model_settings(args, setup, config, tokenizer)
     if setup.path.sdpa_without_cudnn:
@@ -205,7 +206,7 @@ def run(args) -> int:
                                                                args.do_train, args.model_name_or_path):
             model = load_model(args, setup, config, folder, eval_device=rt.device)
             if evaluation.config.compiled:
-                compile_model(args, model)
+                compile_model(model, Compilation.from_flags(args))
             results = evaluate(model, evaluation, rt, prefix=prefix, model_folder=folder)
             if rt.is_main and args.do_eval:
                 print(json.dumps({"step": prefix, **results}), flush=True)
@@ -213,25 +214,45 @@ def run(args) -> int:
     return cli.EXIT_OK
 
 
-def choose_path(args, rt, config) -> fast_path.Choice:
+def choose_path(flags: fast_path.PathFlags, device: torch.device, config, remote_code: bool) -> fast_path.Choice:
     """Packing, precision and attention kernels for this family on this device (fast_path.py's rules)."""
-    cuda = rt.device.type == "cuda"
-    facts = fast_path.Facts(cuda=cuda, bf16_gpu=cuda and torch.cuda.is_bf16_supported(), model_type=config.model_type,
-                            relative_positions=modeling_relative.is_relative_position_config(config))
-    return fast_path.choose(args, facts)
+    bf16_gpu, flash_gpu = process_group.device_capabilities(device)
+    custom = (remote_code and bool(getattr(config, "auto_map", None))) or bool(getattr(config, "is_decoder", False))
+    facts = fast_path.Facts(cuda=device.type == "cuda", bf16_gpu=bf16_gpu, model_type=config.model_type,
+                            relative_positions=modeling_relative.is_relative_position_config(config),
+                            flash_gpu=flash_gpu, custom_code=custom)
+    return fast_path.choose(flags, facts)
 
 
-def compile_model(args, model) -> None:
-    """torch.compile in place (parameters, state_dict and save_pretrained stay the model's). Its kernels are cached
-    beside the feature cache, so the next run of a sweep compiles from the cache."""
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(utils_squad.features_cache_dir(args.features_cache_dir).parent
-                                                         / "inductor"))
-    model.compile(backend=args.torch_compile_backend, mode=args.torch_compile_mode)
+@dataclass(frozen=True)
+class Compilation:
+    """How torch.compile is called (--torch_compile_backend, --torch_compile_mode) and where its kernels are kept."""
+
+    backend: str = "inductor"
+    mode: str | None = None
+    kernel_cache: Path | None = None  # None: PyTorch's own (TORCHINDUCTOR_CACHE_DIR, else a folder in /tmp)
+
+    @classmethod
+    def from_flags(cls, args) -> Compilation:
+        """The kernels are kept beside the default feature cache, so the next run of a sweep reuses them; a
+        user's own --features_cache_dir or $TORCHINDUCTOR_CACHE_DIR is not second-guessed."""
+        cache = None
+        if args.features_cache_dir is None and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+            cache = utils_squad.features_cache_dir(None).parent / "inductor"
+        return cls(args.torch_compile_backend, args.torch_compile_mode, cache)
+
+
+def compile_model(model, compilation: Compilation) -> None:
+    """torch.compile in place (parameters, state_dict and save_pretrained stay the model's). A kernel cache that
+    cannot be used is warned about once and left to PyTorch's default (compiling never depends on it)."""
+    if compilation.kernel_cache is not None and utils_squad.usable_cache_dir(compilation.kernel_cache) is not None:
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compilation.kernel_cache))
+    model.compile(backend=compilation.backend, mode=compilation.mode)
 
 
 def compile_for_training(args, setup: RunSetup, model, head, config, features, batches: TrainBatches) -> TrainBatches:
     """Compile the model; padded batches then take widths rounded to 64 (a handful of shapes to compile)."""
-    compile_model(args, model)
+    compile_model(model, Compilation.from_flags(args))
     if batches.batching.packed:
         return batches
     return replace(batches, batching=make_batching(args, setup, head, config, features, batches.batch_size, True))
@@ -246,6 +267,8 @@ def claim_output_dir(output_dir: Path, rt) -> None:
             folder_lock.hold(output_dir)
         except folder_lock.FolderLocked as exc:
             problem = str(exc)
+        except OSError as exc:  # the other ranks must hear of it too, or they would wait for rank 0 forever
+            problem = f"--output_dir {output_dir}: cannot take its lock ({exc.strerror or exc})"
     problem = process_group.from_main(rt, problem)
     if problem is not None:
         raise folder_lock.FolderLocked(problem)
@@ -321,10 +344,12 @@ def build_features(args, rt, tokenizer, path: Path, examples, context_first: boo
 
 
 def make_batching(args, setup: RunSetup, head, config, features, batch_size: int, compiled: bool = False):
+    # The relative-position BERT computes its attention itself (qa_model loads it with eager attention).
+    attention = "eager" if modeling_relative.is_relative_position_config(config) else args.attn_implementation
     return batching.make_batching(head, config, features, batch_size, packed=setup.path.packing,
                                   pack_tokens=args.pack_tokens, max_seq_length=args.max_seq_length,
                                   version_2=args.version_2_with_negative, lang_id=args.lang_id,
-                                  compiled=compiled, grouped=args.length_grouping == "on")
+                                  compiled=compiled, grouped=args.length_grouping == "on", attn_implementation=attention)
 
 
 def load_model(args, setup: RunSetup, config, path: str, eval_device=None):
@@ -480,7 +505,7 @@ def train(model, features, batches: TrainBatches, rt, *, loop: LoopConfig, optim
             # Logging, evaluation, saving and the stop signal: the steps where the host reads the device.
             log_now, interrupted = step % loop.logging_steps == 0, stop.agreed()
             eval_now = evaluation is not None and step % (loop.eval_steps or loop.logging_steps) == 0 and not interrupted
-            save_now = (saving is not None and saving.save_steps and step % saving.save_steps == 0) or interrupted
+            save_now = saving is not None and ((saving.save_steps and step % saving.save_steps == 0) or interrupted)
             if log_now or eval_now or save_now:
                 check_skips(loop, meter)
             if log_now:
@@ -492,9 +517,9 @@ def train(model, features, batches: TrainBatches, rt, *, loop: LoopConfig, optim
             if save_now or eval_now:
                 meter.t0 = time.perf_counter()  # the next window's throughput is the training's own
             if interrupted:
-                raise TrainingInterrupted(
-                    f"signal {stop.signum or 'on another rank'}: stopped at step {step}, checkpoint written to "
-                    f"{loop.output_dir / (output_folder.CHECKPOINT_PREFIX + str(step))}")
+                written = (f"checkpoint written to {loop.output_dir / (output_folder.CHECKPOINT_PREFIX + str(step))}"
+                           if saving is not None else "no checkpoint (nothing to save it with)")
+                raise TrainingInterrupted(f"signal {stop.signum or 'on another rank'}: stopped at step {step}, {written}")
         check_skips(loop, meter)
     except torch.cuda.OutOfMemoryError as exc:
         failing = position["global_step"] + (position is start)  # the loop's position is the step it computes
@@ -800,8 +825,12 @@ def write_evaluation(config: EvalConfig, prefix: str, examples, predictions, dec
     except OSError as exc:
         failed = Path(exc.filename) if exc.filename else output_dir
         where = failed.name if failed.parent == output_dir else str(failed)
+        outcome = "the previous results are unchanged"
+        if isinstance(exc, atomic_io.PartlyReplaced):
+            outcome = (f"the set is partly replaced ({', '.join(p.name for p in exc.replaced)} already new, the rest "
+                       "the previous evaluation's)")
         raise EvaluationWriteError(f"could not write the evaluation results of step {prefix} to {output_dir} "
-                                   f"({where}: {exc.strerror or exc}): the previous results are unchanged") from exc
+                                   f"({where}: {exc.strerror or exc}): {outcome}") from exc
     logger.info("wrote %s", ", ".join(str(p) for p in paths.values()))
 
 
@@ -835,9 +864,8 @@ def infer(model, features, strategy, rt, *, precision: str = "fp32", compiled: b
 
 
 def eager_stance():
-    """Compiled code runs eagerly inside (torch >= 2.6; older versions compile evaluation as before)."""
-    set_stance = getattr(torch.compiler, "set_stance", None)
-    return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
+    """Compiled code runs eagerly inside (torch.compiler.set_stance, torch >= 2.6 as requirements.txt asks)."""
+    return torch.compiler.set_stance("force_eager")
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ one line and the run goes on. The last line printed is JSON.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import os
@@ -51,6 +52,7 @@ import sys
 import threading
 import time
 import traceback
+import types
 from pathlib import Path
 
 import numpy as np
@@ -482,8 +484,6 @@ def fa4_shim_module(interface):
 
     torch 2.11-2.13 unpack `out, lse = module._flash_attn_fwd(...)`; flash-attn-4 4.0.0b20+ returns 4-5
     values (out, lse, p, row_max[, o_lo]). The shim changes nothing else."""
-    import types
-
     shim = types.ModuleType("_bench_fa4_shim")
 
     def _flash_attn_fwd(*a, **kw):
@@ -534,8 +534,6 @@ def fa4_child(args):
         emit("RESULT", {"info": info, "rows": []})
         return
     info["import"] = f"ok ({time.perf_counter() - t0:.1f} s)"
-    import inspect
-
     info["varlen_func_has_dropout"] = "dropout_p" in inspect.signature(flash_attn_varlen_func).parameters
     if device.type != "cuda":
         info["note"] = "no CUDA: FA4 variants skipped"

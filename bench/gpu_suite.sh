@@ -13,6 +13,7 @@
 #   3. evaluation throughput, BERT-large: classic, default (eager), compiled
 #   4. attention kernels (bench/attention_kernels.py: FA2 varlen with and without dropout, SDPA backends)
 #   5. a forced out-of-memory: its one line and exit code
+#   (first: the GPU-only tests, tests/test_sync_cuda.py and tests/test_packing_cuda.py)
 # Each measurement is bounded by `timeout`; one that could overrun SUITE_BUDGET_S (default 460 s) is skipped,
 # the most important first. Writes $OUT/gpu_suite.json and $OUT/gpu_suite.md (OUT: the device's output
 # folder, default bench_out/); copy them to bench/results/ and bench/RESULTS.md.
@@ -97,6 +98,12 @@ PY
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee "$OUT/env.txt"
 python -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" \
   | tee -a "$OUT/env.txt"
+# 0. The GPU-only tests: no host wait inside an optimizer step; the packed families' CUDA kernels.
+if fits cuda_tests 90 && [ -z "${DRY_RUN:-}" ]; then
+  timeout 90 python -m pytest -q -p no:cacheprovider tests/test_sync_cuda.py tests/test_packing_cuda.py \
+    > "$OUT/cuda_tests.log" 2>&1
+  echo "== cuda_tests rc=$?: $(tail -1 "$OUT/cuda_tests.log")"
+fi
 # 1. End to end, first: what a user of the seed scripts gets, and the accuracy of each path.
 cli_run e2e_default 120
 cli_run e2e_padded_fp32 120 --packing off --fp32 --torch_compile off

@@ -8,7 +8,8 @@
 # Usage (from anywhere; relative SQUAD_DIR/OUTPUT_DIR are taken from the directory you start in):
 #   SQUAD_DIR=/path/to/squad OUTPUT_DIR=/path/to/out bash scripts/bert_large_relative_squad1.sh [more flags]
 # Get the data with scripts/download_squad.sh. Flags given after the script name are appended, so they
-# override the ones below (e.g. --overwrite_output_dir to reuse a folder, --bf16 on Ampere/Hopper GPUs).
+# override the ones below (e.g. --overwrite_output_dir to reuse a folder, --fp32 for the classic fp32 on a GPU,
+# where bf16 autocast and packed batches are the default: see the log's `path:` line).
 set -euo pipefail
 SQUAD_DIR=${SQUAD_DIR:-./data}
 OUTPUT_DIR=${OUTPUT_DIR:-./runs/bert_large_relative_squad1}

@@ -59,7 +59,7 @@ def test_length_grouping_reaches_the_padded_batches(flag, grouped):
     args = cli.parse_args(["--model_name_or_path", "m", "--output_dir", "o", "--do_eval",
                            "--predict_file", "p.json", *flag])
     config = type("Config", (), {"model_type": "bert"})()
-    path = fast_path.choose(args, fast_path.Facts(cuda=False, bf16_gpu=False, model_type="bert"))
+    path = fast_path.choose(fast_path.PathFlags.from_args(args), fast_path.Facts(cuda=False, bf16_gpu=False, model_type="bert"))
     setup = run_squad.RunSetup(None, None, "bert", False, False, None, path)
     assert run_squad.make_batching(args, setup, batching.SpanHead(), config, None, 8).grouped is grouped
 

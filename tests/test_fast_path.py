@@ -272,23 +272,27 @@ def test_a_training_forward_and_backward_read_nothing_from_the_device(family, mo
     assert {where for where in reads.where if not where.startswith("packing.py")} == set(), reads.where
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @pytest.mark.parametrize("family", sorted(batching.PREPARED_MASK_TYPES - {"xlm-roberta"}))
-def test_the_prepared_padding_mask_gives_the_two_dimensional_masks_logits(family):
+def test_the_prepared_padding_mask_gives_the_two_dimensional_masks_logits(family, attention):
+    """SDPA reads the prepared boolean mask; eager attention would add it as numbers, so it keeps the 2-D mask."""
     from tiny_models import tiny_config, tiny_tokenizer
 
     config = tiny_config(family, tiny_tokenizer(family))
-    model = AutoModelForQuestionAnswering.from_config(config).eval()
+    model = AutoModelForQuestionAnswering.from_config(config, attn_implementation=attention).eval()
     features = synthetic_features(6, config.vocab_size)
     strategy = batching.make_batching(batching.SpanHead(), config, features, 6, packed=False, pack_tokens=0,
-                                      max_seq_length=64, version_2=False, lang_id=0)
+                                      max_seq_length=64, version_2=False, lang_id=0, attn_implementation=attention)
     batch = strategy.tensors(features, np.arange(6), with_labels=False)
-    assert batch["prepared_mask"] is not None and batch["prepared_mask"].shape == (6, 1, 1, batch["input_ids"].shape[1])
+    assert strategy.prepared_mask == (attention == "sdpa")
+    if attention == "sdpa":
+        assert batch["prepared_mask"].shape == (6, 1, 1, batch["input_ids"].shape[1])
     with torch.no_grad():
         prepared = strategy.forward(model, batch, training=False)
         classic = model(**{**strategy.inputs(batch, False), "attention_mask": batch["attention_mask"]})
     assert torch.equal(prepared.start_logits, classic.start_logits)
     assert torch.equal(prepared.end_logits, classic.end_logits)
-    exact = batching.PaddedBatches(6, batching.SpanHead(), family, pad_to_multiple_of=1)
+    exact = batching.PaddedBatches(6, batching.SpanHead(), family, pad_to_multiple_of=1, prepared_mask=True)
     assert exact.tensors(features, np.arange(1), with_labels=False)["prepared_mask"] is None  # nothing padded
 
 

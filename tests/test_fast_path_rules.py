@@ -10,14 +10,14 @@ import fast_path
 BASE = "--model_name_or_path m --output_dir o --do_train --train_file t "
 PACKABLE = ["bert", "roberta", "xlm-roberta", "electra", "albert", "distilbert", "modernbert"]
 PADDED_ONLY = ["xlnet", "xlm", "deberta-v2"]
-H200 = {"cuda": True, "bf16_gpu": True}
-V100 = {"cuda": True, "bf16_gpu": False}
+H200 = {"cuda": True, "bf16_gpu": True, "flash_gpu": True}
+V100 = {"cuda": True, "bf16_gpu": False, "flash_gpu": False}
 CPU = {"cuda": False, "bf16_gpu": False}
 
 
-def choose(flags: str, model_type: str, relative: bool = False, **device):
-    return fast_path.choose(cli.parse_args(shlex.split(BASE + flags)),
-                            fast_path.Facts(model_type=model_type, relative_positions=relative, **device))
+def choose(flags: str, model_type: str, relative: bool = False, **facts):
+    return fast_path.choose(fast_path.PathFlags.from_args(cli.parse_args(shlex.split(BASE + flags))),
+                            fast_path.Facts(model_type=model_type, relative_positions=relative, **facts))
 
 
 @pytest.mark.parametrize("model_type", PACKABLE + PADDED_ONLY)
@@ -37,11 +37,24 @@ def test_on_a_bf16_gpu_the_seed_flags_get_packed_bf16(model_type):
 
 
 @pytest.mark.parametrize("model_type", PADDED_ONLY)
-def test_families_that_cannot_pack_get_padded_attention_without_cudnn(model_type):
+def test_families_that_cannot_pack_stay_padded_in_bf16(model_type):
     choice = choose("", model_type, **H200)
     assert (choice.packing, choice.precision, choice.sdpa_without_cudnn) == (False, "bf16", True)
-    assert "its attention cannot be packed" in choice.reasons[0]
+    assert choice.reasons == (f"padded batches ({model_type}: its attention cannot be packed)",
+                              "bf16 autocast (a bf16 GPU and no precision flag; --fp32 for fp32)")
+
+
+def test_padded_bert_likes_take_sdpa_without_cudnn():
+    choice = choose("--packing off", "roberta", **H200)
+    assert choice.sdpa_without_cudnn
     assert choice.reasons[2] == "padded attention: SDPA flash or memory-efficient kernels, not cuDNN"
+    assert choose("--packing off --sdpa_kernels torch", "roberta", **H200).reasons[2] == (
+        "padded attention: PyTorch's own SDPA choice (--sdpa_kernels torch)")
+
+
+def test_remote_code_and_decoders_are_not_packed_unless_asked():
+    assert not choose("", "bert", custom_code=True, **H200).packing
+    assert choose("--packing", "bert", custom_code=True, **H200).packing
 
 
 def test_the_relative_position_bert_stays_padded_on_a_gpu_unless_asked():
@@ -49,17 +62,25 @@ def test_the_relative_position_bert_stays_padded_on_a_gpu_unless_asked():
     assert choose("--packing", "bert", relative=True, **H200).packing  # its exact, quadratic packed path
 
 
-def test_a_gpu_without_bf16_keeps_fp32():
+def test_a_gpu_without_bf16_keeps_fp32_and_padded_batches():
     choice = choose("", "bert", **V100)
-    assert (choice.packing, choice.precision) == (True, "fp32")
-    assert choice.reasons[1] == "fp32 (no precision flag, and the GPU has no bf16)"
+    assert (choice.packing, choice.precision) == (False, "fp32")
+    assert choice.reasons[:2] == ("padded batches (flash attention's varlen kernel needs bf16/fp16 on sm80+: a GPU "
+                                  "older than compute capability 8.0)", "fp32 (no precision flag, and the GPU has no bf16)")
+    assert not choose("--fp16", "bert", **V100).packing  # fp16, but no flash kernel before sm80
+
+
+def test_fp32_on_a_new_gpu_stays_padded():
+    choice = choose("--fp32", "bert", **H200)
+    assert not choice.packing
+    assert choice.reasons[0] == "padded batches (flash attention's varlen kernel needs bf16/fp16 on sm80+: fp32)"
 
 
 @pytest.mark.parametrize("flags, expected", [
     ("--packing off", (False, "bf16", True)),
-    ("--packing", (True, "bf16", False)),
-    ("--packing on --fp32", (True, "fp32", False)),
-    ("--fp16", (True, "fp16", False)),
+    ("--packing", (True, "bf16", True)),
+    ("--packing on --fp32", (True, "fp32", True)),
+    ("--fp16", (True, "fp16", True)),
     ("--bf16 --packing off --sdpa_kernels torch", (False, "bf16", False)),
 ])
 def test_explicit_flags_win(flags, expected):

@@ -85,7 +85,7 @@ def test_sigterm_checkpoints_and_resumes_to_the_unbroken_result(tiny_bert_dir, s
 
 
 def test_kill_9_at_any_moment_leaves_loadable_checkpoints(tiny_bert_dir, squad_dir, tmp_path):
-    flags = training_flags(squad_dir, tmp_path, steps=40, save_steps=1)
+    flags = training_flags(squad_dir, tmp_path, steps=400, save_steps=1)  # long enough to be killed midway
     out = tmp_path / "out"
     process = start([*common_flags(tiny_bert_dir, out), *flags])
     wait_for(out / "checkpoint-3" / output_folder.TRAINER_STATE, process)
@@ -98,10 +98,13 @@ def test_kill_9_at_any_moment_leaves_loadable_checkpoints(tiny_bert_dir, squad_d
         state = checkpoints.load_trainer_state(checkpoint)
         assert state["position"]["global_step"] == output_folder.checkpoint_step(checkpoint)
         load_file(checkpoint / "model.safetensors")
-    # And the run goes on from the newest one (the same run: a resume refuses another --max_steps).
-    resumed = run_squad.main([*common_flags(tiny_bert_dir, out), *flags[:-4], "--max_steps", "40",
-                              "--save_steps", "0", "--resume_from_checkpoint", "latest"])
-    assert resumed == 0
+    # And the run goes on from the newest one (the same run: a resume refuses another --max_steps): it saves the
+    # next step's checkpoint, then a SIGTERM stops it.
+    resumed = start([*common_flags(tiny_bert_dir, out), *flags, "--resume_from_checkpoint", "latest"])
+    wait_for(out / f"checkpoint-{output_folder.checkpoint_step(found[-1]) + 1}" / output_folder.TRAINER_STATE, resumed)
+    resumed.send_signal(signal.SIGTERM)
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 3, err[-2000:]
     assert not list(out.glob("*.tmp")), "half-written checkpoints are cleaned up"
 
 
@@ -198,14 +201,18 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(tiny_bert_dir, squad_d
 
 
 def test_save_total_limit_keeps_the_newest_and_the_resumed_one(tiny_bert_dir, squad_dir, tmp_path):
-    out = tmp_path / "out"
+    out, stopped = tmp_path / "out", tmp_path / "stopped"
     flags = training_flags(squad_dir, tmp_path, steps=9, save_steps=1)
     assert run_squad.main([*common_flags(tiny_bert_dir, out), *flags, "--save_total_limit", "2"]) == 0
     assert [p.name for p in output_folder.list_checkpoints(out)] == ["checkpoint-8", "checkpoint-9"]
-    shutil.rmtree(out / "checkpoint-9")  # as if the run had been stopped after step 8
-    more = [*flags, "--save_total_limit", "1", "--resume_from_checkpoint", str(out / "checkpoint-8")]
-    assert run_squad.main([*common_flags(tiny_bert_dir, out), *more]) == 0
-    assert [p.name for p in output_folder.list_checkpoints(out)] == ["checkpoint-8", "checkpoint-9"]
+    # A run that kept every checkpoint and stopped after step 5 (a resume must keep the length of the run, so
+    # the later ones are removed), resumed from step 5 with a limit of 1: 6 to 8 are pruned, 5 is protected.
+    assert run_squad.main([*common_flags(tiny_bert_dir, stopped), *flags]) == 0
+    for step in range(6, 10):
+        shutil.rmtree(stopped / f"checkpoint-{step}")
+    more = [*flags, "--save_total_limit", "1", "--resume_from_checkpoint", str(stopped / "checkpoint-5")]
+    assert run_squad.main([*common_flags(tiny_bert_dir, stopped), *more]) == 0
+    assert [p.name for p in output_folder.list_checkpoints(stopped)] == ["checkpoint-5", "checkpoint-9"]
 
 
 def test_torchrun_restarts_a_lost_worker_and_finishes_like_an_unbroken_run(tiny_bert_dir, squad_dir, tmp_path):
