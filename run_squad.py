@@ -40,6 +40,7 @@ import torch
 import transformers
 from tqdm.auto import tqdm
 
+import atomic_io
 import batching
 import checkpoints
 import decoding
@@ -79,12 +80,17 @@ BAD_INPUT = (utils_squad.SquadDataError, utils_squad.FeatureSettingsError, squad
 
 def main(argv: list[str] | None = None) -> int:
     verbose = "--verbose_logging" in (argv if argv is not None else sys.argv[1:])
+    code = cli.EXIT_FAILURE
     try:
-        return run(cli.check_run_squad_command(argv))
+        code = run(cli.check_run_squad_command(argv))
+        return code
     except TrainingInterrupted as exc:
         return cli.report(exc, cli.EXIT_INTERRUPTED, verbose, prefix="interrupted")
     except Exception as exc:  # noqa: BLE001 - every failure becomes one line (traceback with --verbose_logging)
         return cli.report(exc, cli.exit_code(exc, BAD_INPUT), verbose)
+    finally:
+        # A refused or failed run leaves no empty folder behind (the output folder, the feature cache).
+        atomic_io.remove_created_folders(keep=code == cli.EXIT_OK)
 
 
 @dataclass(frozen=True)
@@ -119,7 +125,7 @@ def run(args) -> int:
     train_examples = read_examples(train_path, args, True, True) if args.do_train else None
     eval_examples = read_examples(predict_path, args, False, not args.do_predict) if cli.evaluating(args) else None
     if rt.is_main:
-        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        atomic_io.make_folder(args.output_dir)  # removed again, if still empty, when the run is refused
     process_group.set_seed(args.seed)
     logger.info("process %d of %d on %s; fp16 %s, bf16 %s", rt.rank, rt.world_size, rt.device, args.fp16, args.bf16)
 
@@ -221,7 +227,7 @@ def build_features(args, rt, tokenizer, path: Path, examples, context_first: boo
     """Featurize through the on-disk cache; rank 0 builds it while the other ranks wait."""
     cache_dir = utils_squad.features_cache_dir(args.features_cache_dir)
     if rt.is_main:
-        cache_dir.mkdir(parents=True, exist_ok=True)
+        atomic_io.make_folder(cache_dir)
     else:
         process_group.barrier(rt)
     features = utils_squad.load_or_build_features(
