@@ -236,7 +236,6 @@ def build_features(args, rt, tokenizer, path: Path, examples, context_first: boo
     )
     if rt.is_main:
         process_group.barrier(rt)
-    logger.info("%s: %d features", path, len(features))
     return features
 
 

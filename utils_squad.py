@@ -842,9 +842,12 @@ def convert_examples_to_features(examples: Sequence[SquadExample], tokenizer, se
     if not parts:
         raise ValueError("no examples to featurize")
     features = concat_features(parts)
-    labelled = int((features.is_impossible == 0).sum())
-    logger.info("Built %d features from %d examples (%d with an answer span in the window)",
-                len(features), len(examples), labelled)
+    if settings.is_training:
+        labelled = int((features.is_impossible == 0).sum())
+        logger.info("Built %d training features from %d questions (%d with the answer span in the window)",
+                    len(features), len(examples), labelled)
+    else:  # evaluation features carry no labels: the answers are scored on the text, after decoding
+        logger.info("Built %d evaluation features from %d questions", len(features), len(examples))
     return features
 
 
@@ -992,7 +995,8 @@ def load_or_build_features(data_path, examples, tokenizer, settings: FeatureSett
     if not overwrite_cache:
         features = load_features(path, key, len(examples))
         if features is not None:
-            logger.info("Loaded %d features for %d examples from cache %s", len(features), len(examples), path)
+            logger.info("Loaded %d %s features for %d questions from the cache %s", len(features),
+                        "training" if settings.is_training else "evaluation", len(examples), path)
             return features
     features = convert_examples_to_features(examples, tokenizer, settings, threads)
     save_features(path, features, key)
