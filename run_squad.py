@@ -690,8 +690,19 @@ def score_predictions(examples, predictions, decoded: decoding.Decoded, config: 
         squad_metrics.plot_no_answer(gold, decoded.best_spans, decoded.null_odds, config.threshold,
                                      str(config.output_dir / f"no_answer_{prefix}.png"))
     output_folder.write_eval_results(config.output_dir, prefix, results)
-    logger.info("evaluation %s: %s", prefix, json.dumps(results))
+    logger.info("evaluation %s: %s", prefix, describe_scores(results))
     return results
+
+
+def describe_scores(results: dict) -> str:
+    """The headline numbers for the log; every metric is in eval_results.json and, for --do_eval, in the one
+    JSON line on stdout (printed once, for scripts to parse)."""
+    text = f"EM {results['exact']:.2f}, F1 {results['f1']:.2f} on {results['total']} questions"
+    if "HasAns_f1" in results and "NoAns_exact" in results:
+        text += f" (answerable F1 {results['HasAns_f1']:.2f}, unanswerable EM {results['NoAns_exact']:.2f})"
+    if "best_f1" in results:
+        text += f"; best F1 {results['best_f1']:.2f} at no-answer threshold {results['best_f1_thresh']:.4g}"
+    return text
 
 
 def infer(model, features, strategy, rt, *, precision: str = "fp32") -> dict:
