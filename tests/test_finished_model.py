@@ -250,8 +250,9 @@ def demo_run(model: Path, out: Path, *extra: str) -> list[str]:
 
 
 def model_files(out: Path) -> dict:
-    return {p.name: p.read_bytes() for p in out.iterdir()
-            if p.is_file() and any(p.match(g) for g in output_folder.FINAL_MODEL_GLOBS)}
+    names = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "training_args.json",
+             "training_state.json", "null_score_diff_threshold.json")
+    return {name: (out / name).read_bytes() for name in names}
 
 
 @pytest.mark.slow
