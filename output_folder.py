@@ -136,9 +136,11 @@ class FinishedModel:
 
     def describe(self) -> str:
         """e.g. `a finished model (step 30; EM 28.94, F1 35.21)`, for the one-line refusals."""
-        if not self.results or "exact" not in self.results or "f1" not in self.results:
+        scores = self.results or {}
+        exact = scores.get("exact", scores.get("exact_match"))  # SQuAD 2.0's name, 1.1's (the official scripts')
+        if exact is None or "f1" not in scores:
             return f"a finished model (step {self.step}, not evaluated there)"
-        return f"a finished model (step {self.step}; EM {self.results['exact']:.2f}, F1 {self.results['f1']:.2f})"
+        return f"a finished model (step {self.step}; EM {exact:.2f}, F1 {scores['f1']:.2f})"
 
     def evaluated_files(self) -> bool:
         """Whether its predictions are there already (an evaluation into this folder needs another one)."""

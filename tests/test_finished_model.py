@@ -66,6 +66,8 @@ def test_a_finished_model_is_recognised_with_its_step_and_scores(tmp_path):
     out = make_files(tmp_path / "out", {**OLD_MODEL, **RESULTS})
     finished = output_folder.finished_model(out)
     assert (finished.step, finished.describe()) == ("30", "a finished model (step 30; EM 28.94, F1 35.21)")
+    (out / "eval_results.json").write_text(json.dumps({"30": {"exact_match": 81.2, "f1": 88.5}}))  # SQuAD 1.1
+    assert output_folder.finished_model(out).describe() == "a finished model (step 30; EM 81.20, F1 88.50)"
     (out / "eval_results.json").unlink()
     assert output_folder.finished_model(out).describe() == "a finished model (step 30, not evaluated there)"
     for needed in ("config.json", "model.safetensors", output_folder.TRAINING_ARGS, output_folder.TRAINING_STATE):

@@ -71,7 +71,8 @@ def test_a_run_logged_to_a_file_is_plain_and_says_each_thing_once(tiny_encoder_d
         [sys.executable, str(REPO / "run_squad.py"), "--model_name_or_path", str(tiny_encoder_dir), "--output_dir",
          str(out), "--version_2_with_negative", "--do_train", "--do_eval", "--train_file", str(TRAIN),
          "--predict_file", str(DEV), "--no_cuda", "--max_seq_length", "256", "--per_gpu_train_batch_size", "32",
-         "--per_gpu_eval_batch_size", "64", "--max_steps", "2", "--save_steps", "0", "--logging_steps", "500"],
+         "--per_gpu_eval_batch_size", "64", "--max_steps", "2", "--save_steps", "0", "--logging_steps", "500",
+         "--features_cache_dir", str(tmp_path / "cache")],  # built here, not loaded from another test's cache
         capture_output=True, text=True, env=environment, timeout=600)
     assert done.returncode == 0, done.stderr
     log = done.stderr
@@ -153,3 +154,13 @@ def test_other_skip_reasons_keep_their_own_lines(monkeypatch):
     assert through_hook("no GPU here") == ("tests/test_x.py", 12, "Skipped: no GPU here")
     folded = through_hook(conftest._squad_dir_missing())
     assert folded[0] == conftest.__file__ and folded[2] == f"Skipped: {conftest._squad_dir_missing()}"
+
+
+def test_the_evaluation_summary_reads_both_squad_versions():
+    import run_squad
+
+    assert run_squad.describe_scores({"exact_match": 81.2, "f1": 88.5}) == "EM 81.20, F1 88.50"  # SQuAD 1.1
+    v2 = {"exact": 67.5, "f1": 73.4, "total": 77, "HasAns_f1": 76.2, "NoAns_exact": 62.5, "best_f1": 79.0,
+          "best_f1_thresh": 0.930854}
+    assert run_squad.describe_scores(v2) == ("EM 67.50, F1 73.40 on 77 questions (answerable F1 76.20, unanswerable "
+                                             "EM 62.50); best F1 79.00 at no-answer threshold 0.9309")
