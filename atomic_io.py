@@ -11,6 +11,7 @@ a live writer's temporary from an orphan, even in a folder shared by several mac
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -274,6 +275,88 @@ def files_atomic(folder: Path, name: str) -> Iterator[Path]:
         raise
 
 
+# The marker a replacement writes into its aside folder once every old file is there: from then on the
+# new set is what the folder must end with (it was complete on disk before anything moved).
+REPLACEMENT_MARKER = "old-files-all-here"
+
+
+@contextmanager
+def files_replacing(folder: Path, name: str, aside_name: str, old_globs: Sequence[str]) -> Iterator[Path]:
+    """files_atomic for a set that replaces an earlier set as a whole (a final model over an earlier one).
+
+    The new files are written into a temporary folder and flushed. Then the old set (the files of
+    ``folder`` matching ``old_globs``, and any file the new set will replace) is moved into a second
+    temporary folder (``aside_name``, with the same suffix), a marker says it all is, the new files are
+    renamed in and the old ones deleted. So no old file is ever left beside the new set, and none is lost
+    before the new set is complete: a failure before the marker puts the old set back; a kill at any point
+    is finished by finish_replacements on the next start (back before the marker, forward after it).
+    """
+    new = temporary_path(folder / name)
+    new.mkdir(parents=True)
+    try:
+        yield new
+        fsync_files(new)
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    aside = folder / (aside_name + new.name[len(name):])
+    with signals_deferred():  # SIGINT/SIGTERM wait for the swap: the folder ends with one whole model
+        try:
+            aside.mkdir()
+            replaced = {p.name for p in new.iterdir()}
+            for old in sorted({p for g in old_globs for p in folder.glob(g)} | {folder / n for n in replaced}):
+                if old.is_file():
+                    os.replace(old, aside / old.name)
+            write_text_atomic(aside / REPLACEMENT_MARKER, "")
+        except BaseException:
+            _put_back(folder, aside, new)
+            raise
+        try:
+            _move_in(folder, aside, new)
+        except BaseException:
+            with contextlib.suppress(OSError):  # once more (an interrupt between two renames); else the next start
+                _move_in(folder, aside, new)
+            raise
+
+
+def _put_back(folder: Path, aside: Path, new: Path) -> None:
+    """Undo a replacement that had not moved the whole old set aside: old files back, new ones dropped."""
+    if aside.is_dir():
+        for kept in sorted(aside.iterdir()):
+            if not kept.name.startswith(REPLACEMENT_MARKER):  # nor the marker's own temporary
+                os.replace(kept, folder / kept.name)
+    shutil.rmtree(new, ignore_errors=True)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _move_in(folder: Path, aside: Path, new: Path) -> None:
+    """Finish a replacement whose old set is all aside: the new files in, then the old ones deleted."""
+    if new.is_dir():
+        for item in sorted(new.iterdir()):
+            os.replace(item, folder / item.name)
+        new.rmdir()
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def finish_replacements(folder: Path, name: str, aside_name: str) -> list[str]:
+    """Finish what a killed files_replacing(folder, name, aside_name, ...) left behind; call it before
+    anything else uses the folder (which belongs to one run at a time). Each replacement goes back to the
+    old set when its marker is missing, forward to the new set when it is there. Returns "restored" or
+    "completed" for each one found."""
+    done = []
+    for aside in sorted(Path(folder).glob(f"{aside_name}.*.tmp")):
+        if not aside.is_dir():
+            continue
+        new = aside.parent / (name + aside.name[len(aside_name):])
+        if (aside / REPLACEMENT_MARKER).is_file():
+            _move_in(folder, aside, new)
+            done.append("completed")
+        else:
+            _put_back(folder, aside, new)
+            done.append("restored")
+    return done
+
+
 def check_writable(folder: Path) -> None:
     """Raise OSError unless a file can be written where ``folder`` is (or would be created): a read-only
     target fails before hours of work, not after. Permission bits alone do not tell (root ignores them)."""
@@ -284,6 +367,31 @@ def check_writable(folder: Path) -> None:
         raise NotADirectoryError(20, "Not a directory", str(existing))
     with tempfile.TemporaryFile(dir=existing):
         pass
+
+
+# The folders make_folder created in this process, parents first (see remove_created_folders).
+_CREATED: list[Path] = []
+
+
+def make_folder(path: str | os.PathLike) -> None:
+    """mkdir -p that remembers which folders it created, so that a run refused after creating them can
+    remove them again (remove_created_folders): a refusal leaves no empty folder behind."""
+    missing, folder = [], Path(path)
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    Path(path).mkdir(parents=True, exist_ok=True)
+    _CREATED.extend(reversed(missing))
+
+
+def remove_created_folders(keep: bool = False) -> None:
+    """Remove the folders make_folder created that are still empty, deepest first (unless ``keep``: the
+    run succeeded), and forget them. A folder something was written into is never touched."""
+    while _CREATED:
+        folder = _CREATED.pop()
+        if not keep:
+            with contextlib.suppress(OSError):  # not empty, or gone: left as it is
+                folder.rmdir()
 
 
 def move_aside(path: Path, new_name: str) -> Path:

@@ -24,12 +24,14 @@ import output_folder
 import utils_squad
 from output_folder import (
     CHECKPOINT_PREFIX,
+    FINAL_MODEL_GLOBS,
     FINAL_MODEL_TMP,
-    THRESHOLD_FILE,
+    PREVIOUS_MODEL_TMP,
     TRAINER_STATE,
     TRAINING_ARGS,
     TRAINING_STATE,
     CheckpointInputError,
+    finished_model,
     last_good,
 )
 
@@ -215,26 +217,21 @@ def save_checkpoint(output_dir: Path, model, tokenizer, run_args: dict, state: d
 
 
 def save_final_model(output_dir: Path, model, tokenizer, run_args: dict, global_step: int) -> None:
-    """The model and tokenizer in <output_dir> (HuggingFace layout), each file renamed into place."""
-    # The threshold tuned for the model this one replaces must never meet the new weights: it is moved
-    # aside before they arrive, put back if they do not, and deleted once they have.
-    stale, aside = output_dir / THRESHOLD_FILE, atomic_io.temporary_path(output_dir / THRESHOLD_FILE)
-    if stale.is_file():
-        stale.replace(aside)
+    """The model and tokenizer in <output_dir> (HuggingFace layout), each file renamed into place.
+
+    A final model already there (an earlier run's, replaced with --overwrite_output_dir, or the one a resumed
+    run continues) is replaced as a whole: its files, the threshold tuned for it included, are moved aside
+    only once the new files are all written, put back if the swap fails, deleted once the new ones are in;
+    a kill during the swap is finished on the next start (output_folder.finish_interrupted_swap).
+    """
+    previous = finished_model(output_dir)
     try:
-        with atomic_io.files_atomic(output_dir, FINAL_MODEL_TMP) as tmp:
+        with atomic_io.files_replacing(output_dir, FINAL_MODEL_TMP, PREVIOUS_MODEL_TMP, FINAL_MODEL_GLOBS) as tmp:
             write_model_folder(tmp, model, tokenizer, run_args)
             (tmp / TRAINING_STATE).write_text(json.dumps({"global_step": global_step}))
-    except BaseException as exc:  # noqa: BLE001 - as in save_checkpoint; and Ctrl-C must not lose the threshold
-        if aside.is_file():
-            aside.replace(stale)
-        if not isinstance(exc, Exception):
-            raise
+    except Exception as exc:  # noqa: BLE001 - as in save_checkpoint
         raise CheckpointWriteError(f"could not write the final model to {output_dir} ({write_failure_reason(exc)}); "
                                    f"last good checkpoint: {last_good(output_dir)}") from exc
-    if aside.is_file():
-        aside.unlink()
-        logger.info("removed %s, tuned for the model this run replaced", stale)
+    if previous is not None:
+        logger.info("replaced %s in %s (kept until this one was written)", previous.describe(), output_dir)
     logger.info("saved the final model and tokenizer in %s", output_dir)
-
-

@@ -413,12 +413,8 @@ def check_output_dir(args) -> None:
         raise InputError(f"--output_dir {out}: cannot write there ({exc.strerror or exc})") from exc
     if args.overwrite_output_dir or not out.is_dir():
         return
-    resuming = args.resume_from_checkpoint is not None or restarted_by_torchrun()
-    if args.do_train and any(p.name != folder_lock.LOCK_NAME for p in out.iterdir()) and not resuming:
-        raise InputError(
-            f"--output_dir {out}: exists and is not empty; pass --overwrite_output_dir to write into it "
-            "(nothing is deleted) or --resume_from_checkpoint latest to continue"
-        )
+    if args.do_train:
+        check_training_into(out, args.resume_from_checkpoint)
     if not args.do_train:
         for _, prefix in output_folder.models_to_evaluate(out, args.eval_all_checkpoints, False, args.model_name_or_path):
             existing = out / f"predictions_{prefix}.json"
@@ -439,12 +435,52 @@ def check_output_dir_free(args) -> None:
         raise InputError(str(folder_lock.refusal(out, holder)))
 
 
+def check_training_into(out: Path, resume: str | None) -> None:
+    """Training into an existing folder without --overwrite_output_dir: resuming a checkpoint there, or an
+    empty folder. Each refusal names what the folder holds and only the flags that do what they say."""
+    finished, saved = output_folder.finished_model(out), output_folder.list_checkpoints(out)
+    if resume == "latest" and finished is not None and not saved:
+        # `latest` with no checkpoint starts from the beginning: here it would train over a finished model.
+        raise InputError(f"--output_dir {out} holds {finished.describe()} and no checkpoint to resume from: "
+                         f"{ways_forward(out, finished)}")
+    if resume is not None or restarted_by_torchrun() or not any(p.name != folder_lock.LOCK_NAME for p in out.iterdir()):
+        return
+    if finished is not None:
+        more = f"; or continue its training from {saved[-1].name} with --resume_from_checkpoint latest" if saved else ""
+        raise InputError(f"--output_dir {out} holds {finished.describe()}: {ways_forward(out, finished)}{more}")
+    if saved:
+        raise InputError(f"--output_dir {out} holds checkpoints of an unfinished run (the latest {saved[-1].name}): "
+                         f"continue it with --resume_from_checkpoint latest, start over into it with "
+                         "--overwrite_output_dir (files of the same name are replaced), or choose another --output_dir")
+    raise InputError(f"--output_dir {out}: exists and is not empty; choose another --output_dir, or pass "
+                     "--overwrite_output_dir to write into it (files of the same name are replaced, others kept)")
+
+
+def ways_forward(out: Path, finished: output_folder.FinishedModel) -> str:
+    """What a user can do with a folder holding a finished model, as flags that do exactly that."""
+    elsewhere = " into another --output_dir" if finished.evaluated_files() else ""
+    return (f"evaluate it with --do_eval --model_name_or_path {out}{elsewhere} (without --do_train); train a new "
+            "model into another --output_dir; or replace it with --overwrite_output_dir (it is kept until the new "
+            "model is written)")
+
+
+def first_process() -> bool:
+    """Rank 0 of a torchrun / Slurm / torch.distributed.launch group, or a single process: told by the
+    launcher's environment, so that it is known before torch is imported."""
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
+
+
 def check_run_squad_command(argv: Sequence[str] | None) -> FrozenArgs:
-    """What run_squad.py can tell without torch: the flags, the data files, the output folder."""
+    """What run_squad.py can tell without torch: the flags, the data files, the output folder (after the
+    first process has finished a final model's replacement that a kill cut short: the checks and the run
+    then see one whole model)."""
     args = parse_args(argv)
     data_file(args, "--train_file")
     data_file(args, "--predict_file")
     check_output_dir_free(args)
+    if first_process():
+        for repair in output_folder.finish_interrupted_swap(Path(args.output_dir)):
+            print(f"note: {repair}", file=sys.stderr)
     check_output_dir(args)
     return args
 

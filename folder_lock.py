@@ -118,7 +118,7 @@ class FolderLock:
     def acquire(self) -> None:
         """Take the lock or raise FolderLocked naming the live holder; a dead holder's is taken over."""
         if not self.folder.exists():
-            self.folder.mkdir(parents=True, exist_ok=True)
+            atomic_io.make_folder(self.folder)  # its parents too are remembered, and removed by a refused run
             self.created_folder = True
         for attempt in range(ATTEMPTS):
             try:

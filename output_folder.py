@@ -17,6 +17,7 @@ import logging
 import re
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import atomic_io
@@ -29,9 +30,18 @@ TRAINING_ARGS = "training_args.json"
 TRAINING_STATE = "training_state.json"  # the optimizer step of the final model
 EVAL_RESULTS = "eval_results.json"
 FINAL_MODEL_TMP = "final-model"
+PREVIOUS_MODEL_TMP = "previous-model"  # a replaced final model's files, kept until the new one is in place
 THRESHOLD_FILE = "null_score_diff_threshold.json"  # the tuned no-answer threshold of a model folder
 # A model folder that cannot be written (read-only, not ours): its threshold is only warned about.
 READ_ONLY_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
+# The weights of a saved model, whole or sharded (safetensors, or the older pytorch_model.bin).
+WEIGHTS_GLOBS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json")
+# The files of the final model in --output_dir (HuggingFace layout): replaced together, never mixed.
+FINAL_MODEL_GLOBS = (*WEIGHTS_GLOBS, "model-*-of-*.safetensors", "pytorch_model-*-of-*.bin", "config.json",
+                     "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                     "added_tokens.json", "chat_template.jinja", "vocab.txt", "vocab.json", "merges.txt",
+                     "spiece.model", "sentencepiece.bpe.model", TRAINING_ARGS, TRAINING_STATE, THRESHOLD_FILE)
 # What run_squad writes into --output_dir, whose temporaries a killed run may leave behind.
 OUTPUT_GLOBS = (f"{CHECKPOINT_PREFIX}*", FINAL_MODEL_TMP, "*.json", "*.txt", "*.png")
 
@@ -143,6 +153,10 @@ def clean_output_dir(output_dir: Path, resume_from: Path | None) -> None:
         atomic_io.remove_stale_temporaries(output_dir, pattern, owned=True)
     for checkpoint in list_checkpoints(output_dir):
         atomic_io.remove_stale_temporaries(checkpoint, THRESHOLD_FILE, owned=True)
+    finished = finished_model(output_dir)
+    if finished is not None:
+        logger.warning("%s holds %s: this run replaces it once its own final model is written (until then it "
+                       "stays, and a failed run leaves it in place)", output_dir, finished.describe())
     earlier = list_checkpoints(output_dir)
     if resume_from is None and earlier:
         logger.warning("%s already holds %d checkpoints of an earlier run (%s to %s): this run replaces those "
@@ -160,6 +174,63 @@ def final_prefix(folder: Path) -> str:
             pass
     step = checkpoint_step(folder)
     return str(step) if step is not None else "final"
+
+
+@dataclass(frozen=True)
+class FinishedModel:
+    """A final model a run left in --output_dir: its step and, when it was evaluated there, its scores."""
+
+    folder: Path
+    step: str
+    results: dict | None
+
+    def describe(self) -> str:
+        """e.g. `a finished model (step 30; EM 28.94, F1 35.21)`, for the one-line refusals."""
+        scores = self.results or {}
+        exact = scores.get("exact", scores.get("exact_match"))  # SQuAD 2.0's name, 1.1's (the official scripts')
+        if exact is None or "f1" not in scores:
+            return f"a finished model (step {self.step}, not evaluated there)"
+        return f"a finished model (step {self.step}; EM {exact:.2f}, F1 {scores['f1']:.2f})"
+
+    def evaluated_files(self) -> bool:
+        """Whether its predictions are there already (an evaluation into this folder needs another one)."""
+        return (self.folder / f"predictions_{self.step}.json").is_file()
+
+
+def finished_model(output_dir: Path) -> FinishedModel | None:
+    """The final model of a finished training run in ``output_dir`` (config, weights, the run's flags and
+    its step: what save_final_model writes last), else None. A pretrained model folder is not one (it has
+    no training_state.json), nor a checkpoint."""
+    output_dir = Path(output_dir)
+    needed = ("config.json", TRAINING_ARGS, TRAINING_STATE)
+    if not all((output_dir / name).is_file() for name in needed):
+        return None
+    if not any((output_dir / name).is_file() for name in WEIGHTS_GLOBS):
+        return None
+    step = final_prefix(output_dir)
+    return FinishedModel(output_dir, step, read_eval_results(output_dir).get(step))
+
+
+def read_eval_results(output_dir: Path) -> dict:
+    """eval_results.json as a dict by step ({} when absent or unreadable: only for describing a folder)."""
+    try:
+        everything = json.loads((Path(output_dir) / EVAL_RESULTS).read_text())
+    except (OSError, ValueError):
+        return {}
+    return everything if isinstance(everything, dict) else {}
+
+
+def finish_interrupted_swap(output_dir: Path) -> list[str]:
+    """A final model's replacement cut short by a kill (checkpoints.save_final_model) is finished before
+    anything else reads --output_dir: back to the previous model when the new one was not yet being moved
+    in, forward to the new one (complete on disk) when it was. Returns one sentence per repair."""
+    if not Path(output_dir).is_dir():
+        return []
+    said = {"restored": "restored the previous final model: its replacement was cut short before the new model "
+                        "was moved in",
+            "completed": "completed the replacement of the final model, cut short while the new model was moved in"}
+    return [f"{output_dir}: {said[done]}" for done in
+            atomic_io.finish_replacements(Path(output_dir), FINAL_MODEL_TMP, PREVIOUS_MODEL_TMP)]
 
 
 def models_to_evaluate(output_dir: Path, all_checkpoints: bool, trained: bool, model_path: str) -> list[tuple[str, str]]:

@@ -15,10 +15,12 @@ import os
 import random
 import re
 import signal
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import transformers
 
 import atomic_io
 
@@ -127,6 +129,9 @@ def setup_logging(verbose: bool, rank: int) -> None:
     )
     # transformers is chatty at INFO about every file it reads.
     logging.getLogger("transformers").setLevel(logging.WARNING)
+    # Its weight-loading and shard-writing bars are for a terminal; in a log file they are noise.
+    if not sys.stderr.isatty():
+        transformers.utils.logging.disable_progress_bar()
 
 
 def start_debugger(server_ip: str, server_port: str) -> None:

@@ -9,6 +9,7 @@ packing support) belongs beside the loading. How batches reach the model is batc
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections.abc import Callable
@@ -80,6 +81,82 @@ def uses_beam_head(model_type: str, simple_span_head: bool) -> bool:
     return model_type in BEAM_HEAD_TYPES and not simple_span_head
 
 
+LOAD_REPORT_NAMES = 4  # weight names shown per kind in the one-line load report, then "and N more"
+_SILENT = logging.getLogger(f"{__name__}.transformers-load-report")  # its table, computed but never shown
+_SILENT.disabled = True
+
+
+def _fold(keys) -> list[str]:
+    """Weight names with their layer indices folded: encoder.layer.{0-5}.output.dense.weight for six layers."""
+    groups: dict[str, list[int]] = {}
+    for key in keys:
+        # One index folded (the first number between dots); names with none stand alone.
+        match = re.search(r"(?<=\.)(\d+)(?=\.|$)", key)
+        pattern = key if match is None else f"{key[:match.start()]}{{}}{key[match.end():]}"
+        groups.setdefault(pattern, []).append(int(match.group(1)) if match else -1)
+    folded = []
+    for pattern, indices in groups.items():
+        indices = sorted(indices)
+        if len(indices) == 1 or indices[0] < 0:
+            folded.extend(pattern.replace("{}", str(i)) if i >= 0 else pattern for i in indices)
+        elif indices == list(range(indices[0], indices[-1] + 1)):
+            folded.append(pattern.replace("{}", f"{{{indices[0]}-{indices[-1]}}}"))
+        else:
+            folded.append(pattern.replace("{}", "{" + ",".join(map(str, indices)) + "}"))
+    return sorted(folded)
+
+
+def _names(keys) -> str:
+    """A few weight names (layer indices folded), then how many more."""
+    folded = _fold(keys)
+    shown = ", ".join(folded[:LOAD_REPORT_NAMES])
+    return shown + (f" and {len(folded) - LOAD_REPORT_NAMES} more" if len(folded) > LOAD_REPORT_NAMES else "")
+
+
+def describe_load(path: str, info) -> str | None:
+    """transformers' LOAD REPORT in one line: which weights the model got newly initialised (not in the
+    checkpoint, or of another shape) and which of the checkpoint's it left unused; None when it used them all."""
+    new, resized, unused = set(info.missing_keys), {k[0] for k in info.mismatched_keys}, set(info.unexpected_keys)
+    parts = []
+    if new:
+        parts.append(f"{len(new)} weights newly initialised ({_names(new)})")
+    if resized:
+        parts.append(f"{len(resized)} re-initialised for another shape ({_names(resized)})")
+    if unused:
+        parts.append(f"{len(unused)} unused ({_names(unused)})")
+    return f"loaded {path}: {', '.join(parts)}" if parts else None
+
+
+@contextlib.contextmanager
+def load_report_in_one_line():
+    """While loading, transformers' LOAD REPORT (a table, with terminal colour codes even in a log file) is
+    replaced by one line of ours per load (describe_load). A report that precedes an error (a failed weight
+    conversion, a shape mismatch not allowed) keeps transformers' table: it is the error's detail."""
+    import transformers.modeling_utils as modeling_utils
+
+    original = getattr(modeling_utils, "log_state_dict_report", None)
+    if original is None:  # another transformers layout: its own report stands
+        yield
+        return
+
+    def one_line(model, pretrained_model_name_or_path, ignore_mismatched_sizes, loading_info, logger=None):
+        failing = loading_info.error_msgs or loading_info.conversion_errors or (
+            loading_info.mismatched_keys and not ignore_mismatched_sizes)
+        original(model=model, pretrained_model_name_or_path=pretrained_model_name_or_path,
+                 ignore_mismatched_sizes=ignore_mismatched_sizes, loading_info=loading_info,
+                 logger=logger if failing else _SILENT)
+        line = describe_load(str(pretrained_model_name_or_path), loading_info)
+        if line:
+            logging.getLogger(__name__).info(line)  # (the parameter `logger` is transformers')
+
+    modeling_utils.log_state_dict_report = one_line
+    try:
+        yield
+    finally:
+        modeling_utils.log_state_dict_report = original
+
+
+@load_report_in_one_line()
 def load_model(path: str, config, source: ModelSource, beam_head: bool, attn_implementation: str | None = None,
                dtype: torch.dtype = torch.float32):
     """The QA model for this config: beam head for XLNet/XLM, relative positions for such BERTs.

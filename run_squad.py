@@ -89,16 +89,19 @@ BAD_INPUT = (utils_squad.SquadDataError, utils_squad.FeatureSettingsError, squad
 
 def main(argv: list[str] | None = None) -> int:
     verbose = "--verbose_logging" in (argv if argv is not None else sys.argv[1:])
-    handlers, output_dir = cli.install_interrupt_handlers(), None
+    handlers, output_dir, code = cli.install_interrupt_handlers(), None, cli.EXIT_FAILURE
     try:
         args = cli.check_run_squad_command(argv)
         output_dir = Path(args.output_dir)
-        return run(args)
+        code = run(args)
+        return code
     except (Exception, KeyboardInterrupt, cli.Terminated) as exc:  # noqa: BLE001 - every end is one line
         cli.ignore_interrupts(handlers)  # the run is over: another Ctrl-C must not cut its one line or its cleanup
         return report_end(exc, verbose, output_dir)
     finally:
         folder_lock.release_held()
+        # A refused or failed run leaves no empty folder behind (the output folder, the feature cache).
+        atomic_io.remove_created_folders(keep=code == cli.EXIT_OK)
         cli.restore_handlers(handlers)
 
 
@@ -151,7 +154,7 @@ def run(args) -> int:
     train_examples = read_examples(train_path, args, True, True) if args.do_train else None
     eval_examples = read_examples(predict_path, args, False, not args.do_predict) if cli.evaluating(args) else None
     if rt.is_main:
-        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        atomic_io.make_folder(args.output_dir)  # removed again, if still empty, when the run is refused
     process_group.set_seed(args.seed)
     logger.info("process %d of %d on %s", rt.rank, rt.world_size, rt.device)
 
@@ -339,7 +342,6 @@ def build_features(args, rt, tokenizer, path: Path, examples, context_first: boo
     )
     if rt.is_main:
         process_group.barrier(rt)
-    logger.info("%s: %d features", path, len(features))
     return features
 
 
@@ -794,8 +796,20 @@ def score_predictions(examples, predictions, decoded: decoding.Decoded, config: 
     results = dict(squad_metrics.squad_evaluate(
         gold, predictions, na_probs=decoded.null_odds if v2 else None, na_prob_thresh=config.threshold,
         version_2=v2, sweep_preds=decoded.best_spans if v2 else None))
-    logger.info("evaluation %s: %s", prefix, json.dumps(results))
+    logger.info("evaluation %s: %s", prefix, describe_scores(results))
     return results
+
+
+def describe_scores(results: dict) -> str:
+    """The headline numbers for the log; every metric is in eval_results.json and, for --do_eval, in the one
+    JSON line on stdout (printed once, for scripts to parse)."""
+    exact = results.get("exact", results.get("exact_match"))  # SQuAD 2.0's name, 1.1's (the official scripts')
+    text = f"EM {exact:.2f}, F1 {results['f1']:.2f}" + (f" on {results['total']} questions" if "total" in results else "")
+    if "HasAns_f1" in results and "NoAns_exact" in results:
+        text += f" (answerable F1 {results['HasAns_f1']:.2f}, unanswerable EM {results['NoAns_exact']:.2f})"
+    if "best_f1" in results:
+        text += f"; best F1 {results['best_f1']:.2f} at no-answer threshold {results['best_f1_thresh']:.4g}"
+    return text
 
 
 class EvaluationWriteError(Exception):

@@ -641,7 +641,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _evaluate_files(opts: argparse.Namespace) -> tuple[OrderedDict, bool]:
+def _evaluate_files(opts: argparse.Namespace) -> tuple[OrderedDict, bool, str | None]:
     # The entry list, not a dict: the v1.1 script scores a repeated id once per entry.
     questions, version_2 = parse_squad_questions(_load_json(opts.data_file), opts.data_file)
     preds = parse_predictions(_load_json(opts.pred_file), opts.pred_file)
@@ -659,7 +659,19 @@ def _evaluate_files(opts: argparse.Namespace) -> tuple[OrderedDict, bool]:
                        opts.pred_file, len(preds))
     out = squad_evaluate(questions, preds, na_probs, opts.na_prob_thresh, version_2,
                          out_image_dir=opts.out_image_dir if na_probs is not None else None)
-    return out, version_2
+    return out, version_2, blanked_answers_note(preds, opts.pred_file) if na_probs is not None else None
+
+
+def blanked_answers_note(preds: Mapping[str, str], pred_file: str) -> str | None:
+    """The line for a predictions file with blanked answers ("") scored with its null odds (as run_squad
+    writes them at its threshold): the official sweep cannot see the spans behind those, so best_* here differ
+    from the run's own, swept over every span. Both are right; the user should know which is which."""
+    blanked = sum(1 for answer in preds.values() if answer == "")
+    if not blanked:
+        return None
+    return (f'note: best_exact, best_f1 and their thresholds are swept over {pred_file} as written, where {blanked} '
+            'answers are "" (no answer at every threshold); run_squad.py swept every span of the same run: its '
+            "optimum is in that run's eval_results.json and null_score_diff_threshold.json")
 
 
 def _check_out_file(path: str | None) -> None:
@@ -677,13 +689,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.propagate = False
     try:
         _check_out_file(opts.out_file)
-        out, version_2 = _evaluate_files(opts)
+        out, version_2, note = _evaluate_files(opts)
         # The official scripts: v2.0 prints indent=2 or writes json.dump to --out-file; v1.1 prints one line.
         text = json.dumps(out, indent=2) if version_2 else json.dumps(dict(out))
         if opts.out_file:
             write_text_atomic(opts.out_file, json.dumps(out))
         else:
             print(text)
+        if note:
+            print(note, file=sys.stderr)
     except ScoringInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -890,9 +890,12 @@ def convert_examples_to_features(examples: Sequence[SquadExample], tokenizer, se
     if not parts:
         raise ValueError("no examples to featurize")
     features = concat_features(parts)
-    labelled = int((features.is_impossible == 0).sum())
-    logger.info("Built %d features from %d examples (%d with an answer span in the window)",
-                len(features), len(examples), labelled)
+    if settings.is_training:
+        labelled = int((features.is_impossible == 0).sum())
+        logger.info("Built %d training features from %d questions (%d with the answer span in the window)",
+                    len(features), len(examples), labelled)
+    else:  # evaluation features carry no labels: the answers are scored on the text, after decoding
+        logger.info("Built %d evaluation features from %d questions", len(features), len(examples))
     return features
 
 
@@ -1041,7 +1044,7 @@ def usable_cache_dir(cache_dir) -> Path | None:
     cache only saves time, so the run goes on without it."""
     folder = Path(cache_dir)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        atomic_io.make_folder(folder)  # remembered: a run that fails leaves no empty cache folder
     except OSError as exc:
         logger.warning("feature cache %s cannot be used (%s): features are built without it", folder,
                        _cache_problem(exc, folder))
@@ -1061,7 +1064,8 @@ def load_or_build_features(data_path, examples, tokenizer, settings: FeatureSett
     if not overwrite_cache:
         features = load_features(path, key, len(examples))
         if features is not None:
-            logger.info("Loaded %d features for %d examples from cache %s", len(features), len(examples), path)
+            logger.info("Loaded %d %s features for %d questions from the cache %s", len(features),
+                        "training" if settings.is_training else "evaluation", len(examples), path)
             return features
     features = convert_examples_to_features(examples, tokenizer, settings, threads)
     try:

@@ -1,5 +1,6 @@
 """Shared test fixtures: where the real SQuAD sample lives and the packaged MiniLM model."""
 
+import inspect
 import os
 import sys
 from pathlib import Path
@@ -21,13 +22,34 @@ def _default_squad_dir() -> Path:
     return REPO.parent / "shared" / "data" / "squad2"
 
 
+def _squad_dir_missing() -> str:
+    """The skip reason of every real-data test, the same for all of them (so that they fold into one line)."""
+    given = os.environ.get("SQUAD_DIR")
+    where = given if given else "../shared/data/squad2, the default"
+    return (f"SQUAD_DIR ({where}) not found: the tests on the real SQuAD sample are skipped "
+            "(set SQUAD_DIR to a folder holding dev-v2.0.json)")
+
+
 @pytest.fixture(scope="session")
 def squad_dir() -> Path:
     """The real SQuAD 2.0 sample (SQUAD_DIR, else ../shared/data/squad2); skips when absent."""
     path = Path(os.environ.get("SQUAD_DIR", _default_squad_dir()))
     if not (path / "dev-v2.0.json").is_file():
-        pytest.skip(f"real SQuAD sample not found in {path} (set SQUAD_DIR)")
+        pytest.skip(_squad_dir_missing())
     return path
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Skips for the missing SQuAD sample are reported at this file's location rather than at each test's,
+    so that `-ra` (pyproject.toml) folds them into one line with their count; other skips keep their own
+    lines. (`pytest -rs -v` still names each skipped test.)"""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and isinstance(report.longrepr, tuple) and len(report.longrepr) == 3:
+        _, _, reason = report.longrepr
+        if reason.removeprefix("Skipped: ") == _squad_dir_missing():
+            report.longrepr = (__file__, inspect.getsourcelines(_squad_dir_missing)[1], reason)
 
 
 @pytest.fixture(scope="session")

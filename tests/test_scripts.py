@@ -75,3 +75,14 @@ def test_the_set_up_refuses_a_python_older_than_3_10_in_one_line(tmp_path):
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr == f"error: Python 3.10 or newer is needed (found: {old}, Python 3.9.18)\n"
     assert not (tmp_path / ".venv").exists()
+
+
+def test_the_demo_recipe_parses_and_is_the_one_the_readme_measured():
+    """scripts/demo.sh's fine-tuning flags (RECIPE=(...), defaults substituted) are accepted by run_squad.py and
+    are, word for word, the recipe whose F1 over five seeds and times the README reports."""
+    line = next(line for line in (SCRIPT_DIR / "demo.sh").read_text().splitlines() if line.startswith("RECIPE=("))
+    recipe = re.sub(r'"?\$\{(\w+):-([^}]*)\}"?', r"\2", line[len("RECIPE=("):line.rindex(")")])
+    args = cli.parse_args(shlex.split(recipe) + ["--model_name_or_path", "m", "--output_dir", "o", "--do_train",
+                                                 "--train_file", "t.json"])
+    assert (args.per_gpu_train_batch_size, args.learning_rate, args.num_train_epochs) == (8, 3e-4, 3.0)
+    assert f"`{recipe}`" in (SCRIPT_DIR.parent / "README.md").read_text().replace("\n", " ")

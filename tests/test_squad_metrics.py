@@ -712,3 +712,19 @@ def test_scorer_imports_neither_torch_nor_transformers():
     code = "import sys, squad_metrics; print(any(m in sys.modules for m in ('torch', 'transformers')))"
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert res.stdout.strip() == "False"
+
+
+def test_blanked_answers_with_null_odds_get_one_line_saying_which_optimum_this_is(tiny_data, tmp_path, capsys):
+    """run_squad writes "" where the null odds exceed its threshold, and sweeps every span itself: the scorer's
+    best_* on that file (official, unchanged on stdout) differ from the run's, and stderr says why, once."""
+    doc = json.loads(tiny_data.read_text())
+    preds, na = {"q1": "c", "q2": ""}, {"q1": -1.76, "q2": 0.4}
+    pred_file, na_file = write(tmp_path / "predictions_30.json", preds), write(tmp_path / "null_odds_30.json", na)
+    rc, out, err = run_cli(capsys, tiny_data, pred_file, "--na-prob-file", na_file)
+    assert rc == 0 and out == json.dumps(ref_eval_v2(doc, preds, na), indent=2) + "\n"
+    assert err == (f'note: best_exact, best_f1 and their thresholds are swept over {pred_file} as written, where 1 '
+                   'answers are "" (no answer at every threshold); run_squad.py swept every span of the same run: '
+                   "its optimum is in that run's eval_results.json and null_score_diff_threshold.json\n")
+    # No note without null odds (no sweep), nor when no answer is blanked.
+    assert run_cli(capsys, tiny_data, pred_file)[2] == ""
+    assert run_cli(capsys, tiny_data, write(tmp_path / "all.json", {"q1": "c", "q2": "c"}), "-n", na_file)[2] == ""
