@@ -722,13 +722,6 @@ class QuestionAnsweringPipeline:
             else:
                 yield span_window(start[sl], end[sl], allowed, cls, settings)
 
-    def _rank(self, windows: Windows, arrays: dict, settings: CallSettings) -> tuple[list[list[dict]], list[float]]:
-        """Per example its spans (widened, merged, best first) and its smallest null score over the windows, from
-        the outputs of every window at once."""
-        ranking = Ranking(windows)
-        self._rank_part(ranking, windows, 0, windows.features, arrays, settings)
-        return ranking.result()
-
     def _rank_part(self, ranking: Ranking, windows: Windows, first: int, part, arrays: dict,
                    settings: CallSettings) -> None:
         """Add the spans and null scores of the consecutive windows ``part`` (from window ``first`` on, its

@@ -389,8 +389,12 @@ def train_batches(args, setup: RunSetup, rt, model, head, config, features, resu
         saved = json.loads((resume_from / output_folder.TRAINING_ARGS).read_text())
         size, accum = saved["per_gpu_train_batch_size"], saved["gradient_accumulation_steps"]
     elif args.auto_find_batch_size:
+        # A compiled padded run pads to 64 (decided after this probe, by the run's length): probe at that width
+        # whenever the run may compile, so the batch found fits either way.
+        may_compile = rt.device.type == "cuda" and args.torch_compile != "off" and not setup.path.packing
+
         def fits(batch_size: int) -> bool:
-            candidate = make_batching(args, setup, head, config, features, batch_size)
+            candidate = make_batching(args, setup, head, config, features, batch_size, compiled=may_compile)
             return qa_model.probe_memory(model.to(rt.device), candidate, features, rt.device,
                                          amp_context(setup.path.precision, rt.device), extra_copies=int(rt.distributed))
         size, accum = qa_model.find_batch_size(fits, size, accum, rt.distributed and rt.cpu_group)

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+import cli
 from atomic_io import write_file_atomic, write_text_atomic
 from decoding import NO_SPAN_NULL_ODDS
 
@@ -680,13 +681,9 @@ def _check_out_file(path: str | None) -> None:
         raise ScoringInputError(f"{path}: is a folder, not a file (--out-file)")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    opts = parse_args(argv)
-    # Warnings (missing predictions, unknown ids) go to stderr as plain lines; stdout stays the JSON.
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logger.addHandler(handler)
-    logger.propagate = False
+def score_files(opts: argparse.Namespace) -> int:
+    """Score the files and print (or write) the official JSON; a file that cannot be read or written is a
+    ScoringInputError naming it."""
     try:
         _check_out_file(opts.out_file)
         out, version_2, note = _evaluate_files(opts)
@@ -696,18 +693,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_text_atomic(opts.out_file, json.dumps(out))
         else:
             print(text)
-        if note:
-            print(note, file=sys.stderr)
-    except ScoringInputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except OSError as e:
-        print(f"error: {e.filename or ''}: {e.strerror}", file=sys.stderr)
-        return 2
+        raise ScoringInputError(f"{e.filename or ''}: {e.strerror}") from e
+    if note:
+        print(note, file=sys.stderr)
+    return cli.EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The official script's command line; errors are one line (cli.py's form), exit code 2 for bad input."""
+    opts = parse_args(argv)
+    # Warnings (missing predictions, unknown ids) go to stderr as plain lines; stdout stays the JSON.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        return cli.run_guarded(lambda: score_files(opts), bad_input=(ScoringInputError,))
     finally:
         logger.removeHandler(handler)
         logger.propagate = True
-    return 0
 
 
 if __name__ == "__main__":

@@ -300,7 +300,9 @@ def classic_null_odds(qa, pairs) -> tuple[list[float], list[dict]]:
     start[arrays["token"]], end[arrays["token"]] = arrays["start_logits"], arrays["end_logits"]
     _, _, odds = decoding.compute_predictions_logits(windows.examples, windows.features, start, end, 20, 30,
                                                           version_2_with_negative=True)
-    _, nulls = qa._rank(windows, arrays, settings)
+    ranking = qa_pipeline.Ranking(windows)  # every window's outputs at once, as one chunk
+    qa._rank_part(ranking, windows, 0, windows.features, arrays, settings)
+    _, nulls = ranking.result()
     return [odds[ex.qas_id] for ex in windows.examples], [qa_pipeline.null_answer(score) for score in nulls]
 
 
