@@ -722,8 +722,9 @@ def start_logs(loop: LoopConfig, rt, resume_from: Path | None, batches: TrainBat
         writer = train_log.open_tensorboard(str(loop.output_dir))
     stop = process_group.StopFlag(rt)
     stop.install()
-    progress = tqdm(total=total_steps, initial=start["global_step"], desc="train", disable=not rt.is_main,
-                    dynamic_ncols=True)
+    # A bar on a terminal; a log file gets the per-window lines instead (a bar's redraws would fill it).
+    progress = tqdm(total=total_steps, initial=start["global_step"], desc="train",
+                    disable=not rt.is_main or not sys.stderr.isatty(), dynamic_ncols=True)
     return writer, stop, train_log.Meter(rt.device, rt.world_size), progress
 
 
