@@ -192,7 +192,8 @@ example (the classic BERT-base recipe):
     --per_gpu_train_batch_size 12 --learning_rate 3e-5 --num_train_epochs 2.0 \\
     --max_seq_length 384 --doc_stride 128 --output_dir ./debug_squad/
 
-exit codes: 0 success, 2 bad input or flags, 3 interrupted with a checkpoint written, 1 anything else."""
+exit codes: 0 success, 2 bad input or flags, 3 interrupted with a checkpoint written, 130/143 interrupted
+(SIGINT/SIGTERM) with none written, 1 anything else."""
 
 
 def build_parser() -> Parser:

@@ -109,6 +109,9 @@ def main(argv=None) -> int:
     for t in report["targets"]:
         value = t["value"] if not isinstance(t["value"], float) else round(t["value"], 3)
         lines.append(f"| {t['target']} | {value} | {t['met']} |")
+    demo = runs.get("demo")
+    if demo:
+        lines += ["", f"The demo (`bash scripts/demo.sh`, set up): {demo['wall_s']} s, exit code {demo['rc']}"]
     oom = runs.get("oom")
     if oom:
         lines += ["", f"Forced out-of-memory: exit code {oom['rc']}, `{oom['line']}`"]

