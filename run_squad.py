@@ -10,12 +10,13 @@ transformers 5. The story, in the order of this file:
   evaluate: features -> answers        evaluate, infer (decoding.py decodes, squad_metrics.py scores)
 
 A batch goes from features to the model through batching.py (the epoch's plan, padded or packed arrays,
-pinned and built ahead, the head's inputs) and back (the head's outputs in the features' layout). The
-plumbing has one home each: process_group.py (torchrun, Slurm, barriers, the stop signal, random state),
-output_folder.py (what is in --output_dir) and checkpoints.py (writing and reading model and trainer state, what
-a resume checks), folder_lock.py (one run per --output_dir),
-atomic_io.py (every write), qa_model.py (loading the model, parameter groups, the memory probe),
-packing.py (packed attention), train_log.py (what training reports, read from the device on logging steps).
+pinned and built ahead, the head's inputs) and back (the head's outputs in the features' layout); fast_path.py
+decides the path (packing, precision, compilation, attention kernels). The plumbing has one home each:
+process_group.py (torchrun, Slurm, barriers, the stop signal, random state, the device), output_folder.py (what
+is in --output_dir), checkpoints.py (writing and reading model and trainer state, what a resume checks),
+folder_lock.py (one run per --output_dir), atomic_io.py (every write), qa_model.py (loading the model,
+parameter groups, the memory probe), packing.py (packed attention), train_log.py (what training reports, read
+from the device on logging steps).
 
 Exit codes: 0 success, 2 bad input or flags, 3 interrupted with a checkpoint written, 1 anything else; interrupted
 anywhere else (or by a second Ctrl-C) the process ends by the signal (the shell reports 130 / 143). What a run
@@ -127,8 +128,7 @@ class RunSetup:
     context_first: bool
     source: qa_model.ModelSource
     path: fast_path.Choice  # packing, precision, attention kernels (compilation is decided in run())
-    identity: dict = field(default_factory=dict)  # the data's and tokenizer's fingerprints, the processes:
-    # what a resume compares
+    identity: dict = field(default_factory=dict)  # fingerprints of data and tokenizer, processes: what a resume compares
 
     def run_args(self, args, batches: TrainBatches | None = None) -> dict:
         """The flags as training_args.json records them, with the derived paths and model type, and the
