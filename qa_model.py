@@ -17,7 +17,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from transformers import AutoConfig, AutoTokenizer, XLMForQuestionAnswering, XLNetForQuestionAnswering
+from transformers import (
+    AutoConfig,
+    AutoTokenizer,
+    XLMForQuestionAnswering,
+    XLNetForQuestionAnswering,
+    modeling_utils,
+)
 
 import atomic_io
 import batching
@@ -132,8 +138,6 @@ def load_report_in_one_line():
     """While loading, transformers' LOAD REPORT (a table, with terminal colour codes even in a log file) is
     replaced by one line of ours per load (describe_load). A report that precedes an error (a failed weight
     conversion, a shape mismatch not allowed) keeps transformers' table: it is the error's detail."""
-    import transformers.modeling_utils as modeling_utils
-
     original = getattr(modeling_utils, "log_state_dict_report", None)
     if original is None:  # another transformers layout: its own report stands
         yield
