@@ -2,6 +2,7 @@
 
 import inspect
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -10,6 +11,15 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 # The top-level modules (run_squad, utils_squad, squad_metrics) are imported as the user runs them.
 sys.path.insert(0, str(REPO))
+
+
+def pytest_configure(config):
+    """Ctrl-C is a thing the tests send: give it back its default meaning when the test command was started with it
+    ignored (a shell's background job, `cmd &`, ignores SIGINT, and the tool rightly keeps it ignored then, so the
+    interrupt tests would see a run that never stops). A Python handler here also means subprocesses start with
+    SIGINT at its default, since exec resets handled signals but keeps ignored ones."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session", autouse=True)

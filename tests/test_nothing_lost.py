@@ -18,6 +18,7 @@ from safetensors.numpy import load_file
 
 import atomic_io
 import checkpoints
+import cli
 import folder_lock
 import output_folder
 import qa_pipeline
@@ -290,6 +291,22 @@ def test_the_length_of_the_run_is_max_steps_when_set_else_the_epochs():
 
 def interrupted_line(name: str, last_good: str = "none") -> str:
     return f"interrupted: {name}: stopped at once, nothing half-written left; last good checkpoint: {last_good}"
+
+
+def test_a_signal_the_run_was_started_ignoring_stays_ignored():
+    """A shell's background job (`python run_squad.py ... &`) ignores Ctrl-C; the tool must not take it back."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        previous = cli.install_interrupt_handlers()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.SIGINT not in previous and signal.SIGTERM in previous
+        cli.restore_handlers(previous)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        previous = cli.install_interrupt_handlers()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler and signal.SIGINT in previous
+        cli.restore_handlers(previous)
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_ctrl_c_while_torch_is_imported_is_one_line(tiny_bert_dir, squad_dir, tmp_path):
