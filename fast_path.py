@@ -93,7 +93,8 @@ def choose(flags: PathFlags, facts: Facts) -> Choice:
     no_cudnn = facts.cuda and flags.sdpa_kernels == "auto"
     reasons = [packing_why, precision_why]
     if facts.cuda and not packing and facts.model_type in SDPA_TYPES:
-        reasons.append("padded attention: SDPA flash or memory-efficient kernels, not cuDNN" if no_cudnn else
+        reasons.append("padded attention: SDPA flash or memory-efficient kernels, not cuDNN (--sdpa_kernels torch for PyTorch's choice)"
+                       if no_cudnn else
                        "padded attention: PyTorch's own SDPA choice (--sdpa_kernels torch)")
     return Choice(packing, precision, no_cudnn, tuple(reasons))
 

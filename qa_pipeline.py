@@ -71,6 +71,7 @@ import cli
 if __name__ == "__main__":  # the flags, the model folder and every input line are checked before torch is imported
     command = cli.exit_now_if_bad(lambda: cli.check_pipeline_command(sys.argv[1:]))
 
+import contextlib
 import json
 import math
 import os
@@ -83,6 +84,7 @@ import numpy as np
 import torch
 import transformers
 from tokenizers import Tokenizer
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm import tqdm
 
 import batching
@@ -570,6 +572,15 @@ def _device_of(device, model=None):
     return device
 
 
+def padded_attention_kernels(device: torch.device):
+    """On a GPU, SDPA's flash, memory-efficient or math kernels, never cuDNN, for the duration of a call: every
+    batch of windows has its own width, and cuDNN builds a graph per shape (the tool's attention rule,
+    fast_path.py). A context, not torch.backends' process-wide switch: the pipeline lives in the user's process."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
 def _is_path(value) -> bool:
     return isinstance(value, (str, os.PathLike))
 
@@ -699,7 +710,7 @@ class QuestionAnsweringPipeline:
         padded = batching.PaddedBatches(batch_size, self.head, self.model_type, lang_id=self.lang_id,
                                         prepared_mask=batching.takes_prepared_mask(self.model_type, attention))
         outputs = []
-        with torch.inference_mode():
+        with torch.inference_mode(), padded_attention_kernels(self.device):
             for idx in padded.plan(features.lengths()):
                 batch = batching.to_device(padded.tensors(features, idx, with_labels=False), self.device)
                 outputs.append(self.head.outputs(padded.forward(self.model, batch, training=False), batch))

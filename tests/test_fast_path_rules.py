@@ -47,7 +47,8 @@ def test_families_that_cannot_pack_stay_padded_in_bf16(model_type):
 def test_padded_bert_likes_take_sdpa_without_cudnn():
     choice = choose("--packing off", "roberta", **H200)
     assert choice.sdpa_without_cudnn
-    assert choice.reasons[2] == "padded attention: SDPA flash or memory-efficient kernels, not cuDNN"
+    assert choice.reasons[2] == ("padded attention: SDPA flash or memory-efficient kernels, not cuDNN "
+                                 "(--sdpa_kernels torch for PyTorch's choice)")
     assert choose("--packing off --sdpa_kernels torch", "roberta", **H200).reasons[2] == (
         "padded attention: PyTorch's own SDPA choice (--sdpa_kernels torch)")
 

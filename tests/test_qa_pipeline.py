@@ -508,3 +508,14 @@ def test_progress_is_shown_on_a_terminal_only(qa, monkeypatch):
         monkeypatch.setattr(sys, "stderr", stream)
         qa.answer([(QUESTION, context)], batch_size=1, max_seq_len=48, doc_stride=16)
         assert ("qa_pipeline: windows" in stream.getvalue()) == shown
+
+
+def test_on_a_gpu_the_pipeline_attends_without_cudnn_for_the_call_only():
+    """Windows of every width would make cuDNN build a graph per batch shape; the choice is scoped to the call."""
+    cudnn_before = torch.backends.cuda.cudnn_sdp_enabled()
+    with qa_pipeline.padded_attention_kernels(torch.device("cuda")):  # entering needs no GPU: it sets flags
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled() == cudnn_before
+    with qa_pipeline.padded_attention_kernels(torch.device("cpu")):
+        assert torch.backends.cuda.cudnn_sdp_enabled() == cudnn_before
