@@ -1,5 +1,6 @@
-"""Helpers shared by the tests that run run_squad.py end to end."""
+"""Helpers shared by the tests that run run_squad.py end to end, and the faults they inject."""
 
+import errno
 import json
 import os
 import socket
@@ -63,3 +64,24 @@ def without_torch(folder: Path) -> dict:
         package.mkdir(parents=True, exist_ok=True)
         (package / "__init__.py").write_text(f"raise ImportError('{name} made unimportable by the test')\n")
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")])}
+
+
+class FullDiskAfterHalf:
+    """A file whose first write stores half of its data and then fails as a full disk does."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def write(self, data):
+        self.handle.write(data[:len(data) // 2])
+        self.handle.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __getattr__(self, name):
+        return getattr(self.handle, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.close()

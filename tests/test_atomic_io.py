@@ -13,6 +13,7 @@ import pytest
 
 import atomic_io
 import decoding
+from cli_helpers import FullDiskAfterHalf
 
 
 def test_write_json_atomic(tmp_path):
@@ -95,27 +96,6 @@ def test_an_owned_folder_drops_every_temporary_a_shared_one_only_orphans(tmp_pat
                                        (ValueError(), "ValueError")])
 def test_first_line_of_any_exception(exc, line):
     assert atomic_io.first_line(exc) == line
-
-
-class FullDiskAfterHalf:
-    """A file whose first write stores half of its data and then fails as a full disk does."""
-
-    def __init__(self, handle):
-        self.handle = handle
-
-    def write(self, data):
-        self.handle.write(data[:len(data) // 2])
-        self.handle.flush()
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    def __getattr__(self, name):
-        return getattr(self.handle, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.handle.close()
 
 
 def test_a_file_set_appears_whole_or_not_at_all(tmp_path):

@@ -24,7 +24,7 @@ import output_folder
 import qa_pipeline
 import run_squad
 import utils_squad
-from cli_helpers import REPO, common_flags, small_squad_file, small_v2_file
+from cli_helpers import REPO, FullDiskAfterHalf, common_flags, small_squad_file, small_v2_file
 
 pytestmark = pytest.mark.slow
 
@@ -92,25 +92,6 @@ class Run:
 # --------------------------------------------------------------------------------------------
 # Results written as a set
 # --------------------------------------------------------------------------------------------
-
-
-class FullDiskAfterHalf:
-    def __init__(self, handle):
-        self.handle = handle
-
-    def write(self, data):
-        self.handle.write(data[:len(data) // 2])
-        self.handle.flush()
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    def __getattr__(self, name):
-        return getattr(self.handle, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.handle.close()
 
 
 def disk_full_when_writing(monkeypatch, name_prefix: str) -> None:
@@ -293,6 +274,14 @@ def interrupted_line(name: str, last_good: str = "none") -> str:
     return f"interrupted: {name}: stopped at once, nothing half-written left; last good checkpoint: {last_good}"
 
 
+def assert_ended_in_one_line(run: Run, sig: int) -> None:
+    """The run died of ``sig`` (as the shell reports a signal) after one line saying so, and no traceback."""
+    code, err = run.finish()
+    assert code == -sig, err[-3000:]
+    assert last_line(err) == interrupted_line(signal.Signals(sig).name)
+    assert "Traceback" not in err
+
+
 def test_a_signal_the_run_was_started_ignoring_stays_ignored():
     """A shell's background job (`python run_squad.py ... &`) ignores Ctrl-C; the tool must not take it back."""
     before = signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -328,10 +317,7 @@ def test_an_interrupt_during_data_preparation_is_one_line_and_leaves_nothing(tin
               RUN_SQUAD_CACHE=str(cache))
     run.wait_for(f"from {train}")  # read: tokenizer, features and model are next
     run.process.send_signal(sig)
-    code, err = run.finish()
-    assert code == -sig, err[-3000:]
-    assert last_line(err) == interrupted_line(signal.Signals(sig).name)
-    assert "Traceback" not in err
+    assert_ended_in_one_line(run, sig)
     assert not out.exists(), "the folder this run made is removed again"
     assert not temporaries(cache)
 
@@ -342,10 +328,7 @@ def test_an_interrupt_during_evaluation_is_one_line_and_writes_nothing(minilm_pa
     run = Run([*common_flags(minilm_path, out), *eval_flags(squad_dir, tmp_path, questions=400)])
     run.wait_for("evaluating the model: ")
     run.process.send_signal(sig)
-    code, err = run.finish()
-    assert code == -sig, err[-3000:]
-    assert last_line(err) == interrupted_line(signal.Signals(sig).name)
-    assert "Traceback" not in err
+    assert_ended_in_one_line(run, sig)
     assert not out.exists(), "no predictions, no temporaries, and the folder this run made is removed again"
 
 
@@ -357,10 +340,7 @@ def test_a_second_ctrl_c_during_training_stops_at_once_with_one_line(minilm_path
     run.process.send_signal(signal.SIGINT)
     run.wait_for("SIGINT: finishing this step, then writing a checkpoint (Ctrl-C again to stop at once)")
     run.process.send_signal(signal.SIGINT)  # during the step or its checkpoint
-    code, err = run.finish()
-    assert code == -signal.SIGINT, err[-3000:]
-    assert last_line(err) == interrupted_line("SIGINT")
-    assert "Traceback" not in err
+    assert_ended_in_one_line(run, signal.SIGINT)
     assert not temporaries(out) and not output_folder.list_checkpoints(out)
 
 
