@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+DEMO_TRAIN = REPO / "scripts" / "demo_data" / "demo-train-v2.0.json"
+DEMO_DEV = REPO / "scripts" / "demo_data" / "demo-dev-v2.0.json"
 
 
 def small_v2_file(squad_dir: Path, target: Path, articles: int = 1, questions: int = 60) -> Path:
@@ -39,10 +41,14 @@ def common_flags(model: Path, out: Path) -> list[str]:
             "--per_gpu_eval_batch_size", "16", "--learning_rate", "1e-3", "--logging_steps", "5", "--seed", "7"]
 
 
+def cli_env(**env) -> dict:
+    """The environment of a run_squad.py subprocess: one thread (the tests share 2 cores), quiet tokenizers."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **env}
+
+
 def run_cli(args: list[str], **env) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **env}
     return subprocess.run([sys.executable, str(REPO / "run_squad.py"), *args], capture_output=True, text=True,
-                          env=environment, timeout=600)
+                          env=cli_env(**env), timeout=600)
 
 
 def question_ids(path: Path) -> set[str]:

@@ -140,7 +140,7 @@ def test_an_interrupt_while_a_set_is_written_leaves_the_old_files(tmp_path):
     assert (tmp_path / "predictions_3.json").read_text() == "old"
 
 
-def test_ctrl_c_waits_until_the_renames_are_done(tmp_path):
+def test_ctrl_c_waits_until_the_renames_are_done():
     done = []
     with pytest.raises(KeyboardInterrupt):
         with atomic_io.signals_deferred():

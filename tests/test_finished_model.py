@@ -17,10 +17,9 @@ import checkpoints
 import cli
 import output_folder
 import run_squad
+from cli_helpers import DEMO_DEV as DEV
+from cli_helpers import DEMO_TRAIN as TRAIN
 from cli_helpers import REPO, without_torch
-
-DEMO = REPO / "scripts" / "demo_data"
-TRAIN, DEV = DEMO / "demo-train-v2.0.json", DEMO / "demo-dev-v2.0.json"
 
 OLD_MODEL = {"config.json": "old config", "model.safetensors": "old weights", "vocab.txt": "old vocab",
              "tokenizer_config.json": "old tokenizer", output_folder.TRAINING_ARGS: "{}",
@@ -199,7 +198,7 @@ with atomic_io.files_replacing(Path(sys.argv[1]), output_folder.FINAL_MODEL_TMP,
 """
 
 
-def test_a_kill_at_any_moment_of_the_swap_is_finished_on_the_next_start(tmp_path, capsys):
+def test_a_kill_at_any_moment_of_the_swap_is_finished_on_the_next_start(tmp_path):
     """Killed before each rename of the swap (and while the old files are deleted), the next start leaves the
     folder with exactly the old model (before the marker: old files aside) or exactly the new one (after)."""
     old_files = len(OLD_MODEL) + 1  # the old model's files and tokenizer.json, which the new set brings
@@ -307,7 +306,7 @@ def test_a_refused_run_leaves_no_folder_behind(case, tiny_bert_dir, tmp_path, ca
         assert not (tmp_path / "cache").exists()
 
 
-def test_a_refused_run_keeps_an_empty_folder_it_did_not_create(tiny_bert_dir, tmp_path, capsys):
+def test_a_refused_run_keeps_an_empty_folder_it_did_not_create(tiny_bert_dir, tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
     assert run_squad.main(["--model_name_or_path", str(tiny_bert_dir), "--output_dir", str(out), "--do_eval",

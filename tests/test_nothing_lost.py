@@ -3,7 +3,6 @@ with changed settings, SIGINT/SIGTERM in each phase, a damaged checkpoint, an un
 
 import errno
 import json
-import os
 import queue
 import shutil
 import signal
@@ -24,7 +23,7 @@ import output_folder
 import qa_pipeline
 import run_squad
 import utils_squad
-from cli_helpers import REPO, FullDiskAfterHalf, common_flags, small_squad_file, small_v2_file
+from cli_helpers import REPO, FullDiskAfterHalf, cli_env, common_flags, small_squad_file, small_v2_file
 
 pytestmark = pytest.mark.slow
 
@@ -56,9 +55,8 @@ class Run:
     """run_squad.py in a subprocess whose stderr lines are read as they come (to act at a phase's log line)."""
 
     def __init__(self, args: list[str], **env):
-        environment = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **env}
         self.process = subprocess.Popen([sys.executable, str(REPO / "run_squad.py"), *args], stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True, env=environment)
+                                        stderr=subprocess.PIPE, text=True, env=cli_env(**env))
         self.lines: queue.Queue = queue.Queue()
         self.seen: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()

@@ -11,10 +11,9 @@ import pytest
 
 import qa_model
 import utils_squad
-from cli_helpers import REPO
-
-DEMO = REPO / "scripts" / "demo_data"
-TRAIN, DEV = DEMO / "demo-train-v2.0.json", DEMO / "demo-dev-v2.0.json"
+from cli_helpers import DEMO_DEV as DEV
+from cli_helpers import DEMO_TRAIN as TRAIN
+from cli_helpers import REPO, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -66,14 +65,12 @@ def test_a_run_logged_to_a_file_is_plain_and_says_each_thing_once(tiny_encoder_d
     line for the load report, the metrics once (the JSON line on stdout; the log's line does not repeat it),
     and the features counted as what they are."""
     out = tmp_path / "out"
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run(
-        [sys.executable, str(REPO / "run_squad.py"), "--model_name_or_path", str(tiny_encoder_dir), "--output_dir",
+    done = run_cli(
+        ["--model_name_or_path", str(tiny_encoder_dir), "--output_dir",
          str(out), "--version_2_with_negative", "--do_train", "--do_eval", "--train_file", str(TRAIN),
          "--predict_file", str(DEV), "--no_cuda", "--max_seq_length", "256", "--per_gpu_train_batch_size", "32",
          "--per_gpu_eval_batch_size", "64", "--max_steps", "2", "--save_steps", "0", "--logging_steps", "500",
-         "--features_cache_dir", str(tmp_path / "cache")],  # built here, not loaded from another test's cache
-        capture_output=True, text=True, env=environment, timeout=600)
+         "--features_cache_dir", str(tmp_path / "cache")])  # built here, not loaded from another test's cache
     assert done.returncode == 0, done.stderr
     log = done.stderr
     for noise in ("\x1b[", "LOAD REPORT", "Loading weights", "Writing model shards", '"exact"'):
