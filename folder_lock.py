@@ -53,9 +53,6 @@ class Holder:
     def describe(self) -> str:
         return f"pid {self.pid} on {self.host}, since {self.since}, running: {self.command}"
 
-    def alive_here(self) -> bool:
-        return self.host == atomic_io.host() and atomic_io.pid_alive(self.pid)
-
 
 def read_holder(path: Path) -> Holder | None:
     """The record in a lock file; None when absent, empty (its holder is writing it) or unreadable."""
@@ -97,7 +94,7 @@ def held_by(folder: Path) -> Holder | None:
 
 def _record_says_alive(holder: Holder) -> bool:
     """Without flock: a holder on this host is alive when its pid is; another host's cannot be checked."""
-    return holder.alive_here() if holder.host == atomic_io.host() else True
+    return holder.host != atomic_io.host() or atomic_io.pid_alive(holder.pid)
 
 
 def this_command(argv: list[str] | None) -> str:

@@ -304,7 +304,8 @@ def body_keys(keys) -> list[str]:
 
 
 def check_loading_info(model_name_or_path, info: dict) -> None:
-    """Raise when loading dropped or left uninitialised any encoder weight; log head differences."""
+    """Raise when loading dropped or left uninitialised any encoder weight. Head differences are only reported,
+    by the load's own report (one line under qa_model.load_model: describe_load)."""
     problems = []
     if missing := body_keys(info.get("missing_keys", ())):
         problems.append(f"{len(missing)} weights missing from the checkpoint (left random), e.g. {missing[0]}")
@@ -318,9 +319,6 @@ def check_loading_info(model_name_or_path, info: dict) -> None:
         problems.append(" ".join(str(errors[0]).split()))
     if problems:
         raise RelativePositionError(f"{model_name_or_path}: relative-position model: {'; '.join(problems)}")
-    heads = sorted(set(info.get("missing_keys", ())) | set(info.get("unexpected_keys", ())))
-    if heads:
-        logger.info("%s: task heads not in the checkpoint or not used here: %s", model_name_or_path, ", ".join(heads))
 
 
 def load_question_answering_model(model_name_or_path, config=None, **from_pretrained_kwargs):

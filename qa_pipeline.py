@@ -753,8 +753,9 @@ class QuestionAnsweringPipeline:
     def _threshold_decisions(self, windows: Windows, parts: list[dict] | None,
                              settings: CallSettings) -> list[bool | None]:
         """Per example whether its null odds exceed the tuned threshold (None: no threshold applies); ``parts``
-        are the head's outputs of every window, chunk by chunk, indexed over all windows."""
-        if self.threshold is None or not settings.handle_impossible_answer or parts is None:
+        are the head's outputs of every window, chunk by chunk, indexed over all windows, or None exactly when no
+        threshold applies (none tuned, or handle_impossible_answer off: answer keeps no outputs then)."""
+        if parts is None:
             return [None] * len(windows.examples)
         settings = decoding.DecodingSettings(n_best_size=self.threshold.n_best_size,
                                              max_answer_length=self.threshold.max_answer_length,

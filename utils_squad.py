@@ -717,12 +717,14 @@ def _concat(pieces, dtype) -> np.ndarray:
     return np.concatenate(pieces).astype(dtype, copy=False) if pieces else np.zeros(0, dtype)
 
 
-def _encoding_arrays(enc, first_char: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """ids, offsets (shifted by first_char) and word ids (-1 for none) of one tokenizers Encoding."""
+def _encoding_arrays(enc, first_char: int = 0,
+                     words: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """ids, offsets (shifted by first_char) and word ids (-1 for none; None unless ``words``: a Python loop over
+    the tokens) of one tokenizers Encoding."""
     ids = np.asarray(enc.ids, dtype=np.int32)
     offsets = np.asarray(enc.offsets, dtype=np.int32).reshape(-1, 2) + first_char
-    words = np.array([-1 if w is None else w for w in enc.word_ids], dtype=np.int64)
-    return ids, offsets, words
+    word_ids = np.array([-1 if w is None else w for w in enc.word_ids], dtype=np.int64) if words else None
+    return ids, offsets, word_ids
 
 
 def piece_starts(text: str, piece_chars: int) -> list[int]:
@@ -741,32 +743,36 @@ def piece_starts(text: str, piece_chars: int) -> list[int]:
     return starts
 
 
-def encode_contexts(backend, contexts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(ids, offsets, word ids) of each context, without special tokens. Contexts up to LONG_CONTEXT_CHARS are
-    encoded in one batch; a longer one in pieces (piece_starts), one at a time, so that its cost is its tokens'
-    arrays, not the tokenizer's working memory for the whole string (measured with a BERT tokenizer on a 2 MB
-    context: 370 MB above the loaded tokenizer whole, 130 MB in pieces; bench/RESULTS.md)."""
+def encode_contexts(backend, contexts: Sequence[str],
+                    words: bool = True) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """(ids, offsets, word ids: None unless ``words``) of each context, without special tokens. Contexts up to
+    LONG_CONTEXT_CHARS are encoded in one batch; a longer one in pieces (piece_starts), one at a time, so that its
+    cost is its tokens' arrays, not the tokenizer's working memory for the whole string (measured with a BERT
+    tokenizer on a 2 MB context: 370 MB above the loaded tokenizer whole, 130 MB in pieces; bench/RESULTS.md)."""
     short = [c for c in contexts if len(c) <= LONG_CONTEXT_CHARS]
     encoded = iter(backend.encode_batch(short, add_special_tokens=False)) if short else iter(())
-    return [_encoding_arrays(next(encoded)) if len(c) <= LONG_CONTEXT_CHARS else _encode_long(backend, c)
-            for c in contexts]
+    return [_encoding_arrays(next(encoded), words=words) if len(c) <= LONG_CONTEXT_CHARS
+            else _encode_long(backend, c, words) for c in contexts]
 
 
-def _encode_long(backend, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _encode_long(backend, text: str, words: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     bounds = [*piece_starts(text, LONG_CONTEXT_CHARS), len(text)]
     parts, next_word = [], 0
     for start, end in zip(bounds[:-1], bounds[1:], strict=True):
-        ids, offsets, words = _encoding_arrays(backend.encode(text[start:end], add_special_tokens=False), start)
-        words[words >= 0] += next_word  # word ids count on across pieces
-        next_word = int(words.max()) + 1 if len(words) and words.max() >= 0 else next_word
-        parts.append((ids, offsets, words))
-    return tuple(np.concatenate([p[k] for p in parts]) for k in range(3))
+        ids, offsets, word_ids = _encoding_arrays(backend.encode(text[start:end], add_special_tokens=False), start,
+                                                  words)
+        if word_ids is not None:
+            word_ids[word_ids >= 0] += next_word  # word ids count on across pieces
+            next_word = int(word_ids.max()) + 1 if len(word_ids) and word_ids.max() >= 0 else next_word
+        parts.append((ids, offsets, word_ids))
+    ids, offsets = (np.concatenate([p[k] for p in parts]) for k in range(2))
+    return ids, offsets, np.concatenate([p[2] for p in parts]) if words else None
 
 
 def _tokenize_contexts(backend, contexts: list[str]):
-    """(ids, trimmed offsets) per distinct context, tokenized once without special tokens."""
-    return [(ids, trim_offsets_whitespace(context, offsets))
-            for context, (ids, offsets, _) in zip(contexts, encode_contexts(backend, contexts), strict=True)]
+    """(ids, trimmed offsets) per distinct context, tokenized once without special tokens (no word ids)."""
+    return [(ids, trim_offsets_whitespace(context, offsets)) for context, (ids, offsets, _)
+            in zip(contexts, encode_contexts(backend, contexts, words=False), strict=True)]
 
 
 def _featurize_chunk(spec: _Spec, examples: Sequence[SquadExample], first_index: int, backend=None):
