@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 import decoding
+import modeling_relative
 import packing
 from utils_squad import SquadFeatures, ragged_index
 
@@ -505,6 +506,8 @@ def make_batching(head, config, features, batch_size: int, *, packed: bool, pack
                   attn_implementation: str | None = None):
     """Padded batches, or packs of a size fixed for the whole run from the features' lengths. attn_implementation:
     the model's attention function (None: SDPA, transformers' default for these families)."""
+    if modeling_relative.is_relative_position_config(config):
+        attn_implementation = "eager"  # the relative-position BERT computes its attention itself (qa_model)
     if not packed:
         return PaddedBatches(batch_size, head, config.model_type, version_2, lang_id, 64 if compiled else 8, grouped,
                              takes_prepared_mask(config.model_type, attn_implementation))

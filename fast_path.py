@@ -36,8 +36,8 @@ COMPILE_MIN_PARAMETERS = 100_000_000
 COMPILE_MIN_STEPS = 1_000
 
 
-# Families whose padded attention goes through SDPA (the others compute attention themselves).
-SDPA_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "albert", "distilbert", "modernbert")
+# Families whose padded attention goes through SDPA (the others compute attention themselves): the same ones.
+SDPA_TYPES = VARLEN_PACKING_TYPES
 
 
 @dataclass(frozen=True)
@@ -128,6 +128,12 @@ def choose_precision(flags: PathFlags, facts: Facts) -> tuple[str, str]:
     return "fp32", "fp32 (no precision flag" + (", and the GPU has no bf16)" if facts.cuda else ")")
 
 
+def needs_run_length(flag: str, cuda: bool, training: bool) -> bool:
+    """Whether compilation() reads the run's length: only the automatic rule, for GPU training (counting the
+    optimizer steps plans an epoch, which for packed batches of a big data set is a visible wait)."""
+    return flag == "auto" and cuda and training
+
+
 def compilation(choice: Choice, flag: str, cuda: bool, training: bool, parameters: int, steps: int) -> Choice:
     """Whether to torch.compile for training and for evaluation, given the run's size (steps: 0 without
     training)."""
@@ -138,7 +144,7 @@ def compilation(choice: Choice, flag: str, cuda: bool, training: bool, parameter
             return choice.with_compilation(True, False, "torch.compile for training (--torch_compile); "
                                                         "evaluation eager (not compiled a second time)")
         return choice.with_compilation(False, True, "torch.compile for evaluation (--torch_compile)")
-    if not cuda or not training:
+    if not needs_run_length(flag, cuda, training):
         return choice.with_compilation(False, False, "eager (compilation pays only for long GPU training)")
     if parameters >= COMPILE_MIN_PARAMETERS and steps >= COMPILE_MIN_STEPS:
         return choice.with_compilation(True, False, f"torch.compile for training ({parameters / 1e6:.0f}M parameters x "

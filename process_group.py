@@ -23,6 +23,7 @@ import torch
 import transformers
 
 import atomic_io
+import packing
 
 logger = logging.getLogger(__name__)
 
@@ -112,11 +113,7 @@ def device_capabilities(device: torch.device) -> tuple[bool, bool]:
     torch.cuda.is_bf16_supported()'s default, which also says yes where bf16 is only emulated (V100, T4)."""
     if device.type != "cuda":
         return False, False
-    newer = torch.cuda.get_device_capability(device)[0] >= 8
-    try:
-        return torch.cuda.is_bf16_supported(including_emulation=False), newer
-    except TypeError:  # torch without the argument
-        return newer, newer
+    return torch.cuda.is_bf16_supported(including_emulation=False), packing.flash_capable(device.index)
 
 
 def setup_logging(verbose: bool, rank: int) -> None:

@@ -34,6 +34,7 @@ if __name__ == "__main__":  # bad flags and missing files are answered at once, 
     cli.exit_now_if_bad(lambda: cli.check_run_squad_command(sys.argv[1:]))
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -190,9 +191,11 @@ def run(args) -> int:
         model = load_model(args, setup, config, str(resume_from) if resume_from else args.model_name_or_path)
         batches = train_batches(args, setup, rt, model, head, config, features, resume_from)
         loop = LoopConfig.from_flags(args, setup, train_path)
-        choice = fast_path.compilation(setup.path, args.torch_compile, rt.device.type == "cuda", True,
-                                       sum(p.numel() for p in model.parameters()),
-                                       planned_steps(loop, rt, features, batches))
+        cuda = rt.device.type == "cuda"
+        steps = planned_steps(loop, rt, features, batches) if fast_path.needs_run_length(args.torch_compile, cuda,
+                                                                                           True) else 0
+        choice = fast_path.compilation(setup.path, args.torch_compile, cuda, True,
+                                       sum(p.numel() for p in model.parameters()), steps)
         logger.info(choice.describe())
         if choice.compile_training:
             batches = compile_for_training(args, setup, model, head, config, features, batches)
@@ -346,12 +349,10 @@ def build_features(args, rt, tokenizer, path: Path, examples, context_first: boo
 
 
 def make_batching(args, setup: RunSetup, head, config, features, batch_size: int, compiled: bool = False):
-    # The relative-position BERT computes its attention itself (qa_model loads it with eager attention).
-    attention = "eager" if modeling_relative.is_relative_position_config(config) else args.attn_implementation
     return batching.make_batching(head, config, features, batch_size, packed=setup.path.packing,
                                   pack_tokens=args.pack_tokens, max_seq_length=args.max_seq_length,
-                                  version_2=args.version_2_with_negative, lang_id=args.lang_id,
-                                  compiled=compiled, grouped=args.length_grouping == "on", attn_implementation=attention)
+                                  version_2=args.version_2_with_negative, lang_id=args.lang_id, compiled=compiled,
+                                  grouped=args.length_grouping == "on", attn_implementation=args.attn_implementation)
 
 
 def load_model(args, setup: RunSetup, config, path: str, eval_device=None):
@@ -557,6 +558,7 @@ def epoch_plans(loop: LoopConfig, rt, features, batches: TrainBatches):
     """The plan of an epoch, as a function of the epoch (a deterministic function of the seed)."""
     lengths = features.lengths()
 
+    @functools.lru_cache(maxsize=1)  # the count of steps and the first steps read the same epoch: plan it once
     def plan_of_epoch(epoch: int) -> list[list]:
         return batching.epoch_plan(batches.batching, lengths, loop.seed + epoch, rt.rank, rt.world_size,
                                    batches.accumulation)
