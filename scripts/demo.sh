@@ -33,7 +33,8 @@ def idle_cores(cores):
     except (OSError, ValueError, IndexError):
         return cores
 cuda = torch.cuda.is_available()
-native = (torch.cuda.is_bf16_supported() if cuda else
+# natively, as process_group.device_capabilities asks (not emulated: V100, T4); importing it would cost seconds
+native = (torch.cuda.is_bf16_supported(including_emulation=False) if cuda else
           any(getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")))
 cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 threads = int(os.environ.get("OMP_NUM_THREADS") or max(1, min(cores, round(idle_cores(cores)))))
