@@ -75,18 +75,37 @@ def write_file_atomic(path: str | os.PathLike, write: Callable[[IO], Any], binar
     """
     path = os.fspath(path)
     tmp = os.fspath(temporary_path(path))
-    try:
-        with open(tmp, "xb") if binary else open(tmp, "x", encoding="utf-8") as handle:
-            write(handle)
+    with _removed_on_failure(tmp, path, lambda exc: exc.filename == tmp):
+        _write_new(tmp, write, binary, sync=True)
+        os.replace(tmp, path)
+
+
+def _write_new(tmp: str | os.PathLike, write: Callable[[IO], Any], binary: bool, sync: bool) -> None:
+    """Create ``tmp`` (it must not exist) and run ``write(file)`` on it; ``sync``: flush it to disk too."""
+    with open(tmp, "xb") if binary else open(tmp, "x", encoding="utf-8") as handle:
+        write(handle)
+        if sync:
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+
+
+@contextmanager
+def _removed_on_failure(tmp: str | os.PathLike, final: str | os.PathLike,
+                        about_tmp: Callable[[OSError], bool]) -> Iterator[None]:
+    """Remove ``tmp`` when the block raises; an OSError ``about_tmp`` is re-raised naming ``final``."""
+    try:
+        yield
     except BaseException as exc:
         if os.path.exists(tmp):
             os.remove(tmp)
-        if isinstance(exc, OSError) and exc.filename == tmp:
-            raise OSError(exc.errno, exc.strerror, path) from exc
+        if isinstance(exc, OSError) and about_tmp(exc):
+            raise OSError(exc.errno, exc.strerror, os.fspath(final)) from exc
         raise
+
+
+def _json_text(obj: Any, indent: int | None) -> str:
+    """json.dumps(obj, indent=indent) plus a newline (the classic prediction file layout)."""
+    return json.dumps(obj, indent=indent) + "\n"
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
@@ -95,7 +114,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 4) -> None:
     """json.dumps(obj, indent=indent) plus a newline (the classic prediction file layout), atomically."""
-    write_text_atomic(path, json.dumps(obj, indent=indent) + "\n")
+    write_text_atomic(path, _json_text(obj, indent))
 
 
 def fsync_files(folder: Path) -> None:
@@ -156,23 +175,18 @@ class FileSet:
 
     def write(self, final: str | os.PathLike, write: Callable[[IO], Any], binary: bool = False) -> Path:
         """Stage ``final`` and run ``write(file)`` on its temporary; an OSError names ``final``."""
-        def to_file(tmp: Path) -> None:
-            with open(tmp, "xb") if binary else open(tmp, "x", encoding="utf-8") as handle:
-                write(handle)
-        return self.write_path(final, to_file)
+        return self.write_path(final, lambda tmp: _write_new(tmp, write, binary, sync=False))  # commit syncs
 
     def write_path(self, final: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
         """Stage ``final`` and run ``write(temporary path)`` (a writer that opens the file itself); a failed
         write leaves nothing staged for ``final`` and raises, an OSError naming ``final``."""
         tmp = self.stage(final)
         try:
-            write(tmp)
-        except BaseException as exc:
+            with _removed_on_failure(tmp, str(final), lambda exc: exc.filename is None
+                                     or str(exc.filename).startswith(str(tmp))):
+                write(tmp)
+        except BaseException:
             self.staged.pop()  # not part of the set: a caller may go on without it
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            if isinstance(exc, OSError) and (exc.filename is None or str(exc.filename).startswith(str(tmp))):
-                raise OSError(exc.errno, exc.strerror, str(final)) from exc
             raise
         return tmp
 
@@ -181,7 +195,7 @@ class FileSet:
 
     def write_json(self, final: str | os.PathLike, obj: Any, indent: int | None = 4) -> Path:
         """json.dumps(obj, indent=indent) plus a newline, as write_json_atomic."""
-        return self.write_text(final, json.dumps(obj, indent=indent) + "\n")
+        return self.write_text(final, _json_text(obj, indent))
 
     def commit(self) -> list[Path]:
         """Flush every temporary, then rename them all in; returns the final paths. A temporary that was
@@ -252,29 +266,6 @@ def folder_atomic(final: Path) -> Iterator[Path]:
         raise
 
 
-@contextmanager
-def files_atomic(folder: Path, name: str) -> Iterator[Path]:
-    """Yield a temporary folder whose files are each renamed into ``folder`` once all are complete.
-
-    For a set of files that must sit directly in ``folder`` (a model saved in the output folder): a failure or
-    a kill before the renames leaves the old files; each rename replaces one complete file, and SIGINT/SIGTERM
-    wait until all are done. As for FileSet, a crash of the process between two renames is the one window
-    that leaves some new files beside some old ones.
-    """
-    tmp = temporary_path(folder / name)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-        fsync_files(tmp)
-        with signals_deferred():
-            for item in sorted(tmp.iterdir()):
-                os.replace(item, folder / item.name)
-        tmp.rmdir()
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 # The marker a replacement writes into its aside folder once every old file is there: from then on the
 # new set is what the folder must end with (it was complete on disk before anything moved).
 REPLACEMENT_MARKER = "old-files-all-here"
@@ -282,7 +273,8 @@ REPLACEMENT_MARKER = "old-files-all-here"
 
 @contextmanager
 def files_replacing(folder: Path, name: str, aside_name: str, old_globs: Sequence[str]) -> Iterator[Path]:
-    """files_atomic for a set that replaces an earlier set as a whole (a final model over an earlier one).
+    """Files renamed into ``folder`` as a set that replaces an earlier set as a whole (a final model over an
+    earlier one).
 
     The new files are written into a temporary folder and flushed. Then the old set (the files of
     ``folder`` matching ``old_globs``, and any file the new set will replace) is moved into a second

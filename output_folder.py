@@ -271,12 +271,12 @@ def write_eval_results(output_dir: Path, prefix: str, results: dict, files: atom
 
 
 def write_threshold(folder: Path, results: dict, prefix: str, predict_path: Path | None, decoding: dict,
-                    files: atomic_io.FileSet | None = None) -> None:
+                    files: atomic_io.FileSet) -> None:
     """The tuned no-answer threshold (best F1's), into the model folder it was tuned for, so that the model
     answers as it was scored (qa_pipeline.py applies it), with the decoder settings the null odds came from.
     Only a folder this tool trained (it holds training_args.json) is written: a pretrained or installed model
-    given to --model_name_or_path is input, never modified. Staged in ``files`` (the evaluation's set) when
-    given. A folder that cannot be written is warned about (the threshold stays in eval_results.json)."""
+    given to --model_name_or_path is input, never modified. Staged in ``files`` (the evaluation's set). A
+    folder that cannot be written is warned about (the threshold stays in eval_results.json)."""
     if "best_f1_thresh" not in results:
         return
     if not (folder / TRAINING_ARGS).is_file():
@@ -287,12 +287,9 @@ def write_threshold(folder: Path, results: dict, prefix: str, predict_path: Path
               "best_exact": results["best_exact"], "best_exact_thresh": results["best_exact_thresh"],
               **decoding, "step": prefix, "predict_file": str(predict_path) if predict_path else None}
     try:
-        if files is not None:
-            files.write_json(folder / THRESHOLD_FILE, record, indent=2)
-        else:
-            atomic_io.write_json_atomic(folder / THRESHOLD_FILE, record, indent=2)
+        files.write_json(folder / THRESHOLD_FILE, record, indent=2)
     except OSError as exc:
-        if files is not None and exc.errno not in READ_ONLY_ERRNOS:
+        if exc.errno not in READ_ONLY_ERRNOS:
             raise  # a full disk: the evaluation's set is not written
         logger.warning("could not write the tuned threshold into %s (%s)", folder, exc.strerror or exc)
         return

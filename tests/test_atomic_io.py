@@ -56,20 +56,6 @@ def test_a_folder_replaces_the_old_one_whole_or_not_at_all(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-2"]
 
 
-def test_files_are_renamed_into_a_folder_only_once_all_are_written(tmp_path):
-    (tmp_path / "config.json").write_text("old")
-    with pytest.raises(OSError), atomic_io.files_atomic(tmp_path, "final-model") as tmp:
-        (tmp / "config.json").write_text("new")
-        raise OSError(28, "No space left on device")
-    assert (tmp_path / "config.json").read_text() == "old"
-    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
-    with atomic_io.files_atomic(tmp_path, "final-model") as tmp:
-        (tmp / "config.json").write_text("new")
-        (tmp / "model.safetensors").write_text("weights")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
-    assert (tmp_path / "config.json").read_text() == "new"
-
-
 def test_temporary_names_name_their_writer(tmp_path):
     tmp = atomic_io.temporary_path(tmp_path / "predictions_12.json")
     assert tmp.parent == tmp_path and tmp.name.startswith("predictions_12.json.") and tmp.suffix == ".tmp"
