@@ -154,8 +154,6 @@ def run(args) -> int:
     # Every input file is read and validated before any model is loaded or feature computed.
     train_examples = read_examples(train_path, args, True, True) if args.do_train else None
     eval_examples = read_examples(predict_path, args, False, not args.do_predict) if cli.evaluating(args) else None
-    if rt.is_main:
-        atomic_io.make_folder(args.output_dir)  # removed again, if still empty, when the run is refused
     process_group.set_seed(args.seed)
     logger.info("process %d of %d on %s", rt.rank, rt.world_size, rt.device)
 
