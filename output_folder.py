@@ -186,11 +186,10 @@ class FinishedModel:
 
     def describe(self) -> str:
         """e.g. `a finished model (step 30; EM 28.94, F1 35.21)`, for the one-line refusals."""
-        scores = self.results or {}
-        exact = scores.get("exact", scores.get("exact_match"))  # SQuAD 2.0's name, 1.1's (the official scripts')
-        if exact is None or "f1" not in scores:
+        headline = em_f1(self.results or {})
+        if headline is None:
             return f"a finished model (step {self.step}, not evaluated there)"
-        return f"a finished model (step {self.step}; EM {exact:.2f}, F1 {scores['f1']:.2f})"
+        return f"a finished model (step {self.step}; {headline})"
 
     def evaluated_files(self) -> bool:
         """Whether its predictions are there already (an evaluation into this folder needs another one)."""
@@ -242,6 +241,14 @@ def models_to_evaluate(output_dir: Path, all_checkpoints: bool, trained: bool, m
         return pairs
     folder = output_dir if trained else Path(model_path)
     return [(str(folder), final_prefix(folder))]
+
+
+def em_f1(results: dict) -> str | None:
+    """`EM 28.94, F1 35.21` of one evaluation's results (None without them): the headline every report leads with."""
+    exact = results.get("exact", results.get("exact_match"))  # SQuAD 2.0's name, 1.1's (the official scripts')
+    if exact is None or "f1" not in results:
+        return None
+    return f"EM {exact:.2f}, F1 {results['f1']:.2f}"
 
 
 def write_eval_results(output_dir: Path, prefix: str, results: dict, files: atomic_io.FileSet | None = None) -> None:

@@ -808,8 +808,7 @@ def score_predictions(examples, predictions, decoded: decoding.Decoded, config: 
 def describe_scores(results: dict) -> str:
     """The headline numbers for the log; every metric is in eval_results.json and, for --do_eval, in the one
     JSON line on stdout (printed once, for scripts to parse)."""
-    exact = results.get("exact", results.get("exact_match"))  # SQuAD 2.0's name, 1.1's (the official scripts')
-    text = f"EM {exact:.2f}, F1 {results['f1']:.2f}" + (f" on {results['total']} questions" if "total" in results else "")
+    text = output_folder.em_f1(results) + (f" on {results['total']} questions" if "total" in results else "")
     if "HasAns_f1" in results and "NoAns_exact" in results:
         text += f" (answerable F1 {results['HasAns_f1']:.2f}, unanswerable EM {results['NoAns_exact']:.2f})"
     if "best_f1" in results:
