@@ -14,6 +14,7 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from transformers import (
 
 import atomic_io
 import batching
+import checkpoints
 import modeling_relative
 import packing
 import utils_squad
@@ -166,8 +168,10 @@ def load_model(path: str, config, source: ModelSource, beam_head: bool, attn_imp
     """The QA model for this config: beam head for XLNet/XLM, relative positions for such BERTs.
 
     float32 by default whatever the checkpoint's dtype (master weights for training: torch.amp computes in
-    half precision); a model loaded only to evaluate on a GPU may take bf16/fp16 weights.
+    half precision); a model loaded only to evaluate on a GPU may take bf16/fp16 weights. A damaged weights file
+    is named first (checkpoints.WeightsUnreadable), before transformers reads it.
     """
+    checkpoints.check_model_files(Path(path))
     kwargs = {**source.kwargs(), "dtype": dtype}
     try:
         if beam_head:

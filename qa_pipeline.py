@@ -648,13 +648,11 @@ class QuestionAnsweringPipeline:
     def _load_model(folder: Path, dtype):
         source = qa_model.ModelSource(str(folder))
         try:
-            checkpoints.check_model_files(folder)  # a damaged file is named, before transformers reads it
-        except checkpoints.WeightsUnreadable as exc:
-            raise PipelineInputError(str(exc)) from None
-        try:
             config = qa_model.load_config(source)
             beam = qa_model.uses_beam_head(config.model_type, _simple_span_head(config))
             return qa_model.load_model(str(folder), config, source, beam, dtype=dtype), beam
+        except checkpoints.WeightsUnreadable as exc:  # names the damaged file
+            raise PipelineInputError(str(exc)) from None
         except qa_model.ModelLoadError as exc:
             raise PipelineInputError(str(exc).replace("--model_name_or_path ", "")) from None
 

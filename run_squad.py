@@ -358,7 +358,6 @@ def load_model(args, setup: RunSetup, config, path: str, eval_device=None):
     (``eval_device``) gets bf16/fp16 weights when the run computes in them: half the memory, no autocast casts."""
     half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(setup.path.precision)
     dtype = half if half is not None and eval_device is not None and eval_device.type == "cuda" else torch.float32
-    checkpoints.check_model_files(Path(path))  # a damaged file is named, before transformers reads it
     model = qa_model.load_model(path, config, setup.source, setup.beam_head, args.attn_implementation, dtype)
     if setup.path.packing:
         qa_model.enable_packing(model, attention_dropout=args.packed_attention_dropout == "on")
