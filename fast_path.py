@@ -23,17 +23,27 @@ The rules (CUDA; on a CPU every default stays the classic one: padded, eager, fp
   attention  padded batches use SDPA's flash or memory-efficient kernels, never cuDNN: cuDNN builds a
              graph for every new (batch, width) shape (~3 ms of CPU per attention call) and its backward
              gives NaN for lengths = 64 mod 128 with a mask (pytorch #196678).
+
+When a part cannot run here (path_fallback.py tries them), an automatic one is given up for its safer choice
+(SAFER, in RISKY_PARTS order when the cause is unknown) with one warning, and an explicit one is refused with
+the flag that chooses the safer path (WAY_BACK).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # Families whose packed attention runs flash attention's varlen kernel on a GPU (packing.SUPPORTED_MODEL_TYPES,
 # which also takes the relative-position BERT through an exact but quadratic path).
 VARLEN_PACKING_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "albert", "distilbert", "modernbert")
 COMPILE_MIN_PARAMETERS = 100_000_000
 COMPILE_MIN_STEPS = 1_000
+
+# The parts of a path that can fail where the classic path would run, in the order they are given up when the
+# cause of a failure is not known: what each falls back to, and the flag that asks for that explicitly.
+RISKY_PARTS = ("compile", "packing", "precision")
+SAFER = {"compile": "eager", "packing": "padded batches", "precision": "fp32"}
+WAY_BACK = {"compile": "--torch_compile off", "packing": "--packing off", "precision": "--fp32"}
 
 
 # Families whose padded attention goes through SDPA (the others compute attention themselves): the same ones.
@@ -49,10 +59,22 @@ class PathFlags:
     fp16: bool = False
     bf16: bool = False
     fp32: bool = False
+    torch_compile: str = "auto"  # auto, on, off
 
     @classmethod
     def from_args(cls, args) -> PathFlags:
-        return cls(args.packing, args.sdpa_kernels, args.fp16, args.bf16, args.fp32)
+        return cls(args.packing, args.sdpa_kernels, args.fp16, args.bf16, args.fp32, args.torch_compile)
+
+    def explicit(self, part: str) -> str | None:
+        """The flag that asked for `part` explicitly (None: the part was chosen automatically)."""
+        return {"compile": "--torch_compile on" if self.torch_compile == "on" else None,
+                "packing": "--packing on" if self.packing == "on" else None,
+                "precision": "--fp16" if self.fp16 else "--bf16" if self.bf16 else None}[part]
+
+    def safer(self, part: str) -> PathFlags:
+        """These flags with `part` given up for its safer choice (SAFER)."""
+        return replace(self, **{"compile": {"torch_compile": "off"}, "packing": {"packing": "off"},
+                                "precision": {"fp32": True, "bf16": False, "fp16": False}}[part])
 
 
 @dataclass(frozen=True)
@@ -65,6 +87,7 @@ class Facts:
     relative_positions: bool = False  # BERT with relative_key(_query) position embeddings
     flash_gpu: bool = False  # that GPU runs flash attention's kernels (compute capability 8.0 and newer)
     custom_code: bool = False  # the model's classes come from its folder (--trust_remote_code) or it is a decoder
+    resumed_packed: bool | None = None  # the checkpoint being resumed was trained packed (None: no checkpoint)
 
 
 @dataclass(frozen=True)
@@ -85,6 +108,45 @@ class Choice:
     def describe(self) -> str:
         return "path: " + "; ".join(self.reasons)
 
+    def risky(self) -> tuple[str, ...]:
+        """The parts of this path that can fail where the classic one (padded, fp32, eager) runs."""
+        taken = {"compile": self.compile_training or self.compile_evaluation, "packing": self.packing,
+                 "precision": self.precision != "fp32"}
+        return tuple(part for part in RISKY_PARTS if taken[part])
+
+    def short(self) -> str:
+        """The path in three words, for the end of training: e.g. `packed, bf16, compiled`."""
+        compiled = self.compile_training or self.compile_evaluation
+        return f"{'packed' if self.packing else 'padded'}, {self.precision}, {'compiled' if compiled else 'eager'}"
+
+
+def part_to_give_up(choice: Choice, flags: PathFlags, compile_failure: bool) -> tuple[str, str | None]:
+    """Which part of a path that failed to give up, and the flag that asked for it (None: it was automatic, so
+    the run falls back; a flag: the run is refused). A compilation error blames compilation; otherwise the
+    automatic parts go first, in RISKY_PARTS order (a kernel or a dtype the installation lacks is the likely
+    cause), then the explicit ones."""
+    risky = choice.risky()
+    if compile_failure and "compile" in risky:
+        return "compile", flags.explicit("compile")
+    candidates = [p for p in risky if p != "compile"] or list(risky)
+    automatic = [p for p in candidates if flags.explicit(p) is None]
+    part = (automatic or candidates)[0]
+    return part, flags.explicit(part)
+
+
+def fallback_warning(part: str, what_failed: str, where: str) -> str:
+    """The one warning line of an automatic choice given up: what failed, what runs instead, the explicit flag."""
+    return (f"{SAFER_FROM[part]} failed {where} ({what_failed}): going on with {SAFER[part]} "
+            f"({WAY_BACK[part]} chooses that explicitly)")
+
+
+def refusal(part: str, flag: str, what_failed: str, where: str) -> str:
+    """The one line of an explicit request that cannot be met, with the way out."""
+    return f"{flag}: {SAFER_FROM[part]} failed {where} ({what_failed}); {WAY_BACK[part]} for {SAFER[part]}"
+
+
+SAFER_FROM = {"compile": "torch.compile", "packing": "packed attention", "precision": "mixed precision"}
+
 
 def choose(flags: PathFlags, facts: Facts) -> Choice:
     """Packing, precision and the attention kernels (compilation waits for the run's length: compilation())."""
@@ -104,6 +166,9 @@ def choose_packing(flag: str, facts: Facts, precision: str) -> tuple[bool, str]:
         return True, "packed batches (--packing)"
     if flag == "off":
         return False, "padded batches (--packing off)"
+    if facts.resumed_packed is not None:  # its data plan is the checkpoint's (a fallback may have changed it)
+        return facts.resumed_packed, (f"{'packed' if facts.resumed_packed else 'padded'} batches, as the checkpoint "
+                                      "being resumed was trained (--packing on|off to choose)")
     if not facts.cuda:
         return False, "padded batches (the CPU default; --packing to pack)"
     if facts.model_type not in VARLEN_PACKING_TYPES or facts.custom_code:
@@ -128,6 +193,11 @@ def choose_precision(flags: PathFlags, facts: Facts) -> tuple[str, str]:
     return "fp32", "fp32 (no precision flag" + (", and the GPU has no bf16)" if facts.cuda else ")")
 
 
+def compile_pays(parameters: int, steps: int) -> bool:
+    """The automatic rule's size condition (measured on BERT-large; see the module docstring)."""
+    return parameters >= COMPILE_MIN_PARAMETERS and steps >= COMPILE_MIN_STEPS
+
+
 def needs_run_length(flag: str, cuda: bool, training: bool) -> bool:
     """Whether compilation() reads the run's length: only the automatic rule, for GPU training (counting the
     optimizer steps plans an epoch, which for packed batches of a big data set is a visible wait)."""
@@ -146,7 +216,7 @@ def compilation(choice: Choice, flag: str, cuda: bool, training: bool, parameter
         return choice.with_compilation(False, True, "torch.compile for evaluation (--torch_compile)")
     if not needs_run_length(flag, cuda, training):
         return choice.with_compilation(False, False, "eager (compilation pays only for long GPU training)")
-    if parameters >= COMPILE_MIN_PARAMETERS and steps >= COMPILE_MIN_STEPS:
+    if compile_pays(parameters, steps):
         return choice.with_compilation(True, False, f"torch.compile for training ({parameters / 1e6:.0f}M parameters x "
                                                     f"{steps} steps repay its compilation; --torch_compile off to skip)")
     return choice.with_compilation(False, False, f"eager ({parameters / 1e6:.0f}M parameters x {steps} steps: "

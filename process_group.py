@@ -167,6 +167,15 @@ def from_main(rt: Runtime, obj):
     return box[0]
 
 
+def first_problem(rt: Runtime, problem: str | None) -> str | None:
+    """The first rank's problem, on every rank (None when no rank has one): every rank takes the same way."""
+    if not rt.distributed:
+        return problem
+    everything: list = [None] * rt.world_size
+    torch.distributed.all_gather_object(everything, problem, group=rt.cpu_group)
+    return next((p for p in everything if p is not None), None)
+
+
 def shutdown(rt: Runtime) -> None:
     if rt.distributed:
         torch.distributed.destroy_process_group()
@@ -177,7 +186,9 @@ class StopFlag:
 
     Under torchrun the ranks agree without waiting for the GPU: each step starts an asynchronous all-reduce
     of the flag on a host-side (gloo) group and reads the previous step's, which has long finished. All
-    ranks therefore stop at the same step, one step after the signal reached any of them.
+    ranks therefore stop at the same step, one step after the signal reached any of them. The same all-reduce
+    carries a second flag, `eager`: set on a rank whose compilation failed, it reaches every rank at the same
+    step (`eager_agreed`), so that all ranks run eagerly from then on.
     """
 
     def __init__(self, rt: Runtime) -> None:
@@ -185,6 +196,8 @@ class StopFlag:
         self.signum: int | None = None
         self._previous: dict = {}
         self._pending: tuple | None = None
+        self.eager = False  # this rank's compilation failed (set by the training loop)
+        self.eager_agreed = False  # some rank's compilation failed, as of the last agreed step
 
     def install(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -214,16 +227,18 @@ class StopFlag:
         """Whether all ranks stop now (called once per optimizer step on every rank)."""
         local = self.signum is not None
         if not self.rt.distributed:
+            self.eager_agreed = self.eager
             return local
         stop = False
         if self._pending is not None:
-            work, flag = self._pending
+            work, flags = self._pending
             work.wait()
-            stop = bool(flag.item() > 0)  # a CPU tensor: reading it waits for no GPU work
-        flag = torch.tensor([1.0 if local else 0.0])
-        work = torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=self.rt.cpu_group,
+            stop = bool(flags[0].item() > 0)  # a CPU tensor: reading it waits for no GPU work
+            self.eager_agreed = bool(flags[1].item() > 0)
+        flags = torch.tensor([1.0 if local else 0.0, 1.0 if self.eager else 0.0])
+        work = torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX, group=self.rt.cpu_group,
                                             async_op=True)
-        self._pending = (work, flag)
+        self._pending = (work, flags)
         return stop
 
 

@@ -56,6 +56,7 @@ import fast_path
 import folder_lock
 import modeling_relative
 import output_folder
+import path_fallback
 import process_group
 import qa_model
 import squad_metrics
@@ -81,7 +82,8 @@ class OutOfMemory(Exception):
 # Reported as bad input (exit code 2): the command line's, the data's, the model's and the launcher's.
 BAD_INPUT = (utils_squad.SquadDataError, utils_squad.FeatureSettingsError, squad_metrics.ScoringInputError,
              qa_model.ModelLoadError, qa_model.PackingUnsupported, output_folder.CheckpointInputError,
-             process_group.LaunchError, folder_lock.FolderLocked, checkpoints.WeightsUnreadable)
+             process_group.LaunchError, folder_lock.FolderLocked, checkpoints.WeightsUnreadable,
+             path_fallback.PathUnavailable)
 
 
 # --------------------------------------------------------------------------------------------
@@ -161,12 +163,16 @@ def run(args) -> int:
                                   args.trust_remote_code)
     config = qa_model.load_config(source, args.model_type)
     tokenizer = qa_model.load_tokenizer(source, args.do_lower_case)
+    resume_from = checkpoints.resolve_resume(Path(args.output_dir), args.resume_from_checkpoint or (
+        "latest" if cli.restarted_by_torchrun() else None)) if args.do_train else None
     setup = RunSetup(train_path, predict_path, config.model_type,
                      qa_model.uses_beam_head(config.model_type, args.simple_span_head),
                      bool(args.context_first or tokenizer.padding_side == "left"), source,
-                     choose_path(fast_path.PathFlags.from_args(args), rt.device, config, args.trust_remote_code),
+                     choose_path(fast_path.PathFlags.from_args(args), rt.device, config, args.trust_remote_code,
+                                 resumed_packing(resume_from)),
                      checkpoints.run_identity(train_path if args.do_train else None, tokenizer, rt.world_size))
     check_model_settings(args, setup, config, tokenizer)
+    setup = replace(setup, path=check_path_runs(args, setup, rt, config))
     if setup.path.sdpa_without_cudnn:
         torch.backends.cuda.enable_cudnn_sdp(False)  # for the whole process: see fast_path's attention rule
     head = batching.make_head(setup.beam_head)
@@ -183,25 +189,21 @@ def run(args) -> int:
                                                       compiled=compiled))
     if args.do_train:
         features = build_features(args, rt, tokenizer, train_path, train_examples, setup.context_first, True)
-        resume_from = checkpoints.resolve_resume(Path(args.output_dir), args.resume_from_checkpoint
-                                                 or ("latest" if cli.restarted_by_torchrun() else None))
         checkpoints.check_resume(resume_from, setup.run_args(args), config, args.auto_find_batch_size)
-        model = load_model(args, setup, config, str(resume_from) if resume_from else args.model_name_or_path)
-        batches = train_batches(args, setup, rt, model, head, config, features, resume_from)
+        trained = prepare_training(args, setup, rt, config, head, features, resume_from)
+        setup, model, batches, choice = trained.setup, trained.model, trained.batches, trained.choice
+        if evaluation is not None and trained.fell_back:  # evaluate on the path training takes
+            evaluation = replace(evaluation, batching=make_batching(args, setup, head, config, evaluation.features,
+                                                                    args.per_gpu_eval_batch_size),
+                                 config=replace(evaluation.config, precision=setup.path.precision))
         loop = LoopConfig.from_flags(args, setup, train_path)
-        cuda = rt.device.type == "cuda"
-        steps = planned_steps(loop, rt, features, batches) if fast_path.needs_run_length(args.torch_compile, cuda,
-                                                                                           True) else 0
-        choice = fast_path.compilation(setup.path, args.torch_compile, cuda, True,
-                                       sum(p.numel() for p in model.parameters()), steps)
-        logger.info(choice.describe())
-        if choice.compile_training:
-            batches = compile_for_training(args, setup, model, head, config, features, batches)
         saving = Saving(Path(args.output_dir), args.save_steps, args.save_total_limit, tokenizer,
                         setup.run_args(args, batches))
         summary = train(model, features, batches, rt, loop=replace(loop, report_first_step=choice.compile_training),
                         optim=OptimConfig.from_flags(args), saving=saving, resume_from=resume_from,
-                        evaluation=evaluation if args.evaluate_during_training else None)
+                        evaluation=evaluation if args.evaluate_during_training else None,
+                        compiled=choice.compile_training)
+        logger.info("path taken: %s", "; ".join([choice.short(), *trained.notes, *summary["path_notes"]]))
         if rt.is_main:
             checkpoints.save_final_model(Path(args.output_dir), model, tokenizer, saving.run_args, summary["global_step"])
         process_group.barrier(rt)
@@ -218,14 +220,133 @@ def run(args) -> int:
     return cli.EXIT_OK
 
 
-def choose_path(flags: fast_path.PathFlags, device: torch.device, config, remote_code: bool) -> fast_path.Choice:
+def check_path_runs(args, setup: RunSetup, rt, config) -> fast_path.Choice:
+    """Before any data is prepared: the precision and (asked for or possible) torch.compile tried on the device.
+    An explicit request that cannot run is refused in one line; an automatic precision that cannot is given up
+    for fp32 with a warning. Every rank takes the same way."""
+    flags, path = fast_path.PathFlags.from_args(args), setup.path
+    problem = process_group.first_problem(rt, path_fallback.precision_problem(path.precision, rt.device))
+    if problem is not None:
+        path = give_up(args, flags, "precision", problem, "in a probe", rt, config)
+    if args.torch_compile == "on":
+        problem = process_group.first_problem(rt, path_fallback.compile_problem(
+            args.torch_compile_backend, args.torch_compile_mode, rt.device))
+        if problem is not None:
+            raise path_fallback.PathUnavailable(fast_path.refusal("compile", "--torch_compile on", problem,
+                                                                  "in a probe"))
+    return path
+
+
+def give_up(args, flags: fast_path.PathFlags, part: str, problem: str, where: str, rt, config) -> fast_path.Choice:
+    """The path without `part` (one warning), or the refusal of an explicit request (PathUnavailable)."""
+    explicit = flags.explicit(part)
+    if explicit is not None:
+        raise path_fallback.PathUnavailable(fast_path.refusal(part, explicit, problem, where))
+    logger.warning(fast_path.fallback_warning(part, problem, where))
+    return choose_path(flags.safer(part), rt.device, config, args.trust_remote_code)  # a resume's packing is
+    # not followed again here: the path given up may be the checkpoint's, and check_resume then says so
+
+
+@dataclass(frozen=True)
+class PreparedTraining:
+    """The model and batches training runs with, on the path its first step ran on."""
+
+    setup: RunSetup
+    model: torch.nn.Module
+    batches: TrainBatches
+    choice: fast_path.Choice  # the path, compilation included
+    notes: tuple[str, ...] = ()  # the automatic choices given up, for the end of training
+
+    @property
+    def fell_back(self) -> bool:
+        return bool(self.notes)
+
+
+def prepare_training(args, setup: RunSetup, rt, config, head, features, resume_from: Path | None) -> PreparedTraining:
+    """Load the model, build its batches, decide compilation, and try the first micro-batch on that path
+    (path_fallback.first_step_problem: undone afterwards). A part of the path chosen automatically that fails
+    there is given up for the next safer one, with one warning, and everything is prepared again from the same
+    random state, as if the safer path had been chosen from the start; an explicit one is refused."""
+    flags, rng, notes = fast_path.PathFlags.from_args(args), process_group.rng_state(), []
+    while True:
+        model = load_model(args, setup, config, str(resume_from) if resume_from else args.model_name_or_path)
+        batches = train_batches(args, setup, rt, model, head, config, features, resume_from)
+        choice = training_compilation(args, setup, rt, model, features, batches, flags)
+        logger.info(choice.describe())
+        if choice.compile_training:
+            batches = compile_for_training(args, setup, model, head, config, features, batches)
+        failure = first_step_failure(choice, model, batches, features, rt, resume_from, args.seed)
+        if failure is None:
+            return PreparedTraining(setup, model, batches, choice, tuple(notes))
+        compile_failure, problem = failure
+        part, _ = fast_path.part_to_give_up(choice, flags, compile_failure)
+        setup = replace(setup, path=give_up(args, flags, part, problem, "in the first training step", rt, config))
+        flags = flags.safer(part)
+        notes.append(f"{fast_path.SAFER[part]}: {fast_path.SAFER_FROM[part]} failed in the first step ({problem})")
+        process_group.set_rng_state(rng)  # the safer path starts where this one did
+
+
+def training_compilation(args, setup: RunSetup, rt, model, features, batches: TrainBatches,
+                         flags: fast_path.PathFlags) -> fast_path.Choice:
+    """The path with compilation decided for this run's length; an automatic compilation is first probed
+    (path_fallback.compile_problem) and given up, with a warning, where it cannot run."""
+    loop, cuda = LoopConfig.from_flags(args, setup, None), rt.device.type == "cuda"
+    steps = planned_steps(loop, rt, features, batches) if fast_path.needs_run_length(flags.torch_compile, cuda,
+                                                                                       True) else 0
+    parameters = sum(p.numel() for p in model.parameters())
+    choice = fast_path.compilation(setup.path, flags.torch_compile, cuda, True, parameters, steps)
+    if choice.compile_training and flags.explicit("compile") is None:
+        problem = process_group.first_problem(rt, path_fallback.compile_problem(
+            args.torch_compile_backend, args.torch_compile_mode, rt.device))
+        if problem is not None:
+            logger.warning(fast_path.fallback_warning("compile", problem, "in a probe"))
+            choice = fast_path.compilation(setup.path, "off", cuda, True, parameters, steps)
+    return choice
+
+
+def first_step_failure(choice: fast_path.Choice, model, batches: TrainBatches, features, rt,
+                       resume_from: Path | None, seed: int) -> tuple[bool, str] | None:
+    """The first micro-batch of this run (its first, or the resumed position's) tried on the path: None, or
+    (whether compilation failed, what failed), the same on every rank. The classic path is not tried: it has
+    nothing to fall back to, and its errors are the run's own."""
+    if not choice.risky():
+        return None
+    position = checkpoints.load_trainer_state(resume_from)["position"] if resume_from else {
+        "global_step": 0, "epoch": 0, "step_in_epoch": 0}
+    plan = batching.epoch_plan(batches.batching, features.lengths(), seed + position["epoch"], rt.rank,
+                               rt.world_size, batches.accumulation)
+    idx = plan[min(position["step_in_epoch"], len(plan) - 1)][0] if plan else None
+    exc = None
+    if idx is not None:
+        batch = batching.to_device(batches.batching.tensors(features, idx, with_labels=True), rt.device)
+        exc = path_fallback.first_step_problem(model, batches.batching, batch,
+                                               amp_context(choice.precision, rt.device), rt.device)
+    found = None if exc is None else (path_fallback.is_compile_failure(exc), path_fallback.what_failed(exc))
+    return process_group.first_problem(rt, found)
+
+
+def choose_path(flags: fast_path.PathFlags, device: torch.device, config, remote_code: bool,
+                resumed_packed: bool | None = None) -> fast_path.Choice:
     """Packing, precision and attention kernels for this family on this device (fast_path.py's rules)."""
     bf16_gpu, flash_gpu = process_group.device_capabilities(device)
     custom = (remote_code and bool(getattr(config, "auto_map", None))) or bool(getattr(config, "is_decoder", False))
     facts = fast_path.Facts(cuda=device.type == "cuda", bf16_gpu=bf16_gpu, model_type=config.model_type,
                             relative_positions=modeling_relative.is_relative_position_config(config),
-                            flash_gpu=flash_gpu, custom_code=custom)
+                            flash_gpu=flash_gpu, custom_code=custom, resumed_packed=resumed_packed)
     return fast_path.choose(flags, facts)
+
+
+def resumed_packing(resume_from: Path | None) -> bool | None:
+    """Whether the checkpoint being resumed was trained on packed batches (None: none, or not recorded; an
+    unreadable record is check_resume's to report)."""
+    if resume_from is None:
+        return None
+    try:
+        saved = json.loads((resume_from / output_folder.TRAINING_ARGS).read_text())
+    except (OSError, ValueError):
+        return None
+    value = saved.get("packed", saved.get("packing"))
+    return value if isinstance(value, bool) else None
 
 
 @dataclass(frozen=True)
@@ -466,10 +587,12 @@ class Saving:
 
 
 def train(model, features, batches: TrainBatches, rt, *, loop: LoopConfig, optim: OptimConfig,
-          saving: Saving | None = None, resume_from: Path | None = None, evaluation: Evaluation | None = None) -> dict:
+          saving: Saving | None = None, resume_from: Path | None = None, evaluation: Evaluation | None = None,
+          compiled: bool = False) -> dict:
     """The training loop: optimizer steps, each over its micro-batches, then step, then log / evaluate /
     save / stop. No host synchronisation inside a step: what the host must read waits for those steps.
-    Returns the summary (wall time, sequences/s, real tokens/s, peak GPU memory, the last step)."""
+    A compiled model whose compilation fails at some step goes on eagerly from that step (path_fallback).
+    Returns the summary (wall time, sequences/s, real tokens/s, peak GPU memory, the last step, path notes)."""
     ddp, accum, strategy = wrap_for_processes(model, rt), batches.accumulation, batches.batching
     total_steps, prefetch = plan_steps(loop, rt, features, batches)
     opt = start_optimization(optim, loop.precision, model, rt, total_steps)
@@ -477,17 +600,20 @@ def train(model, features, batches: TrainBatches, rt, *, loop: LoopConfig, optim
     writer, stop, meter, progress = start_logs(loop, rt, resume_from, batches, len(features), start, total_steps)
     steps = prefetch(start)
     clip = optim.max_grad_norm if optim.max_grad_norm > 0 else float("inf")  # 0: no clipping
+    fallback = path_fallback.EagerFallback(model, compiled)
     try:
         model.train()
         for position, group in steps:
-            for micro, (batch, seqs, tokens) in enumerate(group):
-                batch = batching.to_device(batch, rt.device)
-                # Gradients are all-reduced once per optimizer step, on its last micro-batch.
-                with ddp.no_sync() if rt.distributed and micro < len(group) - 1 else contextlib.nullcontext():
-                    with amp_context(loop.precision, rt.device):
-                        loss = strategy.forward(ddp, batch, training=True).loss / accum
-                    (opt.scaler.scale(loss) if opt.scaler is not None else loss).backward()
-                meter.add(loss.detach(), seqs, tokens)
+            fallback.step_begins()
+            try:
+                losses = micro_batches(ddp, strategy, group, rt, loop.precision, opt.scaler, accum)
+            except Exception as exc:
+                if not fallback.recover(exc, position["global_step"]):
+                    raise
+                stop.eager = True  # the other ranks follow at the next agreed step
+                losses = micro_batches(ddp, strategy, group, rt, loop.precision, opt.scaler, accum)
+            for loss, seqs, tokens in losses:
+                meter.add(loss, seqs, tokens)
             # The step: unscale, clip, finiteness, step, zero. A non-finite gradient skips the update on the
             # device: the fused AdamW kernel takes found_inf (from the scaler with --fp16), so nothing waits.
             if opt.scaler is not None:
@@ -508,6 +634,8 @@ def train(model, features, batches: TrainBatches, rt, *, loop: LoopConfig, optim
                 log_first_step(rt, meter)
             # Logging, evaluation, saving and the stop signal: the steps where the host reads the device.
             log_now, interrupted = step % loop.logging_steps == 0, stop.agreed()
+            if stop.eager_agreed and fallback.compiled:
+                fallback.switch(f"compilation failed on another process by step {step}")
             eval_now = evaluation is not None and step % (loop.eval_steps or loop.logging_steps) == 0 and not interrupted
             save_now = saving is not None and ((saving.save_steps and step % saving.save_steps == 0) or interrupted)
             if log_now or eval_now or save_now:
@@ -533,7 +661,21 @@ def train(model, features, batches: TrainBatches, rt, *, loop: LoopConfig, optim
             closing()
         train_log.close_quietly(writer)
     return {**meter.summary(position["global_step"] - start["global_step"]), "global_step": position["global_step"],
-            "last_window": meter.last_window}
+            "last_window": meter.last_window, "path_notes": [fallback.note] if fallback.note else []}
+
+
+def micro_batches(ddp, strategy, group, rt, precision: str, scaler, accum: int) -> list[tuple]:
+    """Forward and backward of one optimizer step's micro-batches: (loss, sequences, real tokens) of each."""
+    losses = []
+    for micro, (batch, seqs, tokens) in enumerate(group):
+        batch = batching.to_device(batch, rt.device)
+        # Gradients are all-reduced once per optimizer step, on its last micro-batch.
+        with ddp.no_sync() if rt.distributed and micro < len(group) - 1 else contextlib.nullcontext():
+            with amp_context(precision, rt.device):
+                loss = strategy.forward(ddp, batch, training=True).loss / accum
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        losses.append((loss.detach(), seqs, tokens))
+    return losses
 
 
 def evaluate_during_training(model, evaluation: Evaluation, rt, step: int, out: Path, saved: bool, writer) -> None:
@@ -590,7 +732,10 @@ def wrap_for_processes(model, rt):
     return torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
         # XLNet's mask_emb (both heads) and the beam head's unused branches get no gradient.
-        find_unused_parameters=model.config.model_type in qa_model.BEAM_HEAD_TYPES)
+        find_unused_parameters=model.config.model_type in qa_model.BEAM_HEAD_TYPES,
+        # The encoders' buffers are constants (position and token type ids): no broadcast before each forward,
+        # which also keeps the ranks' collectives matched when one computes a step again (path_fallback).
+        broadcast_buffers=False)
 
 
 def total_optimizer_steps(loop: LoopConfig, rt, steps_per_epoch: int, num_features: int,
@@ -876,6 +1021,10 @@ def infer(model, features, strategy, rt, *, precision: str = "fp32", compiled: b
     except torch.cuda.OutOfMemoryError as exc:
         raise OutOfMemory(f"out of GPU memory evaluating with --per_gpu_eval_batch_size {strategy.batch_size}: "
                           f"pass --per_gpu_eval_batch_size {max(1, strategy.batch_size // 2)}") from exc
+    except Exception as exc:
+        if compiled and path_fallback.is_compile_failure(exc):  # only --torch_compile compiles evaluation
+            raise path_fallback.eager_evaluation_refusal(exc) from exc
+        raise
     finally:
         batches.close()
 
