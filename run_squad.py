@@ -121,8 +121,18 @@ def report_end(exc: BaseException, verbose: bool, output_dir: Path | None) -> in
 
 
 @dataclass(frozen=True)
+class RunData:
+    """The data files of the run and their questions, read and validated before any model is loaded."""
+
+    train_path: Path | None = None
+    predict_path: Path | None = None
+    train_examples: list | None = None
+    eval_examples: list | None = None
+
+
+@dataclass(frozen=True)
 class RunSetup:
-    """What is derived from the flags, the environment and the model's config, once, in run()."""
+    """What is derived from the flags, the environment and the model's config, once, in prepare_model()."""
 
     train_path: Path | None
     predict_path: Path | None
@@ -130,8 +140,12 @@ class RunSetup:
     beam_head: bool
     context_first: bool
     source: qa_model.ModelSource
-    path: fast_path.Choice  # packing, precision, attention kernels (compilation is decided in run())
+    choice: fast_path.Choice  # the fast path: packing, precision, attention kernels (compilation: by the phase)
     identity: dict = field(default_factory=dict)  # fingerprints of data and tokenizer, processes: what a resume compares
+    config: object = None
+    tokenizer: object = None
+    head: object = None  # batching.SpanHead or BeamHead
+    resume_from: Path | None = None  # the checkpoint training continues from
 
     def run_args(self, args, batches: TrainBatches | None = None) -> dict:
         """The flags as training_args.json records them, with the derived paths and model type, and the
@@ -139,7 +153,7 @@ class RunSetup:
         same): passed back as flags, they reproduce the run. With the path taken and the run's identity
         (checkpoints.run_identity)."""
         derived = {"model_type": self.model_type, "train_path": self.train_path, "predict_path": self.predict_path,
-                   "packed": self.path.packing, "precision": self.path.precision, **self.identity}
+                   "packed": self.choice.packing, "precision": self.choice.precision, **self.identity}
         if batches is not None:
             derived.update(per_gpu_train_batch_size=batches.batch_size, gradient_accumulation_steps=batches.accumulation)
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in {**vars(args), **derived}.items()}
@@ -147,87 +161,130 @@ class RunSetup:
 
 def run(args) -> int:
     """file -> examples -> features -> training -> evaluation, in that order."""
+    rt = start_processes(args)
+    data = read_data(args, rt)
+    setup = prepare_model(args, rt, data)
+    evaluation = prepare_evaluation(args, rt, setup, data) if cli.evaluating(args) else None
+    if args.do_train:
+        setup, evaluation = train_and_save(args, rt, setup, data, evaluation)
+    if args.do_eval or args.do_predict:
+        evaluate_models(args, rt, setup, evaluation)
+    process_group.shutdown(rt)
+    return cli.EXIT_OK
+
+
+def start_processes(args):
+    """The process group and the device, the log, and --output_dir claimed by this run."""
     rt = process_group.setup(args.local_rank, args.no_cuda)
     process_group.setup_logging(args.verbose_logging, rt.rank)
     claim_output_dir(Path(args.output_dir), rt)
     process_group.start_debugger(args.server_ip, args.server_port)
     process_group.barrier(rt)  # every rank has checked --output_dir before rank 0 writes anything into it
-    train_path, predict_path = data_paths(args, rt)
-    # Every input file is read and validated before any model is loaded or feature computed.
-    train_examples = read_examples(train_path, args, True, True) if args.do_train else None
-    eval_examples = read_examples(predict_path, args, False, not args.do_predict) if cli.evaluating(args) else None
-    process_group.set_seed(args.seed)
-    logger.info("process %d of %d on %s", rt.rank, rt.world_size, rt.device)
+    return rt
 
+
+def read_data(args, rt) -> RunData:
+    """Every input file read and validated before any model is loaded or feature computed."""
+    train_path, predict_path = data_paths(args, rt)
+    return RunData(
+        train_path, predict_path,
+        train_examples=read_examples(train_path, args, is_training=True, require_answers=True)
+        if args.do_train else None,
+        eval_examples=read_examples(predict_path, args, is_training=False, require_answers=not args.do_predict)
+        if cli.evaluating(args) else None)
+
+
+def prepare_model(args, rt, data: RunData) -> RunSetup:
+    """The config and tokenizer, the checkpoint to resume, and the fast path, tried on this device: everything
+    that can be refused is refused here, before any feature is built."""
+    logger.info("process %d of %d on %s", rt.rank, rt.world_size, rt.device)
+    process_group.set_seed(args.seed)
     source = qa_model.ModelSource(args.model_name_or_path, args.config_name, args.tokenizer_name, args.cache_dir,
                                   args.trust_remote_code)
     config = qa_model.load_config(source, args.model_type)
     tokenizer = qa_model.load_tokenizer(source, args.do_lower_case)
     resume_from = checkpoints.resolve_resume(Path(args.output_dir), args.resume_from_checkpoint or (
         "latest" if cli.restarted_by_torchrun() else None)) if args.do_train else None
-    setup = RunSetup(train_path, predict_path, config.model_type,
-                     qa_model.uses_beam_head(config.model_type, args.simple_span_head),
-                     bool(args.context_first or tokenizer.padding_side == "left"), source,
-                     choose_path(fast_path.PathFlags.from_args(args), rt.device, config, args.trust_remote_code,
-                                 resumed_packing(resume_from)),
-                     checkpoints.run_identity(train_path if args.do_train else None, tokenizer, rt.world_size))
-    check_model_settings(args, setup, config, tokenizer)
-    setup = replace(setup, path=check_path_runs(args, setup, rt, config))
-    if setup.path.sdpa_without_cudnn:
+    beam_head = qa_model.uses_beam_head(config.model_type, args.simple_span_head)
+    setup = RunSetup(
+        data.train_path, data.predict_path, config.model_type, beam_head,
+        context_first=bool(args.context_first or tokenizer.padding_side == "left"), source=source,
+        choice=choose_path(fast_path.PathFlags.from_args(args), rt.device, config, args.trust_remote_code,
+                           resumed_packing(resume_from)),
+        identity=checkpoints.run_identity(data.train_path if args.do_train else None, tokenizer, rt.world_size),
+        config=config, tokenizer=tokenizer, head=batching.make_head(beam_head), resume_from=resume_from)
+    check_model_settings(args, setup)
+    setup = replace(setup, choice=check_path_runs(args, setup, rt))
+    if setup.choice.sdpa_without_cudnn:
         torch.backends.cuda.enable_cudnn_sdp(False)  # for the whole process: see fast_path's attention rule
-    head = batching.make_head(setup.beam_head)
-    evaluation = None
-    eval_only = fast_path.compilation(setup.path, args.torch_compile, rt.device.type == "cuda", False, 0, 0)
+    return setup
+
+
+def prepare_evaluation(args, rt, setup: RunSetup, data: RunData) -> Evaluation:
+    """The evaluation's features and batches, built once for every model evaluated. Compiled only in a run that
+    does not train, when asked (a training run decides compilation for training, and evaluates eagerly)."""
+    compiled = False
     if not args.do_train:
-        logger.info(eval_only.describe())
-    if cli.evaluating(args):
-        features = build_features(args, rt, tokenizer, predict_path, eval_examples, setup.context_first, False)
-        compiled = eval_only.compile_evaluation and not args.do_train
-        evaluation = Evaluation(eval_examples, features, make_batching(args, setup, head, config, features,
-                                                                        args.per_gpu_eval_batch_size, compiled),
-                                EvalConfig.from_flags(args, setup, predict_path, score=not args.do_predict,
-                                                      compiled=compiled))
-    if args.do_train:
-        features = build_features(args, rt, tokenizer, train_path, train_examples, setup.context_first, True)
-        checkpoints.check_resume(resume_from, setup.run_args(args), config, args.auto_find_batch_size)
-        trained = prepare_training(args, setup, rt, config, head, features, resume_from)
-        setup, model, batches, choice = trained.setup, trained.model, trained.batches, trained.choice
-        if evaluation is not None and trained.fell_back:  # evaluate on the path training takes
-            evaluation = replace(evaluation, batching=make_batching(args, setup, head, config, evaluation.features,
-                                                                    args.per_gpu_eval_batch_size),
-                                 config=replace(evaluation.config, precision=setup.path.precision))
-        loop = LoopConfig.from_flags(args, setup, train_path)
-        saving = Saving(Path(args.output_dir), args.save_steps, args.save_total_limit, tokenizer,
-                        setup.run_args(args, batches))
-        summary = train(model, features, batches, rt, loop=replace(loop, report_first_step=choice.compile_training),
-                        optim=OptimConfig.from_flags(args), saving=saving, resume_from=resume_from,
-                        evaluation=evaluation if args.evaluate_during_training else None,
-                        compiled=choice.compile_training)
-        logger.info("path taken: %s", "; ".join([choice.short(), *trained.notes, *summary["path_notes"]]))
-        if rt.is_main:
-            checkpoints.save_final_model(Path(args.output_dir), model, tokenizer, saving.run_args, summary["global_step"])
-        process_group.barrier(rt)
-    if args.do_eval or args.do_predict:
-        for folder, prefix in output_folder.models_to_evaluate(Path(args.output_dir), args.eval_all_checkpoints,
-                                                               args.do_train, args.model_name_or_path):
-            model = load_model(args, setup, config, folder, eval_device=rt.device)
-            if evaluation.config.compiled:
-                compile_model(model, Compilation.from_flags(args))
-            results = evaluate(model, evaluation, rt, prefix=prefix, model_folder=folder)
-            if rt.is_main and args.do_eval:
-                print(json.dumps({"step": prefix, **results}), flush=True)
-    process_group.shutdown(rt)
-    return cli.EXIT_OK
+        choice = fast_path.compilation(setup.choice, args.torch_compile, rt.device.type == "cuda", training=False,
+                                       parameters=0, steps=0)
+        logger.info(choice.describe())
+        compiled = choice.compile_evaluation
+    features = build_features(args, rt, setup.tokenizer, data.predict_path, data.eval_examples, setup.context_first,
+                              is_training=False)
+    return Evaluation(data.eval_examples, features,
+                      make_batching(args, setup, features, args.per_gpu_eval_batch_size, compiled=compiled),
+                      EvalConfig.from_flags(args, setup, data.predict_path, score=not args.do_predict,
+                                            compiled=compiled))
 
 
-def check_path_runs(args, setup: RunSetup, rt, config) -> fast_path.Choice:
+def train_and_save(args, rt, setup: RunSetup, data: RunData, evaluation: Evaluation | None):
+    """Training on the path its first step ran on, then the final model. Returns the setup and evaluation of
+    that path (an automatic choice given up there is given up for evaluation too)."""
+    features = build_features(args, rt, setup.tokenizer, data.train_path, data.train_examples, setup.context_first,
+                              is_training=True)
+    checkpoints.check_resume(setup.resume_from, setup.run_args(args), setup.config, args.auto_find_batch_size)
+    trained = prepare_training(args, setup, rt, features)
+    setup, choice = trained.setup, trained.choice
+    if evaluation is not None and trained.fell_back:
+        evaluation = replace(evaluation, batching=make_batching(args, setup, evaluation.features,
+                                                                args.per_gpu_eval_batch_size),
+                             config=replace(evaluation.config, precision=setup.choice.precision))
+    saving = Saving(Path(args.output_dir), args.save_steps, args.save_total_limit, setup.tokenizer,
+                    setup.run_args(args, trained.batches))
+    summary = train(trained.model, features, trained.batches, rt,
+                    loop=LoopConfig.from_flags(args, setup, data.train_path, report_first_step=choice.compile_training),
+                    optim=OptimConfig.from_flags(args), saving=saving, resume_from=setup.resume_from,
+                    evaluation=evaluation if args.evaluate_during_training else None,
+                    compiled=choice.compile_training)
+    logger.info("path taken: %s", "; ".join([choice.short(), *trained.notes, *summary["path_notes"]]))
+    if rt.is_main:
+        checkpoints.save_final_model(Path(args.output_dir), trained.model, setup.tokenizer, saving.run_args,
+                                     summary["global_step"])
+    process_group.barrier(rt)
+    return setup, evaluation
+
+
+def evaluate_models(args, rt, setup: RunSetup, evaluation: Evaluation) -> None:
+    """Each model to evaluate (the final one, the checkpoints with --eval_all_checkpoints, or
+    --model_name_or_path), its metrics printed once on stdout as one JSON line for scripts."""
+    for folder, prefix in output_folder.models_to_evaluate(Path(args.output_dir), args.eval_all_checkpoints,
+                                                           args.do_train, args.model_name_or_path):
+        model = load_model(args, setup, folder, eval_device=rt.device)
+        if evaluation.config.compiled:
+            compile_model(model, Compilation.from_flags(args))
+        results = evaluate(model, evaluation, rt, prefix=prefix, model_folder=folder)
+        if rt.is_main and args.do_eval:
+            print(json.dumps({"step": prefix, **results}), flush=True)
+
+
+def check_path_runs(args, setup: RunSetup, rt) -> fast_path.Choice:
     """Before any data is prepared: the precision and (asked for or possible) torch.compile tried on the device.
     An explicit request that cannot run is refused in one line; an automatic precision that cannot is given up
     for fp32 with a warning. Every rank takes the same way."""
-    flags, path = fast_path.PathFlags.from_args(args), setup.path
+    flags, path = fast_path.PathFlags.from_args(args), setup.choice
     problem = process_group.first_problem(rt, path_fallback.precision_problem(path.precision, rt.device))
     if problem is not None:
-        path = give_up(args, flags, "precision", problem, "in a probe", rt, config)
+        path = give_up(args, flags, "precision", problem, "in a probe", rt, setup.config)
     if args.torch_compile == "on":
         problem = process_group.first_problem(rt, path_fallback.compile_problem(
             args.torch_compile_backend, args.torch_compile_mode, rt.device))
@@ -262,25 +319,26 @@ class PreparedTraining:
         return bool(self.notes)
 
 
-def prepare_training(args, setup: RunSetup, rt, config, head, features, resume_from: Path | None) -> PreparedTraining:
+def prepare_training(args, setup: RunSetup, rt, features) -> PreparedTraining:
     """Load the model, build its batches, decide compilation, and try the first micro-batch on that path
     (path_fallback.first_step_problem: undone afterwards). A part of the path chosen automatically that fails
     there is given up for the next safer one, with one warning, and everything is prepared again from the same
     random state, as if the safer path had been chosen from the start; an explicit one is refused."""
     flags, rng, notes = fast_path.PathFlags.from_args(args), process_group.rng_state(), []
     while True:
-        model = load_model(args, setup, config, str(resume_from) if resume_from else args.model_name_or_path)
-        batches = train_batches(args, setup, rt, model, head, config, features, resume_from)
+        model = load_model(args, setup, str(setup.resume_from or args.model_name_or_path))
+        batches = train_batches(args, setup, rt, model, features)
         choice = training_compilation(args, setup, rt, model, features, batches, flags)
         logger.info(choice.describe())
         if choice.compile_training:
-            batches = compile_for_training(args, setup, model, head, config, features, batches)
-        failure = first_step_failure(choice, model, batches, features, rt, resume_from, args.seed)
+            batches = compile_for_training(args, setup, model, features, batches)
+        failure = first_step_failure(choice, model, batches, features, rt, setup.resume_from, args.seed)
         if failure is None:
             return PreparedTraining(setup, model, batches, choice, tuple(notes))
         compile_failure, problem = failure
         part, _ = fast_path.part_to_give_up(choice, flags, compile_failure)
-        setup = replace(setup, path=give_up(args, flags, part, problem, "in the first training step", rt, config))
+        setup = replace(setup, choice=give_up(args, flags, part, problem, "in the first training step", rt,
+                                             setup.config))
         flags = flags.safer(part)
         notes.append(f"{fast_path.SAFER[part]}: {fast_path.SAFER_FROM[part]} failed in the first step ({problem})")
         process_group.set_rng_state(rng)  # the safer path starts where this one did
@@ -291,16 +349,18 @@ def training_compilation(args, setup: RunSetup, rt, model, features, batches: Tr
     """The path with compilation decided for this run's length; an automatic compilation is first probed
     (path_fallback.compile_problem) and given up, with a warning, where it cannot run."""
     loop, cuda = LoopConfig.from_flags(args, setup, None), rt.device.type == "cuda"
-    steps = planned_steps(loop, rt, features, batches) if fast_path.needs_run_length(flags.torch_compile, cuda,
+    steps = count_optimizer_steps(loop, rt, features, batches) if fast_path.needs_run_length(flags.torch_compile, cuda,
                                                                                        True) else 0
     parameters = sum(p.numel() for p in model.parameters())
-    choice = fast_path.compilation(setup.path, flags.torch_compile, cuda, True, parameters, steps)
+    choice = fast_path.compilation(setup.choice, flags.torch_compile, cuda, training=True, parameters=parameters,
+                                   steps=steps)
     if choice.compile_training and flags.explicit("compile") is None:
         problem = process_group.first_problem(rt, path_fallback.compile_problem(
             args.torch_compile_backend, args.torch_compile_mode, rt.device))
         if problem is not None:
             logger.warning(fast_path.fallback_warning("compile", problem, "in a probe"))
-            choice = fast_path.compilation(setup.path, "off", cuda, True, parameters, steps)
+            choice = fast_path.compilation(setup.choice, "off", cuda, training=True, parameters=parameters,
+                                       steps=steps)
     return choice
 
 
@@ -375,12 +435,12 @@ def compile_model(model, compilation: Compilation) -> None:
     model.compile(backend=compilation.backend, mode=compilation.mode)
 
 
-def compile_for_training(args, setup: RunSetup, model, head, config, features, batches: TrainBatches) -> TrainBatches:
+def compile_for_training(args, setup: RunSetup, model, features, batches: TrainBatches) -> TrainBatches:
     """Compile the model; padded batches then take widths rounded to 64 (a handful of shapes to compile)."""
     compile_model(model, Compilation.from_flags(args))
     if batches.batching.packed:
         return batches
-    return replace(batches, batching=make_batching(args, setup, head, config, features, batches.batch_size, True))
+    return replace(batches, batching=make_batching(args, setup, features, batches.batch_size, compiled=True))
 
 
 def claim_output_dir(output_dir: Path, rt) -> None:
@@ -442,15 +502,15 @@ def feature_settings(args, context_first: bool, is_training: bool) -> utils_squa
                                        is_training=is_training)
 
 
-def check_model_settings(args, setup: RunSetup, config, tokenizer) -> None:
+def check_model_settings(args, setup: RunSetup) -> None:
     """What needs the config and tokenizer, said before any feature is built."""
     try:
-        utils_squad.check_sequence_lengths(tokenizer, feature_settings(args, setup.context_first, False))
+        utils_squad.check_sequence_lengths(setup.tokenizer, feature_settings(args, setup.context_first, False))
     except utils_squad.FeatureSettingsError as exc:
         raise UsageError(f"--max_seq_length ({args.max_seq_length}) must be larger than --max_query_length "
                          f"({args.max_query_length}) + {exc.num_special} special tokens of this tokenizer") from exc
-    if setup.path.packing:
-        qa_model.check_packing(config)
+    if setup.choice.packing:
+        qa_model.check_packing(setup.config)
 
 
 def build_features(args, rt, tokenizer, path: Path, examples, context_first: bool, is_training: bool):
@@ -467,20 +527,20 @@ def build_features(args, rt, tokenizer, path: Path, examples, context_first: boo
     return features
 
 
-def make_batching(args, setup: RunSetup, head, config, features, batch_size: int, compiled: bool = False):
-    return batching.make_batching(head, config, features, batch_size, packed=setup.path.packing,
+def make_batching(args, setup: RunSetup, features, batch_size: int, compiled: bool = False):
+    return batching.make_batching(setup.head, setup.config, features, batch_size, packed=setup.choice.packing,
                                   pack_tokens=args.pack_tokens, max_seq_length=args.max_seq_length,
                                   version_2=args.version_2_with_negative, lang_id=args.lang_id, compiled=compiled,
                                   grouped=args.length_grouping == "on", attn_implementation=args.attn_implementation)
 
 
-def load_model(args, setup: RunSetup, config, path: str, eval_device=None):
+def load_model(args, setup: RunSetup, path: str, eval_device=None):
     """The model, packed as the path says (compiled by the caller). A model loaded only to evaluate on a GPU
     (``eval_device``) gets bf16/fp16 weights when the run computes in them: half the memory, no autocast casts."""
-    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(setup.path.precision)
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(setup.choice.precision)
     dtype = half if half is not None and eval_device is not None and eval_device.type == "cuda" else torch.float32
-    model = qa_model.load_model(path, config, setup.source, setup.beam_head, args.attn_implementation, dtype)
-    if setup.path.packing:
+    model = qa_model.load_model(path, setup.config, setup.source, setup.beam_head, args.attn_implementation, dtype)
+    if setup.choice.packing:
         qa_model.enable_packing(model, attention_dropout=args.packed_attention_dropout == "on")
     return model
 
@@ -500,27 +560,27 @@ class TrainBatches:
         return f"--per_gpu_train_batch_size {self.batch_size} and --max_seq_length {max_seq_length}"
 
 
-def train_batches(args, setup: RunSetup, rt, model, head, config, features, resume_from: Path | None) -> TrainBatches:
+def train_batches(args, setup: RunSetup, rt, model, features) -> TrainBatches:
     """The flags' micro-batches, or with --auto_find_batch_size the largest that fits (a resumed run keeps
     its checkpoint's: the data plan must not change under it)."""
     size, accum = args.per_gpu_train_batch_size, args.gradient_accumulation_steps
-    if args.auto_find_batch_size and resume_from is not None:
-        saved = json.loads((resume_from / output_folder.TRAINING_ARGS).read_text())
+    if args.auto_find_batch_size and setup.resume_from is not None:
+        saved = json.loads((setup.resume_from / output_folder.TRAINING_ARGS).read_text())
         size, accum = saved["per_gpu_train_batch_size"], saved["gradient_accumulation_steps"]
     elif args.auto_find_batch_size:
         # A compiled padded run pads to 64 (decided after this probe, by the run's length): probe at that width
         # whenever the run may compile, so the batch found fits either way.
-        may_compile = rt.device.type == "cuda" and args.torch_compile != "off" and not setup.path.packing
+        may_compile = rt.device.type == "cuda" and args.torch_compile != "off" and not setup.choice.packing
 
         def fits(batch_size: int) -> bool:
-            candidate = make_batching(args, setup, head, config, features, batch_size, compiled=may_compile)
+            candidate = make_batching(args, setup, features, batch_size, compiled=may_compile)
             return qa_model.probe_memory(model.to(rt.device), candidate, features, rt.device,
-                                         amp_context(setup.path.precision, rt.device), extra_copies=int(rt.distributed))
+                                         amp_context(setup.choice.precision, rt.device), extra_copies=int(rt.distributed))
         size, accum = qa_model.find_batch_size(fits, size, accum, rt.distributed and rt.cpu_group)
         if size == 0:
             raise OutOfMemory(f"out of GPU memory with one feature per device of up to --max_seq_length "
                               f"{args.max_seq_length} tokens: shorten --max_seq_length or use a bigger GPU")
-    return TrainBatches(size, accum, make_batching(args, setup, head, config, features, size))
+    return TrainBatches(size, accum, make_batching(args, setup, features, size))
 
 
 # --------------------------------------------------------------------------------------------
@@ -546,10 +606,11 @@ class LoopConfig:
     report_first_step: bool = False  # compiled: log the first step's time, compilation included
 
     @classmethod
-    def from_flags(cls, args, setup: RunSetup, train_path: Path | None) -> LoopConfig:
-        return cls(Path(args.output_dir), str(train_path), args.max_seq_length, args.max_steps, args.num_train_epochs,
-                   args.seed, args.logging_steps, args.eval_steps, args.save_steps, args.max_nonfinite_steps,
-                   setup.path.precision)
+    def from_flags(cls, args, setup: RunSetup, train_path: Path | None, report_first_step: bool = False) -> LoopConfig:
+        same_names = ("max_seq_length", "max_steps", "num_train_epochs", "seed", "logging_steps", "eval_steps",
+                      "save_steps", "max_nonfinite_steps")
+        return cls(output_dir=Path(args.output_dir), train_file=str(train_path), precision=setup.choice.precision,
+                   report_first_step=report_first_step, **{name: getattr(args, name) for name in same_names})
 
 
 @dataclass(frozen=True)
@@ -570,6 +631,10 @@ class OptimConfig:
     max_grad_norm: float = 1.0  # 0: no clipping
     fp16_opt_level: str = "O1"  # accepted for apex scripts, only logged
 
+    @property
+    def clip_norm(self) -> float:
+        return self.max_grad_norm if self.max_grad_norm > 0 else float("inf")  # 0: no clipping
+
     @classmethod
     def from_flags(cls, args) -> OptimConfig:
         return cls(*(getattr(args, name) for name in cls.__dataclass_fields__))
@@ -589,73 +654,47 @@ class Saving:
 def train(model, features, batches: TrainBatches, rt, *, loop: LoopConfig, optim: OptimConfig,
           saving: Saving | None = None, resume_from: Path | None = None, evaluation: Evaluation | None = None,
           compiled: bool = False) -> dict:
-    """The training loop: optimizer steps, each over its micro-batches, then step, then log / evaluate /
-    save / stop. No host synchronisation inside a step: what the host must read waits for those steps.
-    A compiled model whose compilation fails at some step goes on eagerly from that step (path_fallback).
-    Returns the summary (wall time, sequences/s, real tokens/s, peak GPU memory, the last step, path notes)."""
-    ddp, accum, strategy = wrap_for_processes(model, rt), batches.accumulation, batches.batching
+    """Optimizer steps, each over its micro-batches, then step, then log / evaluate / save / stop, with no host
+    synchronisation inside a step. Returns the summary (speed, memory, the last step, path notes)."""
+    ddp, accum, batcher = wrap_for_processes(model, rt), batches.accumulation, batches.batching
     total_steps, prefetch = plan_steps(loop, rt, features, batches)
-    opt = start_optimization(optim, loop.precision, model, rt, total_steps)
-    position = start = restore_position(resume_from, opt, rt)
-    writer, stop, meter, progress = start_logs(loop, rt, resume_from, batches, len(features), start, total_steps)
-    steps = prefetch(start)
-    clip = optim.max_grad_norm if optim.max_grad_norm > 0 else float("inf")  # 0: no clipping
-    fallback = path_fallback.EagerFallback(model, compiled)
+    optimization = start_optimization(optim, loop.precision, model, rt, total_steps)
+    position = start = restore_position(resume_from, optimization, rt)
+    announce_training(rt, batches, len(features), total_steps)
+    if rt.is_main:
+        output_folder.clean_output_dir(loop.output_dir, resume_from)  # a killed run's leftovers
+    writer = train_log.open_tensorboard(str(loop.output_dir)) if rt.is_main else None
+    stop = process_group.StopFlag(rt)
+    stop.install()  # SIGTERM / SIGINT: the step is finished, a checkpoint written, exit code 3
+    meter, progress = train_log.Meter(rt.device, rt.world_size), progress_bar(rt, total_steps, start)
+    fallback, steps, scaler = path_fallback.EagerFallback(model, compiled), prefetch(start), optimization.scaler
     try:
         model.train()
         for position, group in steps:
-            fallback.step_begins()
-            try:
-                losses = micro_batches(ddp, strategy, group, rt, loop.precision, opt.scaler, accum)
-            except Exception as exc:
-                if not fallback.recover(exc, position["global_step"]):
-                    raise
-                stop.eager = True  # the other ranks follow at the next agreed step
-                losses = micro_batches(ddp, strategy, group, rt, loop.precision, opt.scaler, accum)
-            for loss, seqs, tokens in losses:
+            for loss, seqs, tokens in step_gradients(ddp, batcher, group, rt, loop.precision, scaler, accum,
+                                                     fallback, stop, position["global_step"]):
                 meter.add(loss, seqs, tokens)
             # The step: unscale, clip, finiteness, step, zero. A non-finite gradient skips the update on the
             # device: the fused AdamW kernel takes found_inf (from the scaler with --fp16), so nothing waits.
-            if opt.scaler is not None:
-                opt.scaler.unscale_(opt.optimizer)
-            skipped = ~torch.isfinite(torch.nn.utils.clip_grad_norm_(ddp.parameters(), clip))
-            if opt.scaler is not None:
-                opt.scaler.step(opt.optimizer)
-                opt.scaler.update()
+            if scaler is not None:
+                scaler.unscale_(optimization.optimizer)
+            skipped = ~torch.isfinite(torch.nn.utils.clip_grad_norm_(ddp.parameters(), optim.clip_norm))
+            if scaler is not None:
+                scaler.step(optimization.optimizer)
+                scaler.update()
             else:
-                opt.optimizer.found_inf = skipped.float()
-                opt.optimizer.step()
-            opt.scheduler.step()
-            opt.optimizer.zero_grad(set_to_none=True)
-            step = position["global_step"]
-            meter.end_step(step, skipped, opt.scaler)
+                optimization.optimizer.found_inf = skipped.float()
+                optimization.optimizer.step()
+            optimization.scheduler.step()
+            optimization.optimizer.zero_grad(set_to_none=True)
+            meter.end_step(position["global_step"], skipped, scaler)
             progress.update(1)
-            if step == start["global_step"] + 1 and loop.report_first_step:
-                log_first_step(rt, meter)
-            # Logging, evaluation, saving and the stop signal: the steps where the host reads the device.
-            log_now, interrupted = step % loop.logging_steps == 0, stop.agreed()
-            if stop.eager_agreed and fallback.compiled:
-                fallback.switch(f"compilation failed on another process by step {step}")
-            eval_now = evaluation is not None and step % (loop.eval_steps or loop.logging_steps) == 0 and not interrupted
-            save_now = saving is not None and ((saving.save_steps and step % saving.save_steps == 0) or interrupted)
-            if log_now or eval_now or save_now:
-                check_skips(loop, meter)
-            if log_now:
-                meter.log(writer, opt.scheduler, step)
-            if save_now:
-                save_checkpoint(saving, rt, model, opt, position, resume_from)
-            if eval_now:  # after saving: the tuned threshold goes into that checkpoint
-                evaluate_during_training(model, evaluation, rt, step, loop.output_dir, bool(save_now), writer)
-            if save_now or eval_now:
-                meter.t0 = time.perf_counter()  # the next window's throughput is the training's own
-            if interrupted:
-                written = (f"checkpoint written to {loop.output_dir / (output_folder.CHECKPOINT_PREFIX + str(step))}"
-                           if saving is not None else "no checkpoint (nothing to save it with)")
-                raise TrainingInterrupted(f"signal {stop.signum or 'on another rank'}: stopped at step {step}, {written}")
+            between_steps(position, StepContext(model, rt, loop, optimization, meter, writer, stop, fallback, saving,
+                                                evaluation, resume_from, first_step=start["global_step"] + 1))
         check_skips(loop, meter)
     except torch.cuda.OutOfMemoryError as exc:
-        failing = position["global_step"] + (position is start)  # the loop's position is the step it computes
-        raise OutOfMemory(out_of_memory_advice(batches, loop.max_seq_length, failing)) from exc
+        computing = position["global_step"] + (position is start)  # before its first step, the loop's position
+        raise OutOfMemory(out_of_memory_advice(batches, loop.max_seq_length, computing)) from exc  # is the last one
     finally:
         for closing in (steps.close, stop.restore, progress.close):
             closing()
@@ -664,7 +703,64 @@ def train(model, features, batches: TrainBatches, rt, *, loop: LoopConfig, optim
             "last_window": meter.last_window, "path_notes": [fallback.note] if fallback.note else []}
 
 
-def micro_batches(ddp, strategy, group, rt, precision: str, scaler, accum: int) -> list[tuple]:
+def step_gradients(ddp, batcher, group, rt, precision: str, scaler, accum: int, fallback, stop, step: int) -> list:
+    """The step's micro-batches, forward and backward; computed again eagerly when its compilation fails."""
+    fallback.step_begins()
+    try:
+        return micro_batches(ddp, batcher, group, rt, precision, scaler, accum)
+    except Exception as exc:
+        if not fallback.recover(exc, step):
+            raise
+        stop.eager = True  # the other ranks follow at the next agreed step
+        return micro_batches(ddp, batcher, group, rt, precision, scaler, accum)
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What the work between two optimizer steps reads and writes."""
+
+    model: torch.nn.Module
+    rt: object
+    loop: LoopConfig
+    optimization: Optimization
+    meter: train_log.Meter
+    writer: object
+    stop: process_group.StopFlag
+    fallback: path_fallback.EagerFallback
+    saving: Saving | None
+    evaluation: Evaluation | None
+    resume_from: Path | None
+    first_step: int  # this run's (compiled: its time is logged, compilation included)
+
+
+def between_steps(position: dict, ctx: StepContext) -> None:
+    """Logging, evaluation, saving and the stop signal: the steps where the host reads the device. Raises
+    TrainingInterrupted when the ranks agreed to stop (a checkpoint written first)."""
+    loop, saving, evaluation, step = ctx.loop, ctx.saving, ctx.evaluation, position["global_step"]
+    if step == ctx.first_step and loop.report_first_step:
+        log_first_step(ctx.rt, ctx.meter)
+    log_now, interrupted = step % loop.logging_steps == 0, ctx.stop.agreed()
+    if ctx.stop.eager_agreed and ctx.fallback.compiled:
+        ctx.fallback.switch(f"compilation failed on another process by step {step}")
+    eval_now = evaluation is not None and step % (loop.eval_steps or loop.logging_steps) == 0 and not interrupted
+    save_now = saving is not None and ((saving.save_steps and step % saving.save_steps == 0) or interrupted)
+    if log_now or eval_now or save_now:
+        check_skips(loop, ctx.meter)
+    if log_now:
+        ctx.meter.log(ctx.writer, ctx.optimization.scheduler, step)
+    if save_now:
+        save_checkpoint(saving, ctx.rt, ctx.model, ctx.optimization, position, ctx.resume_from)
+    if eval_now:  # after saving: the tuned threshold goes into that checkpoint
+        evaluate_during_training(ctx.model, evaluation, ctx.rt, step, loop.output_dir, bool(save_now), ctx.writer)
+    if save_now or eval_now:
+        ctx.meter.restart_window()  # the next window's throughput is the training's own
+    if interrupted:
+        written = (f"checkpoint written to {loop.output_dir / (output_folder.CHECKPOINT_PREFIX + str(step))}"
+                   if saving is not None else "no checkpoint (nothing to save it with)")
+        raise TrainingInterrupted(f"signal {ctx.stop.signum or 'on another rank'}: stopped at step {step}, {written}")
+
+
+def micro_batches(ddp, batcher, group, rt, precision: str, scaler, accum: int) -> list[tuple]:
     """Forward and backward of one optimizer step's micro-batches: (loss, sequences, real tokens) of each."""
     losses = []
     for micro, (batch, seqs, tokens) in enumerate(group):
@@ -672,7 +768,7 @@ def micro_batches(ddp, strategy, group, rt, precision: str, scaler, accum: int) 
         # Gradients are all-reduced once per optimizer step, on its last micro-batch.
         with ddp.no_sync() if rt.distributed and micro < len(group) - 1 else contextlib.nullcontext():
             with amp_context(precision, rt.device):
-                loss = strategy.forward(ddp, batch, training=True).loss / accum
+                loss = batcher.forward(ddp, batch, training=True).loss / accum
             (scaler.scale(loss) if scaler is not None else loss).backward()
         losses.append((loss.detach(), seqs, tokens))
     return losses
@@ -705,19 +801,19 @@ def epoch_plans(loop: LoopConfig, rt, features, batches: TrainBatches):
     return plan_of_epoch
 
 
-def planned_steps(loop: LoopConfig, rt, features, batches: TrainBatches) -> int:
+def count_optimizer_steps(loop: LoopConfig, rt, features, batches: TrainBatches) -> int:
     return total_optimizer_steps(loop, rt, len(epoch_plans(loop, rt, features, batches)(0)), len(features), batches)
 
 
 def plan_steps(loop: LoopConfig, rt, features, batches: TrainBatches):
     """The number of optimizer steps, and a function giving those from a position on, their batches built
     (and on a GPU pinned, for a non-blocking copy) in a background thread while the steps before run."""
-    lengths, strategy = features.lengths(), batches.batching
+    lengths, batcher = features.lengths(), batches.batching
     plan_of_epoch = epoch_plans(loop, rt, features, batches)
 
     def build(job):
         position, group = job
-        return position, [(batching.pinned(strategy.tensors(features, idx, with_labels=True), rt.device), len(idx),
+        return position, [(batching.pinned(batcher.tensors(features, idx, with_labels=True), rt.device), len(idx),
                            int(lengths[idx].sum())) for idx in group]
 
     total = total_optimizer_steps(loop, rt, len(plan_of_epoch(0)), len(features), batches)
@@ -810,12 +906,12 @@ def start_optimization(optim: OptimConfig, precision: str, model, rt, total_step
     return Optimization(optimizer, build_scheduler(optimizer, optim, total_steps), scaler)
 
 
-def restore_position(resume_from: Path | None, opt: Optimization, rt) -> dict:
+def restore_position(resume_from: Path | None, optimization: Optimization, rt) -> dict:
     """The position in the data to continue from, with the optimizer and every rank's random state."""
     if resume_from is None:
         return {"global_step": 0, "epoch": 0, "step_in_epoch": 0}
     state = checkpoints.load_trainer_state(resume_from)
-    opt.load(state)
+    optimization.load(state)
     position = dict(state["position"])
     if not process_group.restore_rng_states(state["rng"], rt):
         logger.warning("checkpoint has RNG states of %d processes, this run has %d: dropout masks will differ "
@@ -825,10 +921,10 @@ def restore_position(resume_from: Path | None, opt: Optimization, rt) -> dict:
     return position
 
 
-def save_checkpoint(saving: Saving, rt, model, opt: Optimization, position: dict, protect: Path | None) -> None:
+def save_checkpoint(saving: Saving, rt, model, optimization: Optimization, position: dict, protect: Path | None) -> None:
     rng = process_group.gather_rng_states(rt)  # every rank's stream, so each resumes its own dropout masks
     if rt.is_main:
-        state = {**opt.state(), "rng": rng, "position": position}
+        state = {**optimization.state(), "rng": rng, "position": position}
         checkpoints.save_checkpoint(saving.output_dir, model, saving.tokenizer, saving.run_args, state)
         output_folder.prune(saving.output_dir, saving.save_total_limit, protect, position["global_step"])
     process_group.barrier(rt)
@@ -853,23 +949,16 @@ def log_first_step(rt, meter) -> None:
                 time.perf_counter() - meter.start)
 
 
-def start_logs(loop: LoopConfig, rt, resume_from: Path | None, batches: TrainBatches, num_features: int, start: dict,
-               total_steps: int):
-    """Say what will run, clean the output folder of a killed run's leftovers and install the stop signal's
-    handlers. Returns the TensorBoard writer, the stop flag, the meter and the progress bar."""
+def announce_training(rt, batches: TrainBatches, num_features: int, total_steps: int) -> None:
     logger.info("training: %d features, %d processes x %d per device x %d accumulation, %d optimizer steps%s",
                 num_features, rt.world_size, batches.batch_size, batches.accumulation, total_steps,
                 f"; packs of {batches.batching.tokens} tokens" if batches.batching.packed else "")
-    writer = None
-    if rt.is_main:
-        output_folder.clean_output_dir(loop.output_dir, resume_from)
-        writer = train_log.open_tensorboard(str(loop.output_dir))
-    stop = process_group.StopFlag(rt)
-    stop.install()
-    # A bar on a terminal; a log file gets the per-window lines instead (a bar's redraws would fill it).
-    progress = tqdm(total=total_steps, initial=start["global_step"], desc="train",
-                    disable=not rt.is_main or not sys.stderr.isatty(), dynamic_ncols=True)
-    return writer, stop, train_log.Meter(rt.device, rt.world_size), progress
+
+
+def progress_bar(rt, total_steps: int, start: dict):
+    """A bar on a terminal; a log file gets the per-window lines instead (a bar's redraws would fill it)."""
+    return tqdm(total=total_steps, initial=start["global_step"], desc="train",
+                disable=not rt.is_main or not sys.stderr.isatty(), dynamic_ncols=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -895,7 +984,7 @@ class EvalConfig:
         settings = decoding.DecodingSettings(args.n_best_size, args.max_answer_length, args.version_2_with_negative)
         windows = {name: getattr(args, name) for name in ("max_seq_length", "doc_stride", "max_query_length")}
         return cls(Path(args.output_dir), settings, args.null_score_diff_threshold, score, predict_path, windows,
-                   setup.path.precision, compiled)
+                   setup.choice.precision, compiled)
 
 
 @dataclass(frozen=True)
@@ -996,7 +1085,7 @@ def write_evaluation(config: EvalConfig, prefix: str, examples, predictions, dec
     logger.info("wrote %s", ", ".join(str(p) for p in paths.values()))
 
 
-def infer(model, features, strategy, rt, *, precision: str = "fp32", compiled: bool = True) -> dict:
+def infer(model, features, batcher, rt, *, precision: str = "fp32", compiled: bool = True) -> dict:
     """The head's arrays for this rank's share of the batches, copied to the host once at the end.
 
     The batches (or packs) are those of one process, dealt out to the ranks, so every feature sees the
@@ -1008,19 +1097,19 @@ def infer(model, features, strategy, rt, *, precision: str = "fp32", compiled: b
     model.eval()
     weights = next(model.parameters()).dtype
     amp = amp_context(precision, rt.device) if weights == torch.float32 else contextlib.nullcontext()
-    batches = batching.Prefetcher(strategy.plan(features.lengths())[rt.rank::rt.world_size],
-                                  lambda idx: batching.pinned(strategy.tensors(features, idx, with_labels=False), rt.device))
+    batches = batching.Prefetcher(batcher.plan(features.lengths())[rt.rank::rt.world_size],
+                                  lambda idx: batching.pinned(batcher.tensors(features, idx, with_labels=False), rt.device))
     outputs = []
     try:
         with torch.inference_mode(), contextlib.nullcontext() if compiled else eager_stance():
             for batch in batches:
                 batch = batching.to_device(batch, rt.device)
                 with amp:
-                    outputs.append(strategy.head.outputs(strategy.forward(model, batch, training=False), batch))
-        return strategy.head.collect(outputs)
+                    outputs.append(batcher.head.outputs(batcher.forward(model, batch, training=False), batch))
+        return batcher.head.collect(outputs)
     except torch.cuda.OutOfMemoryError as exc:
-        raise OutOfMemory(f"out of GPU memory evaluating with --per_gpu_eval_batch_size {strategy.batch_size}: "
-                          f"pass --per_gpu_eval_batch_size {max(1, strategy.batch_size // 2)}") from exc
+        raise OutOfMemory(f"out of GPU memory evaluating with --per_gpu_eval_batch_size {batcher.batch_size}: "
+                          f"pass --per_gpu_eval_batch_size {max(1, batcher.batch_size // 2)}") from exc
     except Exception as exc:
         if compiled and path_fallback.is_compile_failure(exc):  # only --torch_compile compiles evaluation
             raise path_fallback.eager_evaluation_refusal(exc) from exc

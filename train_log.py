@@ -35,6 +35,10 @@ class Meter:
         self.start = self.t0 = time.perf_counter()
         self.last_window: dict = {}
 
+    def restart_window(self) -> None:
+        """The window's time starts now (after an evaluation or a checkpoint: the next throughput is training's)."""
+        self.t0 = time.perf_counter()
+
     def add(self, loss: torch.Tensor, seqs: int, tokens: int) -> None:
         self.loss += loss
         self.seqs += seqs

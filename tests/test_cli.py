@@ -60,8 +60,9 @@ def test_length_grouping_reaches_the_padded_batches(flag, grouped):
                            "--predict_file", "p.json", *flag])
     config = type("Config", (), {"model_type": "bert"})()
     path = fast_path.choose(fast_path.PathFlags.from_args(args), fast_path.Facts(cuda=False, bf16_gpu=False, model_type="bert"))
-    setup = run_squad.RunSetup(None, None, "bert", False, False, None, path)
-    assert run_squad.make_batching(args, setup, batching.SpanHead(), config, None, 8).grouped is grouped
+    setup = run_squad.RunSetup(None, None, "bert", beam_head=False, context_first=False, source=None, choice=path,
+                               config=config, head=batching.SpanHead())
+    assert run_squad.make_batching(args, setup, None, 8).grouped is grouped
 
 
 def test_newer_spellings_are_aliases():
