@@ -150,10 +150,3 @@ class EagerFallback:
         self.compiled, self.note = False, f"eager since {why}"
         logger.warning("%s: training goes on eagerly from this step (%s runs eagerly from the start)", why,
                        fast_path.WAY_BACK["compile"])
-
-
-def eager_evaluation_refusal(exc: Exception) -> PathUnavailable:
-    """Evaluation compiles only on request (--torch_compile in a run that does not train): its failure is that
-    request's refusal."""
-    return PathUnavailable(fast_path.refusal("compile", "--torch_compile on", what_failed(exc), "in evaluation"))
-

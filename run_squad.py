@@ -141,6 +141,7 @@ class RunSetup:
     context_first: bool
     source: qa_model.ModelSource
     choice: fast_path.Choice  # the fast path: packing, precision, attention kernels (compilation: by the phase)
+    flags: fast_path.PathFlags = fast_path.PathFlags()  # what the choice was made from, less the parts given up
     identity: dict = field(default_factory=dict)  # fingerprints of data and tokenizer, processes: what a resume compares
     config: object = None
     tokenizer: object = None
@@ -206,15 +207,15 @@ def prepare_model(args, rt, data: RunData) -> RunSetup:
     resume_from = checkpoints.resolve_resume(Path(args.output_dir), args.resume_from_checkpoint or (
         "latest" if cli.restarted_by_torchrun() else None)) if args.do_train else None
     beam_head = qa_model.uses_beam_head(config.model_type, args.simple_span_head)
+    flags = fast_path.PathFlags.from_args(args)
     setup = RunSetup(
         data.train_path, data.predict_path, config.model_type, beam_head,
         context_first=bool(args.context_first or tokenizer.padding_side == "left"), source=source,
-        choice=choose_path(fast_path.PathFlags.from_args(args), rt.device, config, args.trust_remote_code,
-                           resumed_packing(resume_from)),
+        choice=choose_path(flags, rt.device, config, args.trust_remote_code, resumed_packing(resume_from)), flags=flags,
         identity=checkpoints.run_identity(data.train_path if args.do_train else None, tokenizer, rt.world_size),
         config=config, tokenizer=tokenizer, head=batching.make_head(beam_head), resume_from=resume_from)
     check_model_settings(args, setup)
-    setup = replace(setup, choice=check_path_runs(args, setup, rt))
+    setup = check_path_runs(args, setup, rt)
     if setup.choice.sdpa_without_cudnn:
         torch.backends.cuda.enable_cudnn_sdp(False)  # for the whole process: see fast_path's attention rule
     return setup
@@ -269,39 +270,60 @@ def evaluate_models(args, rt, setup: RunSetup, evaluation: Evaluation) -> None:
     --model_name_or_path), its metrics printed once on stdout as one JSON line for scripts."""
     for folder, prefix in output_folder.models_to_evaluate(Path(args.output_dir), args.eval_all_checkpoints,
                                                            args.do_train, args.model_name_or_path):
-        model = load_model(args, setup, folder, eval_device=rt.device)
-        if evaluation.config.compiled:
-            compile_model(model, Compilation.from_flags(args))
-        results = evaluate(model, evaluation, rt, prefix=prefix, model_folder=folder)
+        while True:  # an automatic choice that fails in inference is given up, and the model evaluated again
+            model = load_model(args, setup, folder, eval_device=rt.device)
+            if evaluation.config.compiled:
+                compile_model(model, Compilation.from_flags(args))
+            try:
+                results = evaluate(model, evaluation, rt, prefix=prefix, model_folder=folder)
+                break
+            except InferenceFailed as failed:
+                setup, evaluation = evaluation_fallback(args, rt, setup, evaluation, failed)
         if rt.is_main and args.do_eval:
             print(json.dumps({"step": prefix, **results}), flush=True)
 
 
-def check_path_runs(args, setup: RunSetup, rt) -> fast_path.Choice:
+def evaluation_fallback(args, rt, setup: RunSetup, evaluation: Evaluation,
+                        failed: InferenceFailed) -> tuple[RunSetup, Evaluation]:
+    """The setup and evaluation without the part of the path that failed in inference (one warning), or its
+    refusal when it was asked for; nothing to give up: the error is the run's own."""
+    choice = replace(setup.choice, compile_evaluation=evaluation.config.compiled)
+    if not choice.risky():
+        raise failed.__cause__ or failed
+    part, _ = fast_path.part_to_give_up(choice, setup.flags, failed.compile_failure)
+    setup = give_up(args, setup, part, failed.problem, "in evaluation", rt)
+    compiled = evaluation.config.compiled and part != "compile"
+    return setup, replace(evaluation, batching=make_batching(args, setup, evaluation.features,
+                                                             args.per_gpu_eval_batch_size, compiled=compiled),
+                          config=replace(evaluation.config, precision=setup.choice.precision, compiled=compiled))
+
+
+def check_path_runs(args, setup: RunSetup, rt) -> RunSetup:
     """Before any data is prepared: the precision and (asked for or possible) torch.compile tried on the device.
     An explicit request that cannot run is refused in one line; an automatic precision that cannot is given up
     for fp32 with a warning. Every rank takes the same way."""
-    flags, path = fast_path.PathFlags.from_args(args), setup.choice
-    problem = process_group.first_problem(rt, path_fallback.precision_problem(path.precision, rt.device))
+    problem = process_group.first_problem(rt, path_fallback.precision_problem(setup.choice.precision, rt.device))
     if problem is not None:
-        path = give_up(args, flags, "precision", problem, "in a probe", rt, setup.config)
+        setup = give_up(args, setup, "precision", problem, "in a probe", rt)
     if args.torch_compile == "on":
         problem = process_group.first_problem(rt, path_fallback.compile_problem(
             args.torch_compile_backend, args.torch_compile_mode, rt.device))
         if problem is not None:
             raise path_fallback.PathUnavailable(fast_path.refusal("compile", "--torch_compile on", problem,
                                                                   "in a probe"))
-    return path
+    return setup
 
 
-def give_up(args, flags: fast_path.PathFlags, part: str, problem: str, where: str, rt, config) -> fast_path.Choice:
-    """The path without `part` (one warning), or the refusal of an explicit request (PathUnavailable)."""
-    explicit = flags.explicit(part)
+def give_up(args, setup: RunSetup, part: str, problem: str, where: str, rt) -> RunSetup:
+    """The setup without `part` of its path (one warning), or the refusal of an explicit request
+    (PathUnavailable). A resume's packing is not followed again: the path given up may be the checkpoint's, and
+    check_resume then says so."""
+    explicit = setup.flags.explicit(part)
     if explicit is not None:
         raise path_fallback.PathUnavailable(fast_path.refusal(part, explicit, problem, where))
     logger.warning(fast_path.fallback_warning(part, problem, where))
-    return choose_path(flags.safer(part), rt.device, config, args.trust_remote_code)  # a resume's packing is
-    # not followed again here: the path given up may be the checkpoint's, and check_resume then says so
+    flags = setup.flags.safer(part)
+    return replace(setup, flags=flags, choice=choose_path(flags, rt.device, setup.config, args.trust_remote_code))
 
 
 @dataclass(frozen=True)
@@ -324,11 +346,11 @@ def prepare_training(args, setup: RunSetup, rt, features) -> PreparedTraining:
     (path_fallback.first_step_problem: undone afterwards). A part of the path chosen automatically that fails
     there is given up for the next safer one, with one warning, and everything is prepared again from the same
     random state, as if the safer path had been chosen from the start; an explicit one is refused."""
-    flags, rng, notes = fast_path.PathFlags.from_args(args), process_group.rng_state(), []
+    rng, notes = process_group.rng_state(), []
     while True:
         model = load_model(args, setup, str(setup.resume_from or args.model_name_or_path))
         batches = train_batches(args, setup, rt, model, features)
-        choice = training_compilation(args, setup, rt, model, features, batches, flags)
+        choice = training_compilation(args, setup, rt, model, features, batches)
         logger.info(choice.describe())
         if choice.compile_training:
             batches = compile_for_training(args, setup, model, features, batches)
@@ -336,31 +358,28 @@ def prepare_training(args, setup: RunSetup, rt, features) -> PreparedTraining:
         if failure is None:
             return PreparedTraining(setup, model, batches, choice, tuple(notes))
         compile_failure, problem = failure
-        part, _ = fast_path.part_to_give_up(choice, flags, compile_failure)
-        setup = replace(setup, choice=give_up(args, flags, part, problem, "in the first training step", rt,
-                                             setup.config))
-        flags = flags.safer(part)
+        part, _ = fast_path.part_to_give_up(choice, setup.flags, compile_failure)
+        setup = give_up(args, setup, part, problem, "in the first training step", rt)
         notes.append(f"{fast_path.SAFER[part]}: {fast_path.SAFER_FROM[part]} failed in the first step ({problem})")
         process_group.set_rng_state(rng)  # the safer path starts where this one did
 
 
-def training_compilation(args, setup: RunSetup, rt, model, features, batches: TrainBatches,
-                         flags: fast_path.PathFlags) -> fast_path.Choice:
+def training_compilation(args, setup: RunSetup, rt, model, features, batches: TrainBatches) -> fast_path.Choice:
     """The path with compilation decided for this run's length; an automatic compilation is first probed
     (path_fallback.compile_problem) and given up, with a warning, where it cannot run."""
     loop, cuda = LoopConfig.from_flags(args, setup, None), rt.device.type == "cuda"
-    steps = count_optimizer_steps(loop, rt, features, batches) if fast_path.needs_run_length(flags.torch_compile, cuda,
-                                                                                       True) else 0
+    run_length = fast_path.needs_run_length(setup.flags.torch_compile, cuda, training=True)
+    steps = count_optimizer_steps(loop, rt, features, batches) if run_length else 0
     parameters = sum(p.numel() for p in model.parameters())
-    choice = fast_path.compilation(setup.choice, flags.torch_compile, cuda, training=True, parameters=parameters,
-                                   steps=steps)
-    if choice.compile_training and flags.explicit("compile") is None:
+    choice = fast_path.compilation(setup.choice, setup.flags.torch_compile, cuda, training=True,
+                                   parameters=parameters, steps=steps)
+    if choice.compile_training and setup.flags.explicit("compile") is None:
         problem = process_group.first_problem(rt, path_fallback.compile_problem(
             args.torch_compile_backend, args.torch_compile_mode, rt.device))
         if problem is not None:
             logger.warning(fast_path.fallback_warning("compile", problem, "in a probe"))
             choice = fast_path.compilation(setup.choice, "off", cuda, training=True, parameters=parameters,
-                                       steps=steps)
+                                           steps=steps)
     return choice
 
 
@@ -1008,8 +1027,7 @@ def evaluate(model, evaluation: Evaluation, rt, prefix: str, model_folder: str |
     """
     started, config, features = time.perf_counter(), evaluation.config, evaluation.features
     logger.info("evaluating %s: %d features", prefix if prefix != "final" else "the model", len(features))
-    parts = process_group.gather_to_main(rt, infer(model, features, evaluation.batching, rt,
-                                                   precision=config.precision, compiled=config.compiled))
+    parts = process_group.gather_to_main(rt, agreed_inference(model, evaluation, rt))
     results: dict = {}
     if rt.is_main:
         inferred, head = time.perf_counter(), evaluation.batching.head
@@ -1023,6 +1041,32 @@ def evaluate(model, evaluation: Evaluation, rt, prefix: str, model_folder: str |
         logger.info("evaluated %d features in %.1f s", len(features), time.perf_counter() - started)
     process_group.barrier(rt)
     return results
+
+
+class InferenceFailed(Exception):
+    """Inference raised on some rank: every rank raises this, with the first failing rank's error in words."""
+
+    def __init__(self, compile_failure: bool, problem: str):
+        super().__init__(f"inference failed ({problem})")
+        self.compile_failure, self.problem = compile_failure, problem
+
+
+def agreed_inference(model, evaluation: Evaluation, rt) -> dict:
+    """infer(), with its failure agreed across the ranks (none waits for a rank that failed): InferenceFailed on
+    every rank, from which evaluate_models may fall back to a safer path."""
+    outputs, error = None, None
+    try:
+        outputs = infer(model, evaluation.features, evaluation.batching, rt, precision=evaluation.config.precision,
+                        compiled=evaluation.config.compiled)
+    except OutOfMemory:
+        raise
+    except Exception as exc:  # noqa: BLE001 - agreed below, then raised on every rank
+        error = exc
+    found = None if error is None else (path_fallback.is_compile_failure(error), path_fallback.what_failed(error))
+    problem = process_group.first_problem(rt, found)
+    if problem is not None:
+        raise InferenceFailed(*problem) from error
+    return outputs
 
 
 def score_predictions(examples, predictions, decoded: decoding.Decoded, config: EvalConfig, prefix: str) -> dict:
@@ -1110,10 +1154,6 @@ def infer(model, features, batcher, rt, *, precision: str = "fp32", compiled: bo
     except torch.cuda.OutOfMemoryError as exc:
         raise OutOfMemory(f"out of GPU memory evaluating with --per_gpu_eval_batch_size {batcher.batch_size}: "
                           f"pass --per_gpu_eval_batch_size {max(1, batcher.batch_size // 2)}") from exc
-    except Exception as exc:
-        if compiled and path_fallback.is_compile_failure(exc):  # only --torch_compile compiles evaluation
-            raise path_fallback.eager_evaluation_refusal(exc) from exc
-        raise
     finally:
         batches.close()
 

@@ -344,3 +344,40 @@ def test_automatic_packing_follows_the_checkpoint_being_resumed():
     assert fast_path.choose(fast_path.PathFlags(packing="on"), fast_path.Facts(**gpu, resumed_packed=False)).packing
     cpu = fast_path.Facts(cuda=False, bf16_gpu=False, model_type="bert", resumed_packed=True)
     assert fast_path.choose(fast_path.PathFlags(), cpu).packing
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------
+
+
+def eval_flags(squad_dir: Path, tmp_path: Path) -> list[str]:
+    dev = small_v2_file(squad_dir, tmp_path / "dev.json", questions=30)
+    return ["--do_eval", "--predict_file", str(dev)]
+
+
+def test_automatic_packing_that_fails_in_evaluation_evaluates_padded(tiny_bert_dir, squad_dir, tmp_path, capsys,
+                                                                      pack_automatically, packed_attention_raises):
+    runs = {}
+    for name, extra in (("padded", ["--packing", "off"]), ("auto", [])):
+        runs[name] = tmp_path / name
+        assert run_squad.main([*common_flags(tiny_bert_dir, runs[name]), *eval_flags(squad_dir, tmp_path),
+                               *extra]) == 0
+        err = capsys.readouterr().err
+    assert [w.split(": ", 1)[1] for w in warnings_in(err)] == [
+        "packed attention failed in evaluation (RuntimeError: no packed kernel for this device (test)): going on "
+        "with padded batches (--packing off chooses that explicitly)"]
+    for name in ("predictions_final.json", "null_odds_final.json", "eval_results.json"):
+        assert (runs["auto"] / name).read_bytes() == (runs["padded"] / name).read_bytes(), name
+
+
+def test_explicit_packing_that_fails_in_evaluation_is_one_line(tiny_bert_dir, squad_dir, tmp_path, capsys,
+                                                              packed_attention_raises):
+    out = tmp_path / "out"
+    code = run_squad.main([*common_flags(tiny_bert_dir, out), *eval_flags(squad_dir, tmp_path), "--packing"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip().splitlines()[-1] == (
+        "error: --packing on: packed attention failed in evaluation (RuntimeError: no packed kernel for this "
+        "device (test)); --packing off for padded batches")
+    assert "Traceback" not in err and not out.exists()
