@@ -338,12 +338,14 @@ def _steps(settings: CallSettings, n_question: np.ndarray, n_context: np.ndarray
     return np.maximum(step, 1)  # a context that fits one window: any step gives that one window
 
 
-def _featurize(examples: list, tokenizer, settings: CallSettings, max_query_length: int,
+def _featurize(examples: list, tokenizer, backend: Tokenizer, spec, settings: CallSettings, max_query_length: int,
                context_first: bool) -> utils_squad.SquadFeatures:
-    """One featurizer call: each question steps its own window minus doc_stride (the overlap)."""
+    """One featurizer call: each question steps its own window minus doc_stride (the overlap). spec: the
+    tokenizer's (utils_squad.tokenizer_spec), made once by the pipeline; None reads it from the tokenizer."""
     feature_settings = utils_squad.FeatureSettings(settings.max_seq_len, 1, max_query_length, context_first,
                                                    is_training=False, window_overlap=settings.doc_stride)
-    return utils_squad.convert_examples_to_features(examples, tokenizer, feature_settings)
+    return utils_squad.convert_examples_to_features(examples, tokenizer, feature_settings, spec=spec,
+                                                    backend=backend if spec is not None else None)
 
 
 def _window_words(features, steps: np.ndarray, contexts: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
@@ -365,7 +367,7 @@ def _window_words(features, steps: np.ndarray, contexts: list[tuple[np.ndarray, 
 
 
 def build_windows(pairs: list[tuple[str, str]], tokenizer, backend: Tokenizer, settings: CallSettings,
-                  context_first: bool) -> Windows:
+                  context_first: bool, spec=None) -> Windows:
     """The windows 4.x made of each (question, context), as the featurizer's features: for each question its
     own step (its window - doc_stride), the question cut to max_question_len, word ids for align_to_words."""
     examples = [utils_squad.SquadExample(str(i), q, c, [], False) for i, (q, c) in enumerate(pairs)]
@@ -380,7 +382,7 @@ def build_windows(pairs: list[tuple[str, str]], tokenizer, backend: Tokenizer, s
                 in zip((c for _, c in pairs), utils_squad.encode_contexts(backend, [c for _, c in pairs]), strict=True)]
     n_context = np.array([len(w) for w, _ in contexts], dtype=np.int64)
     steps = _steps(settings, n_question, n_context, specials)
-    features = _featurize(examples, tokenizer, settings, max_query_length, context_first)
+    features = _featurize(examples, tokenizer, backend, spec, settings, max_query_length, context_first)
     return Windows(features, _window_words(features, steps, contexts), examples)
 
 
@@ -674,7 +676,9 @@ class QuestionAnsweringPipeline:
         self.model.to(self.device).eval()
         self.model_type = self.model.config.model_type
         self.head = batching.make_head(self.beam)
-        self.backend = utils_squad.plain_backend(self.tokenizer.backend_tokenizer.to_str())
+        # the tokenizer's JSON parsed once, not on every call (~0.1 s each for a BERT vocabulary)
+        self.spec = utils_squad.tokenizer_spec(self.tokenizer)
+        self.backend = utils_squad.plain_backend(self.spec.backend_json)
         if context_first is None:  # as the model was fine-tuned: passage first for XLNet or --context_first
             context_first = self.tokenizer.padding_side == "left" or trained_context_first(folder)
         self.context_first = bool(context_first)
@@ -725,7 +729,7 @@ class QuestionAnsweringPipeline:
         settings = call_settings(kwargs, self.tokenizer.model_max_length, self.batch_size)
         if not pairs:
             return []
-        windows = build_windows(list(pairs), self.tokenizer, self.backend, settings, self.context_first)
+        windows = build_windows(list(pairs), self.tokenizer, self.backend, settings, self.context_first, self.spec)
         ranking = Ranking(windows)
         kept: list[dict] | None = [] if self.threshold is not None and settings.handle_impossible_answer else None
         features, chunk = windows.features, settings.batch_size * CHUNK_BATCHES
