@@ -41,7 +41,8 @@ BATCHES = (1, 32)
 def dev_questions(squad_dir: Path, n: int) -> list[dict]:
     """The first n questions of the shared SQuAD 2.0 dev file, with their contexts."""
     data = json.loads((squad_dir / "dev-v2.0.json").read_text(encoding="utf-8"))
-    found = [{"id": qa["id"], "question": qa["question"], "context": p["context"]}
+    found = [{"id": qa["id"], "question": qa["question"], "context": p["context"],
+              "gold": [a["text"] for a in qa["answers"]] or [""]}
              for article in data["data"] for p in article["paragraphs"] for qa in p["qas"]]
     return found[:n]
 
@@ -60,7 +61,8 @@ def tf4_worker(model: str, questions_file: str, threads: int) -> None:
     out = {"version": transformers.__version__}
     for batch in BATCHES:
         start = time.perf_counter()
-        found = qa(question=[x["question"] for x in items], context=[x["context"] for x in items], batch_size=batch)
+        found = qa(question=[x["question"] for x in items], context=[x["context"] for x in items], batch_size=batch,
+                   handle_impossible_answer=True)
         out[str(batch)] = {"seconds": time.perf_counter() - start, "answers": [a["answer"] for a in found]}
     print(json.dumps(out))
 
@@ -99,22 +101,35 @@ def time_pipeline(qa, items: list[dict], batch: int) -> dict:
     pairs = [(x["question"], x["context"]) for x in items]
     qa.answer(pairs[:2], batch_size=batch)  # warm-up
     start, model_before = time.perf_counter(), qa.clock.seconds
-    found = qa.answer(pairs, batch_size=batch)
+    found = qa.answer(pairs, batch_size=batch, handle_impossible_answer=True)
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "model_seconds": qa.clock.seconds - model_before,
             "answers": [a[0]["answer"] if a else "" for a in found]}
 
 
+def int8(module):
+    """torch's dynamic int8 quantization of the Linear layers (torch.ao: deprecated in favour of torchao, which
+    is not installed here), the CPU path for a CPU without bf16."""
+    import torch
+    from torch.ao.quantization import quantize_dynamic
+
+    return quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8)
+
+
 def ours(model: str, items: list[dict]) -> dict:
-    """qa_pipeline.py in float32 and bfloat16 autocast at each batch size."""
+    """qa_pipeline.py in float32, bfloat16 autocast and dynamic int8 (float32 with int8 Linear layers) at each
+    batch size."""
     from qa_pipeline import QuestionAnsweringPipeline
 
     results = {}
-    for dtype in ("float32", "bfloat16"):
-        qa = QuestionAnsweringPipeline(model, device="cpu", dtype=dtype, null_threshold=None)
+    for variant in ("float32", "bfloat16", "int8"):
+        qa = QuestionAnsweringPipeline(model, device="cpu", dtype="float32" if variant == "int8" else variant,
+                                       null_threshold=None)
+        if variant == "int8":
+            qa.model = int8(qa.model)
         qa.clock = ModelClock(qa.model)
         for batch in BATCHES:
-            results[(dtype, batch)] = time_pipeline(qa, items, batch)
+            results[(variant, batch)] = time_pipeline(qa, items, batch)
     return results
 
 
@@ -148,13 +163,13 @@ def forward_rate(model: str, batch: int, tokens: int, seconds: float = 4.0) -> d
     qa = QuestionAnsweringPipeline(model, device="cpu", dtype="float32", null_threshold=None)
     ids = torch.randint(1000, 2000, (batch, tokens))
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
-    out = {}
-    for name, autocast in (("fp32", False), ("bf16", True)):
+    out, models = {}, {"fp32": qa.model, "bf16": qa.model, "int8": int8(qa.model)}
+    for name, autocast in (("fp32", False), ("bf16", True), ("int8", False)):
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            qa.model(**inputs)
+            models[name](**inputs)
             runs, start = 0, time.perf_counter()
             while time.perf_counter() - start < seconds:
-                qa.model(**inputs)
+                models[name](**inputs)
                 runs += 1
             rate = batch * runs / (time.perf_counter() - start)
         out[name] = {"seq_per_s": rate, "gflops": rate * forward_flops(qa.model.config, tokens) / 1e9}
@@ -165,26 +180,36 @@ def differing(a: list[str], b: list[str]) -> int:
     return sum(x != y for x, y in zip(a, b, strict=True))
 
 
+def f1(items: list[dict], answers: list[str]) -> float:
+    """The official SQuAD 2.0 F1 of these answers ("" for no answer), in percent."""
+    import squad_metrics
+
+    return 100 * sum(max(squad_metrics.compute_f1(g, a) for g in x["gold"])
+                     for x, a in zip(items, answers, strict=True)) / len(items)
+
+
 def report(items: list[dict], mine: dict, theirs: dict | None, forward: dict, rates: dict) -> None:
     n = len(items)
-    print(f"{n} questions; questions/s (model's share of the call); answers differing from float32 batch 1")
+    print(f"{n} questions, handle_impossible_answer (4.x's rule); questions/s (model's share of the call); "
+          "answers differing from float32 batch 1; F1 of the answers")
     base = mine[("float32", 1)]["answers"]
     for (dtype, batch), r in mine.items():
         print(f"  qa_pipeline {dtype:>8} batch {batch:>2}: {n / r['seconds']:6.1f} q/s "
               f"(model {100 * r['model_seconds'] / r['seconds']:.0f}%, rest {r['seconds'] - r['model_seconds']:.2f} s)"
-              f"; {differing(r['answers'], base)} answers differ")
+              f"; {differing(r['answers'], base)} answers differ; F1 {f1(items, r['answers']):.2f}")
     if theirs:
         for batch in BATCHES:
             r = theirs[str(batch)]
             print(f"  transformers {theirs['version']} float32 batch {batch:>2}: {n / r['seconds']:6.1f} q/s; "
-                  f"{differing(r['answers'], base)} answers differ from qa_pipeline float32")
+                  f"{differing(r['answers'], base)} answers differ from qa_pipeline float32; "
+                  f"F1 {f1(items, r['answers']):.2f}")
         best = n / mine[("bfloat16", 32)]["seconds"]
         print(f"  qa_pipeline bf16 batch 32 / transformers 4.57 batch 32: "
               f"{best / (n / theirs['32']['seconds']):.2f}x")
-    for name in ("fp32", "bf16"):
+    for name, rate in (("fp32", "fp32"), ("bf16", "bf16"), ("int8", "bf16")):  # no int8 matmul rate measured
         f = forward[name]
         print(f"  forward alone {name}: {f['seq_per_s']:.1f} seq/s, {f['gflops']:.0f} GFLOP/s = "
-              f"{100 * f['gflops'] / rates[name]:.0f}% of this CPU's {name} matmul rate ({rates[name]:.0f} GFLOP/s)")
+              f"{100 * f['gflops'] / rates[rate]:.0f}% of this CPU's {rate} matmul rate ({rates[rate]:.0f} GFLOP/s)")
     print(f"  bf16 / fp32: forward {forward['bf16']['seq_per_s'] / forward['fp32']['seq_per_s']:.2f}x, "
           f"pipeline batch 32 {mine[('float32', 32)]['seconds'] / mine[('bfloat16', 32)]['seconds']:.2f}x")
 
