@@ -269,8 +269,8 @@ def add_optimization_flags(g) -> None:
     g.add_argument("--layerwise_lr_decay", type=float, default=1.0, help="Each layer's LR is the next higher layer's times this (1.0: off).")
     g.add_argument("--fp16", action="store_true", help="float16 mixed precision (torch.amp, with a gradient scaler).")
     g.add_argument("--fp16_opt_level", default="O1", help="Accepted for compatibility with apex scripts; torch.amp is used.")
-    g.add_argument("--bf16", action="store_true", help="bfloat16 mixed precision (torch.amp, no scaler). The default on a GPU that computes bf16.")
-    g.add_argument("--fp32", action="store_true", help="No mixed precision (the classic script's default, and the default on a CPU).")
+    g.add_argument("--bf16", action="store_true", help="bfloat16 mixed precision (torch.amp, no scaler). The default on a GPU or CPU that computes bf16 natively (CPU: AMX or AVX512-BF16).")
+    g.add_argument("--fp32", action="store_true", help="No mixed precision (the classic script's default, and the default on a CPU without native bf16).")
     g.add_argument("--max_nonfinite_steps", type=int, default=10, help="Stop after this many consecutive non-finite steps.")
     g.add_argument("--seed", type=int, default=42, help="Random seed.")
 
@@ -530,6 +530,9 @@ def build_pipeline_parser() -> Parser:
     p.add_argument("--context_first", action="store_true",
                    help="Put the passage before the question (a model fine-tuned with --context_first).")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when available).")
+    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                   help="The precision of the forward passes (default: bfloat16 autocast on a CPU that computes bf16 "
+                        "natively, AMX or AVX512-BF16; float32 elsewhere). float16 needs a GPU.")
     return p
 
 

@@ -7,10 +7,12 @@ and each choice has its way back (`--packing off`, `--torch_compile off`, `--fp3
 The rules are plain data measured on an H200 (bench/RESULTS.md, ../shared/measurements) and pure functions
 over facts, so they are tested on any machine. No torch here: run_squad.py gathers the facts.
 
-The rules (CUDA; on a CPU every default stays the classic one: padded, eager, fp32):
-  precision  bf16 autocast on a GPU that computes bf16 natively (Ampere and newer) and no precision flag:
-             fp32 master weights and optimizer, as --bf16. The accuracy evidence is in bench/RESULTS.md
-             ("bf16 autocast and F1").
+The rules (CUDA; on a CPU every default but precision stays the classic one: padded, eager):
+  precision  bf16 autocast on a GPU that computes bf16 natively (Ampere and newer), or a CPU that does (it
+             reports amx_bf16 or avx512_bf16: BF16_CPU_FLAGS), and no precision flag: fp32 master weights and
+             optimizer, as --bf16. The accuracy evidence is in bench/RESULTS.md ("bf16 autocast and F1", and
+             "bf16 on a CPU" for evaluation and answers). Elsewhere fp32: emulated bf16 is slower than fp32.
+             qa_pipeline takes the CPU's rule (pipeline_precision); on a GPU it keeps float32 unless asked.
   packing    on where flash attention's varlen kernel runs: a GPU of compute capability 8.0 or newer, bf16
              or fp16, and a family packing.py supports with that kernel (every one but the relative-position
              BERT, whose exact packed path is quadratic in the pack on a GPU; and not models of remote code
@@ -31,6 +33,7 @@ the flag that chooses the safer path (WAY_BACK).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 # Families whose packed attention runs flash attention's varlen kernel on a GPU (packing.SUPPORTED_MODEL_TYPES,
@@ -48,6 +51,17 @@ WAY_BACK = {"compile": "--torch_compile off", "packing": "--packing off", "preci
 
 # Families whose padded attention goes through SDPA (the others compute attention themselves): the same ones.
 SDPA_TYPES = VARLEN_PACKING_TYPES
+
+# The CPU features (as Linux's /proc/cpuinfo names them) that compute bf16 natively: Intel's AMX tiles (Sapphire
+# Rapids and newer) and AVX512-BF16 (Cooper Lake, AMD Zen 4 and newer). Read from what the CPU reports, never from
+# its vendor or model name; without them bf16 autocast is emulated and slower than fp32.
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def native_bf16_cpu(cpu_flags: Iterable[str]) -> str:
+    """The first of BF16_CPU_FLAGS among the flags the CPU reports, "" when none: the CPU's bf16 fact."""
+    reported = set(cpu_flags)
+    return next((flag for flag in BF16_CPU_FLAGS if flag in reported), "")
 
 
 @dataclass(frozen=True)
@@ -88,6 +102,7 @@ class Facts:
     flash_gpu: bool = False  # that GPU runs flash attention's kernels (compute capability 8.0 and newer)
     custom_code: bool = False  # the model's classes come from its folder (--trust_remote_code) or it is a decoder
     resumed_packed: bool | None = None  # the checkpoint being resumed was trained packed (None: no checkpoint)
+    bf16_cpu: str = ""  # the run's CPU computes bf16 natively: the feature it reports (native_bf16_cpu), else ""
 
 
 @dataclass(frozen=True)
@@ -190,7 +205,21 @@ def choose_precision(flags: PathFlags, facts: Facts) -> tuple[str, str]:
         return "fp32", "fp32 (--fp32)"
     if facts.cuda and facts.bf16_gpu:
         return "bf16", "bf16 autocast (a bf16 GPU and no precision flag; --fp32 for fp32)"
-    return "fp32", "fp32 (no precision flag" + (", and the GPU has no bf16)" if facts.cuda else ")")
+    if not facts.cuda and facts.bf16_cpu:
+        return "bf16", f"bf16 autocast (a CPU with native bf16, {facts.bf16_cpu}, and no precision flag; --fp32 for fp32)"
+    return "fp32", "fp32 (no precision flag, and the " + ("GPU has no bf16)" if facts.cuda else
+                                                          "CPU has no native bf16: neither amx_bf16 nor avx512_bf16)")
+
+
+def pipeline_precision(requested: str | None, cuda: bool, bf16_cpu: str) -> tuple[str, str]:
+    """qa_pipeline's dtype (float32, float16 or bfloat16) and why: the one asked for; else bf16 autocast on a CPU
+    with native bf16 (the rule above); else float32 (on a GPU too, as transformers 4.x's pipeline)."""
+    if requested is not None:
+        return requested, f"{requested} (dtype={requested!r})"
+    if not cuda and bf16_cpu:
+        return "bfloat16", f"bfloat16 autocast (a CPU with native bf16, {bf16_cpu}; dtype='float32' for float32)"
+    return "float32", "float32 (the default " + ("on a GPU; dtype='bfloat16' for bf16)" if cuda else
+                                                 "on a CPU without native bf16: neither amx_bf16 nor avx512_bf16)")
 
 
 def compile_pays(parameters: int, steps: int) -> bool:

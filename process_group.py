@@ -23,6 +23,7 @@ import torch
 import transformers
 
 import atomic_io
+import fast_path
 import packing
 
 logger = logging.getLogger(__name__)
@@ -114,6 +115,22 @@ def device_capabilities(device: torch.device) -> tuple[bool, bool]:
     if device.type != "cuda":
         return False, False
     return torch.cuda.is_bf16_supported(including_emulation=False), packing.flash_capable(device.index)
+
+
+def cpu_bf16(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The feature by which this CPU computes bf16 natively (fast_path.native_bf16_cpu), "" when it does not: the
+    flags Linux reports for it, else (no /proc/cpuinfo: macOS, Windows) what torch's cpuinfo says of AVX512-BF16
+    and AMX. What the CPU reports, never its vendor's name."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as info:
+            # x86 names its features on "flags" lines, ARM on "Features" lines (no bf16 rule for ARM yet)
+            flags = next((line.partition(":")[2].split() for line in info if line.startswith(("flags", "Features"))), [])
+        return fast_path.native_bf16_cpu(flags)
+    except OSError:
+        reported = [name for name, probe in (("amx_bf16", "_is_amx_tile_supported"),
+                                             ("avx512_bf16", "_is_avx512_bf16_supported"))
+                    if getattr(torch.cpu, probe, lambda: False)()]
+        return fast_path.native_bf16_cpu(reported)
 
 
 def setup_logging(verbose: bool, rank: int) -> None:

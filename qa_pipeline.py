@@ -73,6 +73,7 @@ if __name__ == "__main__":  # the flags, the model folder and every input line a
 
 import contextlib
 import json
+import logging
 import math
 import os
 import warnings
@@ -90,6 +91,8 @@ from tqdm import tqdm
 import batching
 import checkpoints
 import decoding
+import fast_path
+import process_group
 import qa_model
 import utils_squad
 from output_folder import THRESHOLD_FILE
@@ -104,6 +107,7 @@ ANSWER_KEYS = ("score", "start", "end", "answer")
 # Windows go through the model this many batches at a time, each chunk ranked before the next one runs.
 CHUNK_BATCHES = 8
 INPUT_KEYS = ("question", "context", "X", "data")
+logger = logging.getLogger(__name__)
 HALF_DTYPES = ("float16", "bfloat16")
 
 
@@ -334,12 +338,14 @@ def _steps(settings: CallSettings, n_question: np.ndarray, n_context: np.ndarray
     return np.maximum(step, 1)  # a context that fits one window: any step gives that one window
 
 
-def _featurize(examples: list, tokenizer, settings: CallSettings, max_query_length: int,
+def _featurize(examples: list, tokenizer, backend: Tokenizer, spec, settings: CallSettings, max_query_length: int,
                context_first: bool) -> utils_squad.SquadFeatures:
-    """One featurizer call: each question steps its own window minus doc_stride (the overlap)."""
+    """One featurizer call: each question steps its own window minus doc_stride (the overlap). spec: the
+    tokenizer's (utils_squad.tokenizer_spec), made once by the pipeline; None reads it from the tokenizer."""
     feature_settings = utils_squad.FeatureSettings(settings.max_seq_len, 1, max_query_length, context_first,
                                                    is_training=False, window_overlap=settings.doc_stride)
-    return utils_squad.convert_examples_to_features(examples, tokenizer, feature_settings)
+    return utils_squad.convert_examples_to_features(examples, tokenizer, feature_settings, spec=spec,
+                                                    backend=backend if spec is not None else None)
 
 
 def _window_words(features, steps: np.ndarray, contexts: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
@@ -361,7 +367,7 @@ def _window_words(features, steps: np.ndarray, contexts: list[tuple[np.ndarray, 
 
 
 def build_windows(pairs: list[tuple[str, str]], tokenizer, backend: Tokenizer, settings: CallSettings,
-                  context_first: bool) -> Windows:
+                  context_first: bool, spec=None) -> Windows:
     """The windows 4.x made of each (question, context), as the featurizer's features: for each question its
     own step (its window - doc_stride), the question cut to max_question_len, word ids for align_to_words."""
     examples = [utils_squad.SquadExample(str(i), q, c, [], False) for i, (q, c) in enumerate(pairs)]
@@ -376,7 +382,7 @@ def build_windows(pairs: list[tuple[str, str]], tokenizer, backend: Tokenizer, s
                 in zip((c for _, c in pairs), utils_squad.encode_contexts(backend, [c for _, c in pairs]), strict=True)]
     n_context = np.array([len(w) for w, _ in contexts], dtype=np.int64)
     steps = _steps(settings, n_question, n_context, specials)
-    features = _featurize(examples, tokenizer, settings, max_query_length, context_first)
+    features = _featurize(examples, tokenizer, backend, spec, settings, max_query_length, context_first)
     return Windows(features, _window_words(features, steps, contexts), examples)
 
 
@@ -539,20 +545,50 @@ def four_x_shape(answers: list[dict]):
 # --------------------------------------------------------------------------------------------
 
 
-def _dtype_of(dtype, device):
-    """float32 unless float16 / bfloat16 is asked for on a CUDA device."""
+@dataclass(frozen=True)
+class Precision:
+    """How the forward passes compute: the weights' dtype, the autocast dtype (None: none), and why (the rule
+    is fast_path.pipeline_precision's). A GPU computes in half-precision weights; a CPU keeps float32 weights
+    under bf16 autocast, as the command line's CPU path (its LayerNorms and softmax stay float32)."""
+
+    weights: torch.dtype
+    autocast: torch.dtype | None
+    reason: str
+
+    def context(self, device: torch.device):
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.autocast)
+
+
+def _requested_dtype(dtype) -> str | None:
+    """The dtype asked for, by name (float32, float16, bfloat16), or None when none is."""
     if dtype is None:
-        return torch.float32
+        return None
     if isinstance(dtype, str):
         name = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}.get(dtype, dtype)
         if name not in ("float32", *HALF_DTYPES):
             raise PipelineInputError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
-        dtype = getattr(torch, name)
+        return name
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise PipelineInputError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
-    if dtype != torch.float32 and device.type != "cuda":
-        raise PipelineInputError(f"dtype {str(dtype).removeprefix('torch.')} needs a CUDA device (got {device})")
-    return dtype
+    return str(dtype).removeprefix("torch.")
+
+
+def _precision_of(dtype, device: torch.device, bf16_cpu: str | None = None) -> Precision:
+    """The asked dtype, else fast_path's default for the device; bf16_cpu: the CPU's bf16 fact, read from the
+    CPU when None (process_group.cpu_bf16)."""
+    requested = _requested_dtype(dtype)
+    if requested == "float16" and device.type != "cuda":
+        raise PipelineInputError(f"dtype float16 needs a CUDA device (got {device}; a CPU computes float32 or bfloat16)")
+    if bf16_cpu is None:
+        bf16_cpu = process_group.cpu_bf16() if device.type == "cpu" and requested is None else ""
+    name, why = fast_path.pipeline_precision(requested, device.type == "cuda", bf16_cpu)
+    if name == "float32":
+        return Precision(torch.float32, None, why)
+    if device.type == "cuda":
+        return Precision(getattr(torch, name), None, why)
+    return Precision(torch.float32, getattr(torch, name), why)
 
 
 def _device_of(device, model=None):
@@ -608,8 +644,9 @@ class QuestionAnsweringPipeline:
 
     QuestionAnsweringPipeline("path/to/model") or QuestionAnsweringPipeline(model=model, tokenizer=tokenizer)
     (objects, or a model object and a tokenizer folder). device: None (CUDA when available; a model object
-    stays where it is), "cpu", "cuda:1", a torch.device, or 4.x's -1 / 0, 1, ...; dtype: float32 (default), or
-    float16 / bfloat16 on CUDA. null_threshold: "auto" (the folder's null_score_diff_threshold.json when
+    stays where it is), "cpu", "cuda:1", a torch.device, or 4.x's -1 / 0, 1, ...; dtype: None (the default:
+    bfloat16 autocast on a CPU that computes bf16 natively, AMX or AVX512-BF16, else float32; ``qa.precision``
+    says which and why), "float32", "bfloat16" (on a CPU too: float32 weights under autocast), or "float16" (CUDA). null_threshold: "auto" (the folder's null_score_diff_threshold.json when
     present), None, or a number. context_first: None follows the tokenizer (context first when it pads on the
     left, as 4.x) or the model folder's training_args.json (fine-tuned with --context_first); True or False
     say it. batch_size: windows per forward pass (a call's batch_size= overrides it). lang_id: XLM's language id.
@@ -626,23 +663,29 @@ class QuestionAnsweringPipeline:
         if _is_path(model):
             folder = _model_folder(model)
             self.device = _device_of(device)
-            self.model, self.beam = self._load_model(folder, _dtype_of(dtype, self.device))
+            self.precision = _precision_of(dtype, self.device)
+            self.model, self.beam = self._load_model(folder, self.precision.weights)
         else:
             folder = _origin_folder(model)
             self.device = _device_of(device, model)
-            self.model = model if dtype is None else model.to(dtype=_dtype_of(dtype, self.device))
+            self.precision = _precision_of(dtype, self.device)
+            # a model object keeps its weights unless a dtype is asked for (autocast alone leaves them as they are)
+            self.model = model if dtype is None else model.to(dtype=self.precision.weights)
             self.beam = isinstance(model, (transformers.XLNetForQuestionAnswering, transformers.XLMForQuestionAnswering))
         self.tokenizer = self._load_tokenizer(tokenizer, folder)
         self.model.to(self.device).eval()
         self.model_type = self.model.config.model_type
         self.head = batching.make_head(self.beam)
-        self.backend = utils_squad.plain_backend(self.tokenizer.backend_tokenizer.to_str())
+        # the tokenizer's JSON parsed once, not on every call (~0.1 s each for a BERT vocabulary)
+        self.spec = utils_squad.tokenizer_spec(self.tokenizer)
+        self.backend = utils_squad.plain_backend(self.spec.backend_json)
         if context_first is None:  # as the model was fine-tuned: passage first for XLNet or --context_first
             context_first = self.tokenizer.padding_side == "left" or trained_context_first(folder)
         self.context_first = bool(context_first)
         self.batch_size = _whole_number("batch_size", batch_size, 1)
         self.lang_id = lang_id
         self.threshold = resolve_threshold(null_threshold, folder)
+        logger.info("path: %s", self.precision.reason)
 
     @staticmethod
     def _load_model(folder: Path, dtype):
@@ -686,7 +729,7 @@ class QuestionAnsweringPipeline:
         settings = call_settings(kwargs, self.tokenizer.model_max_length, self.batch_size)
         if not pairs:
             return []
-        windows = build_windows(list(pairs), self.tokenizer, self.backend, settings, self.context_first)
+        windows = build_windows(list(pairs), self.tokenizer, self.backend, settings, self.context_first, self.spec)
         ranking = Ranking(windows)
         kept: list[dict] | None = [] if self.threshold is not None and settings.handle_impossible_answer else None
         features, chunk = windows.features, settings.batch_size * CHUNK_BATCHES
@@ -708,7 +751,7 @@ class QuestionAnsweringPipeline:
         padded = batching.PaddedBatches(batch_size, self.head, self.model_type, lang_id=self.lang_id,
                                         prepared_mask=batching.takes_prepared_mask(self.model_type, attention))
         outputs = []
-        with torch.inference_mode(), padded_attention_kernels(self.device):
+        with torch.inference_mode(), padded_attention_kernels(self.device), self.precision.context(self.device):
             for idx in padded.plan(features.lengths()):
                 batch = batching.to_device(padded.tensors(features, idx, with_labels=False), self.device)
                 outputs.append(self.head.outputs(padded.forward(self.model, batch, training=False), batch))
@@ -788,7 +831,7 @@ def run(command: cli.PipelineCommand) -> list[str]:
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     qa = QuestionAnsweringPipeline(str(_model_folder(command.model_dir)), device=command.device,
-                                   batch_size=command.batch_size,
+                                   dtype=command.dtype, batch_size=command.batch_size,
                                    null_threshold=None if command.no_threshold else "auto",
                                    context_first=True if command.context_first else None)
     settings = {k: getattr(command, k) for k in ("top_k", "doc_stride", "max_answer_len", "max_seq_len",

@@ -411,7 +411,8 @@ def choose_path(flags: fast_path.PathFlags, device: torch.device, config, remote
     custom = (remote_code and bool(getattr(config, "auto_map", None))) or bool(getattr(config, "is_decoder", False))
     facts = fast_path.Facts(cuda=device.type == "cuda", bf16_gpu=bf16_gpu, model_type=config.model_type,
                             relative_positions=modeling_relative.is_relative_position_config(config),
-                            flash_gpu=flash_gpu, custom_code=custom, resumed_packed=resumed_packed)
+                            flash_gpu=flash_gpu, custom_code=custom, resumed_packed=resumed_packed,
+                            bf16_cpu=process_group.cpu_bf16() if device.type == "cpu" else "")
     return fast_path.choose(flags, facts)
 
 

@@ -23,7 +23,7 @@ import os
 import signal
 import zipfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -629,7 +629,7 @@ class _Spec:
 
     backend_json: str
     template: PairTemplate
-    settings: FeatureSettings
+    settings: FeatureSettings | None  # None: a tokenizer's spec before spec_for
     padding_side: str
     pad_token_id: int
     pad_token_type_id: int
@@ -853,14 +853,25 @@ def check_sequence_lengths(tokenizer, settings: FeatureSettings) -> None:
 
 def feature_spec(tokenizer, settings: FeatureSettings) -> _Spec:
     """Everything about the tokenizer the featurizer needs, checked once."""
+    return spec_for(tokenizer_spec(tokenizer), settings)
+
+
+def tokenizer_spec(tokenizer) -> _Spec:
+    """What the featurizer needs of a tokenizer, without window settings (spec_for adds them)."""
     if not getattr(tokenizer, "is_fast", False) or not hasattr(tokenizer, "backend_tokenizer"):
         raise ValueError(f"{type(tokenizer).__name__} is not a fast tokenizer; character offsets are required")
     backend_json = tokenizer.backend_tokenizer.to_str()
     template = derive_pair_template(plain_backend(backend_json), tokenizer.cls_token_id)
-    _check_settings(settings, template)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return _Spec(backend_json, template, settings, tokenizer.padding_side, int(pad_id),
+    return _Spec(backend_json, template, None, tokenizer.padding_side, int(pad_id),
                  int(getattr(tokenizer, "pad_token_type_id", 0) or 0))
+
+
+def spec_for(spec: _Spec, settings: FeatureSettings) -> _Spec:
+    """The same tokenizer's spec for other window settings, checked, without reading the tokenizer again
+    (feature_spec parses its JSON: ~0.1 s for a BERT vocabulary, which a pipeline would pay on every call)."""
+    _check_settings(settings, spec.template)
+    return replace(spec, settings=settings)
 
 
 _WORKER: dict = {}
@@ -881,9 +892,11 @@ def _worker_run(args):
 
 
 def convert_examples_to_features(examples: Sequence[SquadExample], tokenizer, settings: FeatureSettings,
-                                 threads: int = 1) -> SquadFeatures:
-    """Sliding-window features of all examples (classic window rule, max-context flags, labels)."""
-    spec = feature_spec(tokenizer, settings)
+                                 threads: int = 1, spec: _Spec | None = None,
+                                 backend: Tokenizer | None = None) -> SquadFeatures:
+    """Sliding-window features of all examples (classic window rule, max-context flags, labels). spec and
+    backend: the tokenizer's, prepared once by a caller that featurizes many times (spec_for, plain_backend)."""
+    spec = spec_for(spec, settings) if spec is not None else feature_spec(tokenizer, settings)
     chunks = [(i, examples[i:i + CHUNK_EXAMPLES]) for i in range(0, len(examples), CHUNK_EXAMPLES)]
     if threads > 1 and len(chunks) > 1:
         # spawn, not fork: forking after the Rust thread pool has run can deadlock.
@@ -891,7 +904,7 @@ def convert_examples_to_features(examples: Sequence[SquadExample], tokenizer, se
         with ctx.Pool(min(threads, len(chunks)), initializer=_worker_init, initargs=(spec,)) as pool:
             parts = pool.map(_worker_run, [(chunk, first) for first, chunk in chunks], chunksize=1)
     else:
-        backend = plain_backend(spec.backend_json)
+        backend = backend or plain_backend(spec.backend_json)
         parts = [_featurize_chunk(spec, chunk, first, backend) for first, chunk in chunks]
     if not parts:
         raise ValueError("no examples to featurize")

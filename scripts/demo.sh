@@ -47,11 +47,14 @@ export OMP_NUM_THREADS=$THREADS
 case "${PRECISION:-auto}" in
   bf16) BF16=1 ;; fp32) BF16=0 ;; auto) ;; *) echo "error: PRECISION must be auto, bf16 or fp32" >&2; exit 2 ;;
 esac
-PRECISION_FLAGS=()
-[ "$BF16" = 1 ] && PRECISION_FLAGS=(--bf16)
+# Said explicitly: run_squad.py's own default is the same (bf16 where the CPU or GPU computes it natively), but
+# PRECISION=bf16|fp32 overrides it; qa_pipeline.py keeps its default (bf16 on such a CPU, float32 on a GPU)
+# unless PRECISION=fp32 asks for float32 throughout.
+PRECISION_FLAGS=(--fp32) PIPELINE_DTYPE=(--dtype float32)
+if [ "$BF16" = 1 ]; then PRECISION_FLAGS=(--bf16) PIPELINE_DTYPE=(); fi
 COMMON=(--model_name_or_path "$MODEL" --version_2_with_negative --do_lower_case
         --predict_file "$DATA/demo-dev-v2.0.json" --max_seq_length 256 --doc_stride 128
-        --per_gpu_eval_batch_size 32 --seed "${SEED:-42}" ${PRECISION_FLAGS[@]+"${PRECISION_FLAGS[@]}"})
+        --per_gpu_eval_batch_size 32 --seed "${SEED:-42}" "${PRECISION_FLAGS[@]}")
 echo "== the demo: MiniLM-L6 (22M parameters), fine-tuned on 302 questions and scored on 77, on the" \
      "${DEVICE//_/ }$([ "$BF16" = 1 ] && echo ', in bf16')"
 
@@ -100,6 +103,6 @@ for line in sys.stdin:
     print("Q: %s\n   answer: %s (score %.3f); gold: %s" % (row["question"], row["answer"] or "(no answer)",
                                                          row["score"], " / ".join(row["gold"])))
 '
-python qa_pipeline.py "$OUT/fine-tuned" --input "$OUT/questions.jsonl" --handle_impossible_answer | python -c "$SHOW"
+python qa_pipeline.py "$OUT/fine-tuned" --input "$OUT/questions.jsonl" --handle_impossible_answer ${PIPELINE_DTYPE[@]+"${PIPELINE_DTYPE[@]}"} | python -c "$SHOW"
 echo
 echo "demo done in $((SECONDS - started)) s"

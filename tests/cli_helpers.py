@@ -35,10 +35,13 @@ def small_squad_file(source: Path, target: Path, articles: int = 1, questions: i
     return target
 
 
-def common_flags(model: Path, out: Path) -> list[str]:
+def common_flags(model: Path, out: Path, precision: str | None = "--fp32") -> list[str]:
+    """A small run's flags; in fp32 unless told (None: no precision flag). A CPU with native bf16 would default
+    to bf16 autocast, and the tests compare exact numbers: the same on every CPU."""
     return ["--model_name_or_path", str(model), "--output_dir", str(out), "--version_2_with_negative",
             "--no_cuda", "--max_seq_length", "192", "--doc_stride", "64", "--per_gpu_train_batch_size", "8",
-            "--per_gpu_eval_batch_size", "16", "--learning_rate", "1e-3", "--logging_steps", "5", "--seed", "7"]
+            "--per_gpu_eval_batch_size", "16", "--learning_rate", "1e-3", "--logging_steps", "5", "--seed", "7",
+            *([precision] if precision else [])]
 
 
 def cli_env(**env) -> dict:

@@ -14,6 +14,7 @@ from safetensors.numpy import load_file
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
 import batching
+import fast_path
 import qa_model
 import run_squad
 import utils_squad
@@ -313,12 +314,48 @@ def test_the_run_says_its_path_and_evaluation_does_not_compile_again(tiny_bert_d
             graphs_during_evaluation.append(torch._dynamo.utils.counters["stats"]["unique_graphs"] - before)
 
     monkeypatch.setattr(run_squad, "evaluate", evaluate)
+    monkeypatch.setattr(run_squad.process_group, "cpu_bf16", lambda: "")  # a CPU without native bf16
     dev = small_v2_file(squad_dir, tmp_path / "dev.json", questions=10)
-    command = [*common_flags(tiny_bert_dir, tmp_path / "out"), *flags(squad_dir, tmp_path, 2), "--torch_compile",
+    command = [*common_flags(tiny_bert_dir, tmp_path / "out", None), *flags(squad_dir, tmp_path, 2), "--torch_compile",
                "--torch_compile_backend", "aot_eager", "--evaluate_during_training", "--eval_steps", "2",
                "--predict_file", str(dev)]
     assert run_squad.main(command) == 0
     assert graphs_during_evaluation == [0]
     paths = [line.split("run_squad: ", 1)[1] for line in capsys.readouterr().err.splitlines() if "run_squad: path: " in line]
-    assert paths == ["path: padded batches (the CPU default; --packing to pack); fp32 (no precision flag); "
-                     "torch.compile for training (--torch_compile); evaluation eager (not compiled a second time)"]
+    assert paths == ["path: padded batches (the CPU default; --packing to pack); fp32 (no precision flag, and the "
+                     "CPU has no native bf16: neither amx_bf16 nor avx512_bf16); torch.compile for training "
+                     "(--torch_compile); evaluation eager (not compiled a second time)"]
+
+
+@pytest.mark.parametrize("reported, flag, precision", [
+    ("avx512_bf16", [], "bf16"), ("amx_bf16", [], "bf16"), ("", [], "fp32"), ("avx512_bf16", ["--fp32"], "fp32")])
+def test_a_cpu_run_takes_the_cpus_bf16_fact(tiny_bert_dir, monkeypatch, reported, flag, precision):
+    monkeypatch.setattr(run_squad.process_group, "cpu_bf16", lambda: reported)
+    args = run_squad.cli.parse_args(["--model_name_or_path", str(tiny_bert_dir), "--output_dir", "o", *flag])
+    config = qa_model.load_config(qa_model.ModelSource(str(tiny_bert_dir)))
+    choice = run_squad.choose_path(fast_path.PathFlags.from_args(args), torch.device("cpu"), config, False)
+    assert choice.precision == precision
+    assert (bool(reported) and reported in choice.reasons[1]) == (precision == "bf16")
+
+
+@pytest.mark.parametrize("cpuinfo, expected", [
+    ("processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu avx2 avx512f avx512_bf16 clzero\n\n"
+     "processor\t: 1\nflags\t\t: fpu avx2 avx512f avx512_bf16 clzero\n", "avx512_bf16"),
+    ("processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu avx512f amx_bf16 amx_tile avx512_bf16\n",
+     "amx_bf16"),
+    ("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel Xeon (bf16 in the name)\n"
+     "flags\t\t: fpu avx2 avx512f avx512_vnni\n", ""),  # the name never counts, only the flags
+    ("processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n", ""),
+])
+def test_the_cpus_bf16_fact_is_read_from_its_flags(tmp_path, cpuinfo, expected):
+    path = tmp_path / "cpuinfo"
+    path.write_text(cpuinfo)
+    assert run_squad.process_group.cpu_bf16(str(path)) == expected
+
+
+def test_without_proc_cpuinfo_torch_says(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert run_squad.process_group.cpu_bf16(str(tmp_path / "absent")) == "avx512_bf16"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    assert run_squad.process_group.cpu_bf16(str(tmp_path / "absent")) == ""

@@ -13,6 +13,7 @@ PADDED_ONLY = ["xlnet", "xlm", "deberta-v2"]
 H200 = {"cuda": True, "bf16_gpu": True, "flash_gpu": True}
 V100 = {"cuda": True, "bf16_gpu": False, "flash_gpu": False}
 CPU = {"cuda": False, "bf16_gpu": False}
+BF16_CPU = {"cuda": False, "bf16_gpu": False, "bf16_cpu": "avx512_bf16"}
 
 
 def choose(flags: str, model_type: str, relative: bool = False, **facts):
@@ -24,7 +25,55 @@ def choose(flags: str, model_type: str, relative: bool = False, **facts):
 def test_on_a_cpu_the_classic_defaults_stay(model_type):
     choice = choose("", model_type, **CPU)
     assert (choice.packing, choice.precision, choice.sdpa_without_cudnn) == (False, "fp32", False)
-    assert choice.describe() == "path: padded batches (the CPU default; --packing to pack); fp32 (no precision flag)"
+    assert choice.describe() == ("path: padded batches (the CPU default; --packing to pack); fp32 (no precision flag, "
+                                 "and the CPU has no native bf16: neither amx_bf16 nor avx512_bf16)")
+
+
+@pytest.mark.parametrize("model_type", PACKABLE + PADDED_ONLY)
+@pytest.mark.parametrize("feature", ["amx_bf16", "avx512_bf16"])
+def test_on_a_cpu_with_native_bf16_the_default_is_bf16_autocast(model_type, feature):
+    choice = choose("", model_type, cuda=False, bf16_gpu=False, bf16_cpu=feature)
+    assert (choice.packing, choice.precision, choice.sdpa_without_cudnn) == (False, "bf16", False)
+    assert choice.describe() == ("path: padded batches (the CPU default; --packing to pack); bf16 autocast (a CPU "
+                                 f"with native bf16, {feature}, and no precision flag; --fp32 for fp32)")
+
+
+@pytest.mark.parametrize("flags, facts, precision, reason", [
+    ("--fp32", BF16_CPU, "fp32", "fp32 (--fp32)"),
+    ("--bf16", CPU, "bf16", "bf16 autocast (--bf16)"),  # asked: emulated bf16 where the CPU has none
+    ("--bf16", BF16_CPU, "bf16", "bf16 autocast (--bf16)"),
+    ("--fp16", BF16_CPU, "fp16", "fp16 autocast with a gradient scaler (--fp16)"),
+    # the CPU's bf16 says nothing about a GPU run (that GPU's own fact decides)
+    ("", {**V100, "bf16_cpu": "amx_bf16"}, "fp32", "fp32 (no precision flag, and the GPU has no bf16)"),
+])
+def test_explicit_precision_flags_win_on_a_cpu(flags, facts, precision, reason):
+    choice = choose(flags, "bert", **facts)
+    assert (choice.precision, choice.reasons[1]) == (precision, reason)
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["fpu", "avx2", "avx512f", "avx512_bf16", "avx512_vnni"], "avx512_bf16"),  # AMD Zen 4, Intel Cooper Lake
+    (["avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"], "amx_bf16"),            # Sapphire Rapids: AMX first
+    (["avx512f", "avx512bw", "avx512_vnni"], ""),                                 # Ice Lake: AVX-512, no bf16
+    (["fp", "asimd", "bf16", "i8mm"], ""),                                        # ARM: no rule measured yet
+    ([], ""),
+])
+def test_native_bf16_is_what_the_cpu_reports(flags, expected):
+    assert fast_path.native_bf16_cpu(flags) == expected
+
+
+@pytest.mark.parametrize("requested, cuda, bf16_cpu, expected", [
+    (None, False, "amx_bf16", "bfloat16"),
+    (None, False, "", "float32"),
+    (None, True, "amx_bf16", "float32"),  # a GPU: float32 unless asked, as transformers 4.x's pipeline
+    ("float32", False, "avx512_bf16", "float32"),
+    ("bfloat16", False, "", "bfloat16"),
+    ("float16", True, "", "float16"),
+])
+def test_the_pipelines_precision(requested, cuda, bf16_cpu, expected):
+    name, why = fast_path.pipeline_precision(requested, cuda, bf16_cpu)
+    assert name == expected and why.startswith(expected)
+    assert (bool(bf16_cpu) and bf16_cpu in why) == (requested is None and not cuda and bool(bf16_cpu))
 
 
 @pytest.mark.parametrize("model_type", PACKABLE)

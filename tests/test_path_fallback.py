@@ -270,8 +270,8 @@ def test_an_automatic_precision_that_cannot_run_is_fp32(tiny_bert_dir, squad_dir
     runs = {}
     for name, extra in (("fp32", ["--fp32"]), ("auto", [])):
         runs[name] = tmp_path / name
-        assert run_squad.main([*common_flags(tiny_bert_dir, runs[name]), *train_flags(squad_dir, tmp_path),
-                               *extra]) == 0
+        assert run_squad.main([*common_flags(tiny_bert_dir, runs[name], precision=None),
+                               *train_flags(squad_dir, tmp_path), *extra]) == 0
         err = capsys.readouterr().err
     assert [w.split(": ", 1)[1] for w in warnings_in(err)] == [
         "mixed precision failed in a probe (no bf16 here (test)): going on with fp32 (--fp32 chooses that "
@@ -283,7 +283,7 @@ def test_an_automatic_precision_that_cannot_run_is_fp32(tiny_bert_dir, squad_dir
 def test_an_explicit_precision_that_cannot_run_is_one_line(tiny_bert_dir, squad_dir, tmp_path, capsys,
                                                           precision_fails):
     out = tmp_path / "out"
-    code = run_squad.main([*common_flags(tiny_bert_dir, out), *train_flags(squad_dir, tmp_path), "--bf16"])
+    code = run_squad.main([*common_flags(tiny_bert_dir, out, precision="--bf16"), *train_flags(squad_dir, tmp_path)])
     err = capsys.readouterr().err
     assert code == 2
     assert err.strip().splitlines()[-1] == (

@@ -26,6 +26,7 @@ from transformers import AutoTokenizer, XLMForQuestionAnswering, XLNetForQuestio
 
 import batching
 import decoding
+import fast_path
 import qa_model
 import qa_pipeline
 import utils_squad
@@ -46,7 +47,7 @@ QUESTION = "Who gave their name to Normandy?"
 
 @pytest.fixture(scope="module")
 def qa() -> QuestionAnsweringPipeline:
-    return QuestionAnsweringPipeline(str(MODEL), device="cpu", null_threshold=None)
+    return QuestionAnsweringPipeline(str(MODEL), device="cpu", dtype="float32", null_threshold=None)
 
 
 def pairs_of(inputs: list[dict]) -> list[tuple[str, str]]:
@@ -153,9 +154,64 @@ def test_answers_are_exact_substrings_of_the_context(qa):
 def test_model_and_tokenizer_objects_answer_as_the_folder(qa):
     model = qa_model.load_model(str(MODEL), qa.model.config, qa_model.ModelSource(str(MODEL)), beam_head=False)
     tokenizer = AutoTokenizer.from_pretrained(MODEL)
-    from_objects = QuestionAnsweringPipeline(model=model, tokenizer=tokenizer, null_threshold=None)
+    from_objects = QuestionAnsweringPipeline(model=model, tokenizer=tokenizer, dtype="float32", null_threshold=None)
     kwargs = {"top_k": 3, "handle_impossible_answer": True, **WINDOWED}
     assert from_objects(question=QUESTION, context=CONTEXT, **kwargs) == qa(question=QUESTION, context=CONTEXT, **kwargs)
+
+
+# Precision: bf16 autocast by default on a CPU that computes bf16 natively (fast_path.pipeline_precision)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype, bf16_cpu, weights, autocast", [
+    (None, "avx512_bf16", torch.float32, torch.bfloat16),  # the default where the CPU has bf16
+    (None, "amx_bf16", torch.float32, torch.bfloat16),
+    (None, "", torch.float32, None),                       # a CPU without it stays float32
+    ("float32", "amx_bf16", torch.float32, None),          # asked: the classic path back
+    ("fp32", "avx512_bf16", torch.float32, None),
+    (torch.float32, "avx512_bf16", torch.float32, None),
+    ("bfloat16", "", torch.float32, torch.bfloat16),       # asked: autocast even where bf16 is emulated
+    (torch.bfloat16, "", torch.float32, torch.bfloat16),
+])
+def test_the_cpu_precision_rule(dtype, bf16_cpu, weights, autocast):
+    precision = qa_pipeline._precision_of(dtype, torch.device("cpu"), bf16_cpu)
+    assert (precision.weights, precision.autocast) == (weights, autocast)
+    assert ("bfloat16 autocast" in precision.reason) == (dtype is None and autocast is not None)
+
+
+def test_on_a_gpu_the_default_stays_float32_and_half_dtypes_are_weights():
+    cuda = torch.device("cuda")  # no GPU needed: the rule only reads the device's type
+    assert qa_pipeline._precision_of(None, cuda, "amx_bf16") == qa_pipeline.Precision(
+        torch.float32, None, "float32 (the default on a GPU; dtype='bfloat16' for bf16)")
+    assert qa_pipeline._precision_of("bfloat16", cuda, "").weights == torch.bfloat16
+    assert qa_pipeline._precision_of("float16", cuda, "") == qa_pipeline.Precision(
+        torch.float16, None, "float16 (dtype='float16')")
+
+
+@pytest.mark.parametrize("reported, autocast", [("avx512_bf16", torch.bfloat16), ("", None)])
+def test_the_default_reads_the_cpu(monkeypatch, reported, autocast):
+    monkeypatch.setattr(qa_pipeline.process_group, "cpu_bf16", lambda: reported)
+    pipe = QuestionAnsweringPipeline(str(MODEL), device="cpu", null_threshold=None)
+    assert pipe.precision.autocast == autocast and next(pipe.model.parameters()).dtype == torch.float32
+    assert pipe.precision.reason == fast_path.pipeline_precision(None, False, reported)[1]
+
+
+def test_bf16_autocast_answers_on_a_cpu(qa):
+    """A real bf16 run on the CPU (native or emulated): the model's matmuls compute in bf16, the answers are
+    exact substrings of their contexts, and mostly the float32 answers (the model is small and sure of few)."""
+    bf16 = QuestionAnsweringPipeline(str(MODEL), device="cpu", dtype="bfloat16", null_threshold=None)
+    seen = []
+    bf16.model.qa_outputs.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    inputs = EXPECTED["inputs"][::4]
+    found = bf16.answer(pairs_of(inputs), top_k=2, **WINDOWED)
+    assert seen and set(seen) == {torch.bfloat16}
+    assert next(bf16.model.parameters()).dtype == torch.float32  # float32 weights under autocast
+    for x, answers in zip(inputs, found, strict=True):
+        assert answers and all(a["answer"] == x["context"][a["start"]:a["end"]] and a["answer"] for a in answers)
+        assert all(0.0 < a["score"] <= 1.0 for a in answers)
+    same = sum(ours[0]["answer"] == theirs[0]["answer"]
+               for ours, theirs in zip(found, qa.answer(pairs_of(inputs), top_k=2, **WINDOWED), strict=True))
+    assert same >= 0.8 * len(inputs), (same, len(inputs))
 
 
 def test_bad_calls_are_value_errors(qa):
@@ -175,8 +231,8 @@ def test_bad_calls_are_value_errors(qa):
     with pytest.raises(PipelineInputError, match="doc_stride 25 must be less than the 20 context tokens"):
         qa(question="Who?", context=CONTEXT, max_seq_len=25, doc_stride=25)
     assert qa(question="Who?", context="The Normans.", max_seq_len=25, doc_stride=25)["answer"]
-    with pytest.raises(ValueError, match="needs a CUDA device"):
-        QuestionAnsweringPipeline(str(MODEL), device="cpu", dtype="bfloat16")
+    with pytest.raises(ValueError, match="dtype float16 needs a CUDA device"):
+        QuestionAnsweringPipeline(str(MODEL), device="cpu", dtype="float16")
     with pytest.raises(PipelineInputError, match="no such model folder"):
         QuestionAnsweringPipeline(str(MODEL / "absent"))
 
@@ -251,7 +307,7 @@ def brute_force_beam_spans(out, is_context: np.ndarray, max_len: int):
 
 @pytest.mark.parametrize("family", [*FAMILIES, *(f"{f}-beam" for f in BEAM_CLASSES)])
 def test_every_family_answers_as_a_direct_forward(family_dirs, family):
-    pipe = QuestionAnsweringPipeline(str(family_dirs[family]), device="cpu")
+    pipe = QuestionAnsweringPipeline(str(family_dirs[family]), device="cpu", dtype="float32")
     assert pipe.beam == family.endswith("-beam")
     best = pipe(question=QUESTION, context=CONTEXT, align_to_words=False)
     inputs, is_context, cls, offsets = direct_logits(pipe.model, pipe.tokenizer, QUESTION, CONTEXT, pipe.model_type)
@@ -319,7 +375,7 @@ def test_the_threshold_decides_exactly_at_the_null_odds(qa, model_copy):
     assert odds[middle] < decoding.NO_SPAN_NULL_ODDS
     for value in (odds[middle], float(np.nextafter(odds[middle], -np.inf))):
         write_threshold(model_copy, value)
-        tuned = QuestionAnsweringPipeline(str(model_copy), device="cpu")
+        tuned = QuestionAnsweringPipeline(str(model_copy), device="cpu", dtype="float32")
         assert tuned.threshold.value == value
         found = tuned.answer(pairs, top_k=3, handle_impossible_answer=True, **WINDOWED)
         for i, answers in enumerate(found):
@@ -335,14 +391,14 @@ def test_null_threshold_none_ignores_the_file_and_a_number_is_used(qa, model_cop
     inputs = EXPECTED["inputs"]
     kwargs = {**WINDOWED, "top_k": 1, "handle_impossible_answer": True}
     case = next(c for c in EXPECTED["cases"] if c["kwargs"] == kwargs)
-    ignoring = QuestionAnsweringPipeline(str(model_copy), device="cpu", null_threshold=None)
+    ignoring = QuestionAnsweringPipeline(str(model_copy), device="cpu", dtype="float32", null_threshold=None)
     assert ignoring.threshold is None
     assert_same_output(ignoring(question=[x["question"] for x in inputs], context=[x["context"] for x in inputs],
                                 **kwargs), case["outputs"], [x["context"] for x in inputs])
     some = pairs_of(inputs[::4])
-    everything_null = QuestionAnsweringPipeline(str(model_copy), device="cpu")
+    everything_null = QuestionAnsweringPipeline(str(model_copy), device="cpu", dtype="float32")
     assert all(a[0]["answer"] == "" for a in everything_null.answer(some, **kwargs))
-    never_null = QuestionAnsweringPipeline(str(model_copy), device="cpu", null_threshold=1e9)
+    never_null = QuestionAnsweringPipeline(str(model_copy), device="cpu", dtype="float32", null_threshold=1e9)
     assert not any(a[0]["answer"] == "" for a in never_null.answer(some, **kwargs))
 
 
@@ -362,7 +418,7 @@ def test_a_bad_threshold_file_is_one_line_naming_it(tmp_path, content, message):
 
 def test_beam_head_threshold_is_on_the_smallest_cls_logit(family_dirs, tmp_path):
     folder = Path(shutil.copytree(family_dirs["xlnet-beam"], tmp_path / "xlnet"))
-    pipe = QuestionAnsweringPipeline(str(folder), device="cpu", null_threshold=None)
+    pipe = QuestionAnsweringPipeline(str(folder), device="cpu", dtype="float32", null_threshold=None)
     pairs = [(QUESTION, CONTEXT), ("What is the capital of Poland?", CONTEXT)]
     settings = qa_pipeline.call_settings({"max_seq_len": 40, "doc_stride": 8}, 512, 8)
     windows = qa_pipeline.build_windows(pairs, pipe.tokenizer, pipe.backend, settings, True)
@@ -371,7 +427,7 @@ def test_beam_head_threshold_is_on_the_smallest_cls_logit(family_dirs, tmp_path)
                 for i in range(2)]
     for value, expect_null in ((smallest[0], False), (float(np.nextafter(smallest[0], -np.inf)), True)):
         write_threshold(folder, value)
-        found = QuestionAnsweringPipeline(str(folder), device="cpu").answer(
+        found = QuestionAnsweringPipeline(str(folder), device="cpu", dtype="float32").answer(
             pairs[:1], handle_impossible_answer=True, max_seq_len=40, doc_stride=8)
         assert (found[0][0]["answer"] == "") == expect_null
 
@@ -397,7 +453,7 @@ def test_cli_answers_a_file_in_order_with_ids(qa, tmp_path):
     path = tmp_path / "in.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in given) + "\n\n")
     done = run_cli(str(MODEL), "--input", str(path), "--handle_impossible_answer", "--max_seq_len", "128",
-                   "--doc_stride", "32", "--no_threshold")
+                   "--doc_stride", "32", "--no_threshold", "--dtype", "float32")
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     expected = qa.answer(pairs_of(given), handle_impossible_answer=True, **WINDOWED)
@@ -412,7 +468,8 @@ def test_cli_answers_a_file_in_order_with_ids(qa, tmp_path):
 
 def test_cli_reads_standard_input_and_lists_top_k(qa):
     given = [{**r, "answers": ["gold"]} for r in records(3)]
-    done = run_cli(str(MODEL), "--top_k", "3", stdin="".join(json.dumps(r) + "\n" for r in given))
+    done = run_cli(str(MODEL), "--top_k", "3", "--dtype", "float32",
+                   stdin="".join(json.dumps(r) + "\n" for r in given))
     assert done.returncode == 0, done.stderr
     assert done.stderr.endswith("qa_pipeline.py: warning: input key(s) answers replaced by the answer in the output\n")
     lines = [json.loads(line) for line in done.stdout.splitlines()]
@@ -498,7 +555,7 @@ def test_a_long_context_goes_through_the_model_a_chunk_at_a_time_with_the_same_a
     for ours, theirs in zip(chunked, whole, strict=True):
         assert [a["answer"] for a in ours] == [a["answer"] for a in theirs]
         assert [a["score"] for a in ours] == pytest.approx([a["score"] for a in theirs], abs=1e-6)
-    thresholded = QuestionAnsweringPipeline(str(MODEL), device="cpu", null_threshold=0.0)
+    thresholded = QuestionAnsweringPipeline(str(MODEL), device="cpu", dtype="float32", null_threshold=0.0)
     assert thresholded.answer(pairs, batch_size=2, **keywords) == thresholded.answer(pairs, batch_size=4096, **keywords)
 
 

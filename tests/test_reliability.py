@@ -154,7 +154,7 @@ def test_fp16_overflows_are_skipped_by_the_scaler_and_counted(tiny_bert_dir, squ
     with_nan_loss(monkeypatch, {3})
     out = tmp_path / "out"
     flags = training_flags(squad_dir, tmp_path, steps=6, save_steps=0)
-    assert run_squad.main([*common_flags(tiny_bert_dir, out), *flags, "--logging_steps", "6", "--fp16"]) == 0
+    assert run_squad.main([*common_flags(tiny_bert_dir, out, "--fp16"), *flags, "--logging_steps", "6"]) == 0
     err = capsys.readouterr().err
     assert "step 3: non-finite loss or gradient, update skipped (" in err
     assert "fp16 loss scale lowered to " in err
