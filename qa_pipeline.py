@@ -642,7 +642,12 @@ class QuestionAnsweringPipeline:
         self.context_first = bool(context_first)
         self.batch_size = _whole_number("batch_size", batch_size, 1)
         self.lang_id = lang_id
-        self.threshold = resolve_threshold(null_threshold, folder)
+        # A damaged threshold file stops only the calls that would use it (handle_impossible_answer).
+        self.threshold, self.threshold_problem = None, None
+        try:
+            self.threshold = resolve_threshold(null_threshold, folder)
+        except PipelineInputError as exc:
+            self.threshold_problem = exc
 
     @staticmethod
     def _load_model(folder: Path, dtype):
@@ -684,6 +689,9 @@ class QuestionAnsweringPipeline:
         is one chunk's outputs (plus, when a tuned threshold decides, each window's logits for the classic
         decoder), whatever the length of the contexts. A long call shows its progress on a terminal."""
         settings = call_settings(kwargs, self.tokenizer.model_max_length, self.batch_size)
+        if settings.handle_impossible_answer and self.threshold_problem is not None:
+            raise PipelineInputError(f"{self.threshold_problem} (handle_impossible_answer uses the tuned threshold; "
+                                     "null_threshold=None or --no_threshold goes without it)")
         if not pairs:
             return []
         windows = build_windows(list(pairs), self.tokenizer, self.backend, settings, self.context_first)
