@@ -49,18 +49,23 @@ def first_line(exc: BaseException) -> str:
 
 
 # Test hook (never set in use): a positive N makes this process kill itself with SIGKILL just before its N-th
-# rename, so that tests can stop a writer at every instant a set is between two states.
-KILL_AT_RENAME_ENV = "RUN_SQUAD_TEST_KILL_AT_RENAME"
-_renames_done = [0]  # the hook's count (the only state it keeps)
+# step of a commit (each rename, and each journal written), so that tests can stop a writer at every instant
+# a set is between two states.
+KILL_AT_ENV = "RUN_SQUAD_TEST_KILL_AT"
+_steps_done = [0]  # the hook's count (the only state it keeps)
+
+
+def _kill_point() -> None:
+    kill_at = int(os.environ.get(KILL_AT_ENV, "0") or 0)
+    if kill_at > 0:
+        _steps_done[0] += 1
+        if _steps_done[0] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def rename(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     """os.replace, through which every rename of this module goes (the test hook counts them)."""
-    kill_at = int(os.environ.get(KILL_AT_RENAME_ENV, "0") or 0)
-    if kill_at > 0:
-        _renames_done[0] += 1
-        if _renames_done[0] == kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
+    _kill_point()
     os.replace(src, dst)
 
 
@@ -345,6 +350,7 @@ def write_journal(folder: Path, entries: list[dict]) -> Path:
     """The set's journal, created in place and flushed (no rename: a journal that does not parse as whole
     was cut short before any of the set's renames, which all come after it)."""
     path = Path(folder) / f"{JOURNAL_PREFIX}.{host()}-{os.getpid()}.{uuid.uuid4().hex[:12]}.json"
+    _kill_point()
     try:
         with open(path, "x", encoding="utf-8") as handle:
             handle.write(json.dumps({"entries": entries, "complete": True}))

@@ -519,7 +519,10 @@ def folder_problem(path: Path) -> str | None:
             return None  # a file on the way, no permission: the check of the folder itself names it
         if os.path.islink(path):
             return f"a symbolic link to nowhere ({os.readlink(path)} does not exist)"
-        return None if path.parent == path else folder_problem(path.parent)  # a missing folder is created
+        if path.parent == path:
+            return None
+        above = folder_problem(path.parent)  # a missing folder is created, but not below a broken link
+        return f"{path.parent} on its way is {above}" if above and " on its way is " not in above else above
     return None if stat.S_ISDIR(found.st_mode) else "exists and is not a folder"
 
 
