@@ -183,11 +183,12 @@ class FileSet:
     folder, so same file system: the rename is atomic), `commit` flushes them all to disk and only then
     renames them in, in the order staged, with SIGINT/SIGTERM held back; `discard` removes the temporaries.
 
-    What "together" honestly means: a failed or interrupted write (a full disk, Ctrl-C, an exception) happens
-    before any rename, so every earlier file is unchanged and no temporary is left. Only the renames remain
-    once everything is written; they take microseconds, and a crash of the process or machine between two of
-    them (kill -9, power loss) is the one window that leaves part of the new set beside part of the old. Stage
-    last the file that marks the set complete (eval_results.json), so that what it lists is all in place.
+    What "together" means: a failed or interrupted write (a full disk, Ctrl-C, an exception) happens before
+    any rename, so every earlier file is unchanged and no temporary is left. Once everything is written and
+    flushed, the set's journal is written in the folder of the last staged file, then the renames run; a
+    crash of the process or machine between two of them (kill -9, power loss) leaves part of the new set
+    beside part of the old until the next reader rolls it forward (finish_journals). Stage last the file
+    that marks the set complete (eval_results.json), in the folder its readers open.
     """
 
     def __init__(self) -> None:

@@ -489,6 +489,17 @@ def check_run_squad_command(argv: Sequence[str] | None) -> FrozenArgs:
     return args
 
 
+def finish_writes_in(folder: Path) -> None:
+    """A reader's first step in a folder the tool writes (output_folder.finish_writes): repairs said in notes,
+    one that cannot be made here refused in one line (InputError)."""
+    try:
+        repairs = output_folder.finish_writes(folder)
+    except output_folder.UnfinishedWrite as exc:
+        raise InputError(str(exc)) from None
+    for repair in repairs:
+        print(f"note: {repair}", file=sys.stderr)
+
+
 def check_model_folders(args) -> None:
     """A local model folder must hold what is loaded from it: config.json that reads (unless --config_name)
     and a tokenizer file (unless --tokenizer_name); one line naming the missing or damaged file otherwise."""
@@ -614,11 +625,7 @@ def model_folder(path) -> Path:
         raise InputError(f"{folder}: no such model folder")
     if not (folder / "config.json").is_file() and not output_folder.pending_writes(folder):
         raise InputError(f"{folder}: not a model folder (no config.json)")
-    try:
-        for repair in output_folder.finish_writes(folder):
-            print(f"note: {repair}", file=sys.stderr)
-    except output_folder.UnfinishedWrite as exc:
-        raise InputError(str(exc)) from None
+    finish_writes_in(folder)
     problem = output_folder.model_folder_problem(folder)
     if problem is not None:
         raise InputError(problem)

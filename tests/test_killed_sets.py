@@ -23,6 +23,7 @@ import folder_lock
 import output_folder
 import qa_pipeline
 import run_squad
+import squad_metrics
 from cli_helpers import DEMO_DEV, DEMO_TRAIN, REPO, cli_env, without_torch
 
 OLD, NEW = "OLDSET", "NEWSET"
@@ -106,6 +107,19 @@ def test_an_evaluation_killed_at_every_step_leaves_one_whole_set_for_the_next_re
             assert f"note: {out}: finished renaming in " in notes, notes
     # Killed before its journal, the old set stays; from the journal on, the complete new set is finished.
     assert outcomes == [OLD] + [NEW] * (len(EVAL_SET) + 1)
+
+
+def test_the_scorer_finishes_the_set_it_reads_first(tmp_path, capsys):
+    out, model = tmp_path / "out", model_folder_with_files(tmp_path / "model")
+    out.mkdir()
+    assert run_writer(EVAL_WRITER, [out, model, OLD], 0) == 0
+    assert run_writer(EVAL_WRITER, [out, model, NEW], 4) == -9  # the journal, 2 renames in
+    assert len(set(map(tag_of, (out / name for name in EVAL_SET)))) == 2, "the folder holds two sets until finished"
+    capsys.readouterr()
+    assert squad_metrics.main([str(DEMO_DEV), str(out / "predictions_2.json"), "--na-prob-file",
+                               str(out / "null_odds_2.json")]) == 0
+    assert f"note: {out}: finished renaming in " in capsys.readouterr().err
+    assert {tag_of(out / name) for name in EVAL_SET} == {NEW} and leftovers(out) == []
 
 
 def test_a_journal_cut_short_or_naming_a_lost_file_is_rolled_back_or_refused(tmp_path):
