@@ -482,9 +482,9 @@ def check_run_squad_command(argv: Sequence[str] | None) -> FrozenArgs:
     data_file(args, "--train_file")
     data_file(args, "--predict_file")
     check_output_dir_free(args)
-    if first_process():
+    if first_process():  # the others load the model after it (run's barrier), so they see what it saw
         finish_interrupted_writes(args)
-    check_model_folders(args)
+        check_model_folders(args)
     check_output_dir(args)
     return args
 
