@@ -6,7 +6,8 @@ Why a module of its own: the command line must refuse a folder it would overwrit
 (cli.py's checks, at once), and a later run (--resume_from_checkpoint latest, --eval_all_checkpoints, a
 torchrun restart) must find again what an earlier one left. This module knows the layout and imports no
 torch; checkpoints.py writes and reads the model and trainer state in it. Every write goes through
-atomic_io, so a file or folder is either complete under its final name or absent.
+atomic_io, so a file or folder is either complete under its final name or absent, and every reader of a
+folder first finishes (or refuses) what a killed writer left between two renames (finish_writes).
 """
 
 from __future__ import annotations
