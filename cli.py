@@ -616,7 +616,7 @@ def build_pipeline_parser() -> Parser:
     return p
 
 
-def model_folder(path) -> Path:
+def model_folder(path, tokenizer: bool = True) -> Path:
     """A model folder given by path: it must exist and hold a config (a hub name is not a folder). A write a
     killed run left unfinished in it is finished first (output_folder.finish_writes), or refused; then its
     config and tokenizer files must be there (never a partial model loaded)."""
@@ -626,7 +626,7 @@ def model_folder(path) -> Path:
     if not (folder / "config.json").is_file() and not output_folder.pending_writes(folder):
         raise InputError(f"{folder}: not a model folder (no config.json)")
     finish_writes_in(folder)
-    problem = output_folder.model_folder_problem(folder)
+    problem = output_folder.model_folder_problem(folder, tokenizer=tokenizer)  # (a tokenizer given apart)
     if problem is not None:
         raise InputError(problem)
     return folder

@@ -585,9 +585,9 @@ def _is_path(value) -> bool:
     return isinstance(value, (str, os.PathLike))
 
 
-def _model_folder(path) -> Path:
+def _model_folder(path, tokenizer: bool = True) -> Path:
     try:
-        return cli.model_folder(path)
+        return cli.model_folder(path, tokenizer)
     except cli.InputError as exc:
         raise PipelineInputError(str(exc)) from None
 
@@ -624,7 +624,7 @@ class QuestionAnsweringPipeline:
         if model is None:
             raise ValueError("QuestionAnsweringPipeline needs a model folder (or model= and tokenizer=)")
         if _is_path(model):
-            folder = _model_folder(model)
+            folder = _model_folder(model, tokenizer=tokenizer is None)  # a tokenizer given apart is checked apart
             self.device = _device_of(device)
             self.model, self.beam = self._load_model(folder, _dtype_of(dtype, self.device))
         else:

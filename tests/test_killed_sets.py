@@ -320,6 +320,11 @@ def test_a_model_folder_without_its_tokenizer_or_config_is_one_line(two_models, 
     assert str(refused.value).startswith(str(folder)) and expected in str(refused.value)
     assert run_squad.main(evaluation_command(folder, tmp_path / "eval2")) == 2
     assert capsys.readouterr().err.count("\n") == 1
+    if damage == "no tokenizer":  # a tokenizer given apart is what the model folder lacks
+        qa = qa_pipeline.QuestionAnsweringPipeline(str(folder), tokenizer=str(two_models[0]), device="cpu")
+        assert len(qa.tokenizer) > 1000
+        cli.check_run_squad_command([*evaluation_command(folder, tmp_path / "eval3"), "--tokenizer_name",
+                                     str(two_models[0])])  # accepted
 
 
 # --------------------------------------------------------------------------------------------
