@@ -56,6 +56,7 @@ _steps_done = [0]  # the hook's count (the only state it keeps)
 
 
 def _kill_point() -> None:
+    """The test hook's count of one step (a no-op unless its variable is set)."""
     kill_at = int(os.environ.get(KILL_AT_ENV, "0") or 0)
     if kill_at > 0:
         _steps_done[0] += 1
@@ -417,8 +418,13 @@ def _complete(entry: dict) -> bool:
 
 
 def _remove(path: Path | None) -> None:
-    if path is not None and os.path.lexists(path):
-        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    """Delete a file or a folder, if there."""
+    if path is None or not os.path.lexists(path):
+        return
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 def _finish_journal(folder: Path, journal: Path) -> str:
