@@ -7,6 +7,12 @@ module that renames anything into place. Standard library only.
 
 Temporary names are ``<final name>.<host>-<pid>.<random>.tmp`` beside the final path, so a cleaner can tell
 a live writer's temporary from an orphan, even in a folder shared by several machines.
+
+A set of files renamed in together (an evaluation's results, a checkpoint rewritten at the same step) is
+made whole for every reader by a journal: once every new file is complete on disk, a record naming each of
+them (where it waits, where it goes, its size) is written beside them, and only then are they renamed in.
+A kill before the journal is complete leaves the old set untouched (the temporaries are dropped); a kill
+after it is rolled forward by finish_journals, which every reader of the folder runs first.
 """
 
 from __future__ import annotations
@@ -42,16 +48,39 @@ def first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+# Test hook (never set in use): a positive N makes this process kill itself with SIGKILL just before its N-th
+# step of a commit (each rename, and each journal written), so that tests can stop a writer at every instant
+# a set is between two states.
+KILL_AT_ENV = "RUN_SQUAD_TEST_KILL_AT"
+_steps_done = [0]  # the hook's count (the only state it keeps)
+
+
+def _kill_point() -> None:
+    """The test hook's count of one step (a no-op unless its variable is set)."""
+    kill_at = int(os.environ.get(KILL_AT_ENV, "0") or 0)
+    if kill_at > 0:
+        _steps_done[0] += 1
+        if _steps_done[0] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def rename(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """os.replace, through which every rename of this module goes (the test hook counts them)."""
+    _kill_point()
+    os.replace(src, dst)
+
+
 def temporary_path(final: str | os.PathLike) -> Path:
     """Where to write ``final`` before renaming it into place: same folder, writer named."""
     final = Path(final)
     return final.parent / f"{final.name}.{host()}-{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
 
 
-def writer_of(tmp: Path) -> tuple[str, int] | None:
-    """(host, pid) of a temporary named by temporary_path, else None (an older naming, or not ours)."""
+def writer_of(tmp: Path, suffix: str = "tmp") -> tuple[str, int] | None:
+    """(host, pid) of a temporary named by temporary_path (or a journal: suffix "json"), else None (an older
+    naming, or not ours)."""
     parts = tmp.name.rsplit(".", 3)
-    if len(parts) != 4 or parts[3] != "tmp":
+    if len(parts) != 4 or parts[3] != suffix:
         return None
     name, _, pid = parts[1].rpartition("-")
     return (name, int(pid)) if name and pid.isdigit() else None
@@ -77,7 +106,7 @@ def write_file_atomic(path: str | os.PathLike, write: Callable[[IO], Any], binar
     tmp = os.fspath(temporary_path(path))
     with _removed_on_failure(tmp, path, lambda exc: exc.filename == tmp):
         _write_new(tmp, write, binary, sync=True)
-        os.replace(tmp, path)
+        rename(tmp, path)
 
 
 def _write_new(tmp: str | os.PathLike, write: Callable[[IO], Any], binary: bool, sync: bool) -> None:
@@ -155,11 +184,12 @@ class FileSet:
     folder, so same file system: the rename is atomic), `commit` flushes them all to disk and only then
     renames them in, in the order staged, with SIGINT/SIGTERM held back; `discard` removes the temporaries.
 
-    What "together" honestly means: a failed or interrupted write (a full disk, Ctrl-C, an exception) happens
-    before any rename, so every earlier file is unchanged and no temporary is left. Only the renames remain
-    once everything is written; they take microseconds, and a crash of the process or machine between two of
-    them (kill -9, power loss) is the one window that leaves part of the new set beside part of the old. Stage
-    last the file that marks the set complete (eval_results.json), so that what it lists is all in place.
+    What "together" means: a failed or interrupted write (a full disk, Ctrl-C, an exception) happens before
+    any rename, so every earlier file is unchanged and no temporary is left. Once everything is written and
+    flushed, the set's journal is written in the folder of the last staged file, then the renames run; a
+    crash of the process or machine between two of them (kill -9, power loss) leaves part of the new set
+    beside part of the old until the next reader rolls it forward (finish_journals). Stage last the file
+    that marks the set complete (eval_results.json), in the folder its readers open.
     """
 
     def __init__(self) -> None:
@@ -198,24 +228,32 @@ class FileSet:
         return self.write_text(final, _json_text(obj, indent))
 
     def commit(self) -> list[Path]:
-        """Flush every temporary, then rename them all in; returns the final paths. A temporary that was
-        staged but never written is an error (the set would be incomplete)."""
+        """Flush every temporary, write the set's journal, then rename them all in; returns the final paths.
+        A rename that fails after others succeeded (PartlyReplaced) leaves the journal and the remaining
+        temporaries, so that the next reader of the folder finishes the set (finish_journals)."""
         for tmp, final in self.staged:
             try:
                 with open(tmp, "rb") as handle:
                     os.fsync(handle.fileno())
             except OSError as exc:
                 raise OSError(exc.errno, exc.strerror, str(final)) from exc
+        if not self.staged:
+            return []
+        folder = self.staged[-1][1].parent  # the folder of the file that marks the set complete
         done: list[Path] = []
         with signals_deferred():
+            journal = write_journal(folder, [journal_entry(folder, tmp, final) for tmp, final in self.staged])
             for tmp, final in self.staged:
                 try:
-                    os.replace(tmp, final)
+                    rename(tmp, final)
                 except OSError as exc:
                     if not done:
+                        journal.unlink(missing_ok=True)
                         raise OSError(exc.errno, exc.strerror, str(final)) from exc
+                    self.staged = []  # the rest stay for the journal's roll-forward
                     raise PartlyReplaced(exc.errno, exc.strerror, str(final), replaced=done) from exc
                 done.append(final)
+            journal.unlink()
         self.staged = []
         return done
 
@@ -254,16 +292,168 @@ def folder_atomic(final: Path) -> Iterator[Path]:
         yield tmp
         fsync_files(tmp)
         if final.exists():
-            old = temporary_path(final)
-            with signals_deferred():  # never the old folder moved out and the new one not yet in
-                os.replace(final, old)
-                os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
+            _swap_folder(tmp, final)
         else:
-            os.replace(tmp, final)
+            rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _swap_folder(new: Path, final: Path) -> None:
+    """``new`` (complete on disk) in place of the folder at ``final``: a journal first, then the old folder
+    moved aside and the new one in (two renames, signals held back), then the old one deleted. A kill between
+    the two renames is rolled forward by the next reader (finish_journals): the complete new folder is never
+    deleted as a stray temporary, nor the old one before the new one is in place."""
+    old = temporary_path(final)
+    with signals_deferred():
+        journal = write_journal(final.parent, [journal_entry(final.parent, new, final, aside=old)])
+        try:
+            rename(final, old)
+            rename(new, final)
+        except BaseException:
+            if old.exists() and not final.exists():
+                rename(old, final)  # the old folder back: the failure leaves things as they were
+            journal.unlink(missing_ok=True)
+            raise
+        journal.unlink()
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Journals: what makes a set whole for every reader, whenever its writer was killed
+# --------------------------------------------------------------------------------------------
+
+JOURNAL_PREFIX = "set-journal"  # <folder>/set-journal.<host>-<pid>.<random>.json, while a set is renamed in
+LIVE_WRITER_WAIT_S = 2.0  # a live writer's renames take microseconds; a reader waits this long for them
+
+
+class UnfinishedSet(Exception):
+    """A set left between two renames that cannot be finished here (a file its journal names is missing or cut
+    short, or its writer still runs); the message names the journal, what is wrong and what to do."""
+
+
+def _sizes(path: Path) -> dict[str, int]:
+    """The size of a file ({"": size}), or of every file in a folder by relative path."""
+    if path.is_dir():
+        return {str(p.relative_to(path)): p.stat().st_size for p in sorted(path.rglob("*")) if p.is_file()}
+    return {"": path.stat().st_size}
+
+
+def journal_entry(folder: Path, new: Path, final: Path, aside: Path | None = None) -> dict:
+    """One member of a set, paths relative to the journal's folder (a moved tree keeps its journals valid):
+    where it waits (``new``, complete on disk), where it goes, where an old folder is moved aside, its sizes."""
+    def rel(path: Path) -> str:
+        return os.path.relpath(path, folder)
+    return {"new": rel(new), "final": rel(final), "aside": rel(aside) if aside else None, "sizes": _sizes(new)}
+
+
+def write_journal(folder: Path, entries: list[dict]) -> Path:
+    """The set's journal, created in place and flushed (no rename: a journal that does not parse as whole
+    was cut short before any of the set's renames, which all come after it)."""
+    path = Path(folder) / f"{JOURNAL_PREFIX}.{host()}-{os.getpid()}.{uuid.uuid4().hex[:12]}.json"
+    _kill_point()
+    try:
+        with open(path, "x", encoding="utf-8") as handle:
+            handle.write(json.dumps({"entries": entries, "complete": True}))
+            handle.flush()
+            os.fsync(handle.fileno())
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the journal's name is on disk before any rename it permits
+        finally:
+            os.close(fd)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def pending_journals(folder: str | os.PathLike) -> list[Path]:
+    return sorted(Path(folder).glob(f"{JOURNAL_PREFIX}.*.json"))
+
+
+def finish_journals(folder: str | os.PathLike) -> list[str]:
+    """Finish each set that a killed writer left between its renames in ``folder``: forward when every file
+    its journal names is complete on disk (sizes as recorded), back when the journal itself was cut short
+    (nothing had been renamed) or nothing was renamed yet. Call it holding the folder's lock, before reading
+    the folder. Returns one sentence per set; raises UnfinishedSet when a set can go neither way."""
+    done = []
+    for journal in pending_journals(folder):
+        if _finished_by_live_writer(journal):
+            continue
+        done.append(_finish_journal(Path(folder), journal))
+    return done
+
+
+def _finished_by_live_writer(journal: Path) -> bool:
+    """Wait (a moment) for a journal whose writer, another live process of this host, is renaming its set."""
+    deadline = time.monotonic() + LIVE_WRITER_WAIT_S
+    while journal.exists() and _written_by_another_live_process(journal, "json"):
+        if time.monotonic() > deadline:
+            raise UnfinishedSet(f"{journal}: a set is being renamed in by pid {writer_of(journal, 'json')[1]}, "
+                                "which still runs: try again once it is done")
+        time.sleep(0.05)
+    return not journal.exists()
+
+
+def _read_journal(journal: Path, folder: Path) -> list[dict] | None:
+    """The journal's entries with paths resolved, or None when it was cut short while being written."""
+    try:
+        record = json.loads(journal.read_text(encoding="utf-8"))
+        entries = record["entries"] if record.get("complete") is True else None
+        return None if entries is None else [
+            {**e, **{k: folder / e[k] if e[k] else None for k in ("new", "final", "aside")}} for e in entries]
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return None
+
+
+def _complete(entry: dict) -> bool:
+    """Whether a member is complete on disk: still waiting, or already in place, with its recorded sizes."""
+    path = entry["new"] if os.path.lexists(entry["new"]) else entry["final"]
+    try:
+        return _sizes(path) == entry["sizes"]
+    except OSError:
+        return False
+
+
+def _remove(path: Path | None) -> None:
+    """Delete a file or a folder, if there."""
+    if path is None or not os.path.lexists(path):
+        return
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _finish_journal(folder: Path, journal: Path) -> str:
+    entries = _read_journal(journal, folder)
+    if entries is None:
+        journal.unlink()
+        return "dropped a set cut short before any of its files was renamed in (the previous files are unchanged)"
+    names = ", ".join(os.path.relpath(e["final"], folder) for e in entries)
+    if all(_complete(e) for e in entries):
+        for entry in entries:
+            if os.path.lexists(entry["new"]):
+                if entry["aside"] is not None and entry["final"].exists() and not entry["aside"].exists():
+                    rename(entry["final"], entry["aside"])
+                rename(entry["new"], entry["final"])
+        journal.unlink()
+        for entry in entries:
+            _remove(entry["aside"])
+        return f"finished renaming in {names} (cut short by a kill once every new file was complete)"
+    if all(os.path.lexists(e["new"]) for e in entries):  # nothing renamed in yet: the previous set is whole
+        for entry in entries:
+            if entry["aside"] is not None and entry["aside"].exists() and not entry["final"].exists():
+                rename(entry["aside"], entry["final"])
+            _remove(entry["new"])
+        journal.unlink()
+        return f"rolled back {names} (cut short before any was renamed in, and a new file is missing or cut short)"
+    broken = next(e for e in entries if not _complete(e))
+    raise UnfinishedSet(f"{journal}: the set {names} is partly renamed in and {os.path.relpath(broken['new'], folder)} "
+                        f"(for {os.path.relpath(broken['final'], folder)}) is missing or cut short: write the set "
+                        f"again (run the same command) after deleting {journal.name}")
 
 
 # The marker a replacement writes into its aside folder once every old file is there: from then on the
@@ -298,7 +488,7 @@ def files_replacing(folder: Path, name: str, aside_name: str, old_globs: Sequenc
             replaced = {p.name for p in new.iterdir()}
             for old in sorted({p for g in old_globs for p in folder.glob(g)} | {folder / n for n in replaced}):
                 if old.is_file():
-                    os.replace(old, aside / old.name)
+                    rename(old, aside / old.name)
             write_text_atomic(aside / REPLACEMENT_MARKER, "")
         except BaseException:
             _put_back(folder, aside, new)
@@ -316,7 +506,7 @@ def _put_back(folder: Path, aside: Path, new: Path) -> None:
     if aside.is_dir():
         for kept in sorted(aside.iterdir()):
             if not kept.name.startswith(REPLACEMENT_MARKER):  # nor the marker's own temporary
-                os.replace(kept, folder / kept.name)
+                rename(kept, folder / kept.name)
     shutil.rmtree(new, ignore_errors=True)
     shutil.rmtree(aside, ignore_errors=True)
 
@@ -325,7 +515,7 @@ def _move_in(folder: Path, aside: Path, new: Path) -> None:
     """Finish a replacement whose old set is all aside: the new files in, then the old ones deleted."""
     if new.is_dir():
         for item in sorted(new.iterdir()):
-            os.replace(item, folder / item.name)
+            rename(item, folder / item.name)
         new.rmdir()
     shutil.rmtree(aside, ignore_errors=True)
 
@@ -389,7 +579,7 @@ def remove_created_folders(keep: bool = False) -> None:
 def move_aside(path: Path, new_name: str) -> Path:
     """Rename ``path`` to ``new_name`` in its folder (to keep a file that is about to be replaced)."""
     kept = path.with_name(new_name)
-    os.replace(path, kept)
+    rename(path, kept)
     return kept
 
 
@@ -417,9 +607,9 @@ def _may_be_live(tmp: Path, now: float) -> bool:
     return False  # another host (shared folder) or an older name: only the age tells
 
 
-def _written_by_another_live_process(tmp: Path) -> bool:
+def _written_by_another_live_process(tmp: Path, suffix: str = "tmp") -> bool:
     """Whether tmp's writer (named in its name) is a process of this host, other than this one, that runs."""
-    writer = writer_of(tmp)
+    writer = writer_of(tmp, suffix)
     return writer is not None and writer[0] == host() and writer[1] != os.getpid() and pid_alive(writer[1])
 
 

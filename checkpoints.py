@@ -222,7 +222,7 @@ def save_final_model(output_dir: Path, model, tokenizer, run_args: dict, global_
     A final model already there (an earlier run's, replaced with --overwrite_output_dir, or the one a resumed
     run continues) is replaced as a whole: its files, the threshold tuned for it included, are moved aside
     only once the new files are all written, put back if the swap fails, deleted once the new ones are in;
-    a kill during the swap is finished on the next start (output_folder.finish_interrupted_swap).
+    a kill during the swap is finished by the next reader of the folder (output_folder.finish_writes).
     """
     previous = finished_model(output_dir)
     try:

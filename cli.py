@@ -15,9 +15,11 @@ shell reports 130 for SIGINT, 143 for SIGTERM, and a script running it stops too
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import signal
+import stat
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -476,14 +478,95 @@ def check_run_squad_command(argv: Sequence[str] | None) -> FrozenArgs:
     first process has finished a final model's replacement that a kill cut short: the checks and the run
     then see one whole model)."""
     args = parse_args(argv)
+    check_path_flags(args)
     data_file(args, "--train_file")
     data_file(args, "--predict_file")
     check_output_dir_free(args)
-    if first_process():
-        for repair in output_folder.finish_interrupted_swap(Path(args.output_dir)):
-            print(f"note: {repair}", file=sys.stderr)
+    if first_process():  # the others load the model after it (run's barrier), so they see what it saw
+        finish_interrupted_writes(args)
+        check_model_folders(args)
     check_output_dir(args)
     return args
+
+
+def finish_writes_in(folder: Path) -> None:
+    """A reader's first step in a folder the tool writes (output_folder.finish_writes): repairs said in notes,
+    one that cannot be made here refused in one line (InputError)."""
+    try:
+        repairs = output_folder.finish_writes(folder)
+    except output_folder.UnfinishedWrite as exc:
+        raise InputError(str(exc)) from None
+    for repair in repairs:
+        print(f"note: {repair}", file=sys.stderr)
+
+
+def check_model_folders(args) -> None:
+    """A local model folder must hold what is loaded from it: config.json that reads (unless --config_name)
+    and a tokenizer file (unless --tokenizer_name); one line naming the missing or damaged file otherwise."""
+    wanted = [(args.model_name_or_path, not args.config_name, not args.tokenizer_name),
+              (args.config_name, True, False), (args.tokenizer_name, False, True)]
+    for value, config, tokenizer in wanted:
+        if value and Path(value).is_dir() and (config or tokenizer):
+            problem = output_folder.model_folder_problem(Path(value), config=config, tokenizer=tokenizer)
+            if problem is not None:
+                raise InputError(problem)
+
+
+# The flags naming a folder the run creates or writes into; and those naming a folder (or a hub name) it reads.
+# (--features_cache_dir is not one: an unusable feature cache is warned about and done without.)
+FOLDER_FLAGS = ("output_dir", "cache_dir")
+MODEL_FLAGS = ("model_name_or_path", "config_name", "tokenizer_name")
+
+
+def folder_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be, or become, a folder because of symbolic links (a loop of them, a link to
+    nowhere, on the way or at the end), in words; None otherwise (check_output_dir says the rest)."""
+    try:
+        found = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a loop of symbolic links"
+        if exc.errno != errno.ENOENT:
+            return None  # a file on the way, no permission: the check of the folder itself names it
+        if os.path.islink(path):
+            return f"a symbolic link to nowhere ({os.readlink(path)} does not exist)"
+        if path.parent == path:
+            return None
+        above = folder_problem(path.parent)  # a missing folder is created, but not below a broken link
+        return f"{path.parent} on its way is {above}" if above and " on its way is " not in above else above
+    return None if stat.S_ISDIR(found.st_mode) else "exists and is not a folder"
+
+
+def check_path_flags(args) -> None:
+    """Folder flags that cannot be folders are refused here, before torch is imported, naming the reason;
+    a model flag only when it is a symbolic link that leads nowhere (otherwise it may be a hub name)."""
+    for name in FOLDER_FLAGS:
+        value = getattr(args, name, None)
+        problem = folder_problem(Path(value)) if value else None
+        if problem is not None:
+            raise InputError(f"--{name} {value}: {problem}")
+    for name in MODEL_FLAGS:
+        value = getattr(args, name, None)
+        if value and os.path.islink(value) and not os.path.exists(value):
+            raise InputError(f"--{name} {value}: {folder_problem(Path(value))}")
+
+
+def finish_interrupted_writes(args) -> None:
+    """Before anything reads them: the output folder, the model folder and a named checkpoint's folder are
+    finished where a killed run left a set between two renames (output_folder.finish_writes, each under its
+    lock; the output folder's stale temporaries removed too), each repair said in a note; a set that cannot
+    be finished here is refused in one line."""
+    out = Path(args.output_dir)
+    folders = [out] + [Path(v) for v in (args.model_name_or_path, args.config_name, args.tokenizer_name) if v]
+    if args.resume_from_checkpoint and args.resume_from_checkpoint != "latest":
+        folders.append(Path(args.resume_from_checkpoint).parent)  # a checkpoint's set is journaled there
+    for folder in dict.fromkeys(folders):
+        try:
+            repairs = output_folder.finish_writes(folder, owned=folder == out)
+        except output_folder.UnfinishedWrite as exc:
+            raise InputError(str(exc)) from None
+        for repair in repairs:
+            print(f"note: {repair}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------------------------
@@ -536,13 +619,19 @@ def build_pipeline_parser() -> Parser:
     return p
 
 
-def model_folder(path) -> Path:
-    """A model folder given by path: it must exist and hold a config (a hub name is not a folder)."""
+def model_folder(path, tokenizer: bool = True) -> Path:
+    """A model folder given by path: it must exist and hold a config (a hub name is not a folder). A write a
+    killed run left unfinished in it is finished first (output_folder.finish_writes), or refused; then its
+    config and tokenizer files must be there (never a partial model loaded)."""
     folder = Path(path)
     if not folder.is_dir():
         raise InputError(f"{folder}: no such model folder")
-    if not (folder / "config.json").is_file():
+    if not (folder / "config.json").is_file() and not output_folder.pending_writes(folder):
         raise InputError(f"{folder}: not a model folder (no config.json)")
+    finish_writes_in(folder)
+    problem = output_folder.model_folder_problem(folder, tokenizer=tokenizer)  # (a tokenizer given apart)
+    if problem is not None:
+        raise InputError(problem)
     return folder
 
 

@@ -233,6 +233,11 @@ def hold(folder: Path, argv: list[str] | None = None) -> FolderLock:
     return lock
 
 
+def holds(folder: Path) -> bool:
+    """Whether this process holds ``folder``'s lock already (a second flock of it here would be refused)."""
+    return any(lock.folder.resolve() == Path(folder).resolve() for lock in _HELD)
+
+
 def release_held() -> None:
     """Give back every lock this process holds (on any exit: main's finally)."""
     while _HELD:

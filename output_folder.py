@@ -6,7 +6,8 @@ Why a module of its own: the command line must refuse a folder it would overwrit
 (cli.py's checks, at once), and a later run (--resume_from_checkpoint latest, --eval_all_checkpoints, a
 torchrun restart) must find again what an earlier one left. This module knows the layout and imports no
 torch; checkpoints.py writes and reads the model and trainer state in it. Every write goes through
-atomic_io, so a file or folder is either complete under its final name or absent.
+atomic_io, so a file or folder is either complete under its final name or absent, and every reader of a
+folder first finishes (or refuses) what a killed writer left between two renames (finish_writes).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import atomic_io
+import folder_lock
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +44,10 @@ FINAL_MODEL_GLOBS = (*WEIGHTS_GLOBS, "model-*-of-*.safetensors", "pytorch_model-
                      "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                      "added_tokens.json", "chat_template.jinja", "vocab.txt", "vocab.json", "merges.txt",
                      "spiece.model", "sentencepiece.bpe.model", TRAINING_ARGS, TRAINING_STATE, THRESHOLD_FILE)
+# The files a tokenizer loads from (fast, or a family's vocabulary to convert): a model folder without any of
+# them loads in transformers 5 as an empty tokenizer of 5 special tokens, every word [UNK].
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model", "spm.model",
+                   "vocab.json", "tokenizer.model")
 # What run_squad writes into --output_dir, whose temporaries a killed run may leave behind.
 OUTPUT_GLOBS = (f"{CHECKPOINT_PREFIX}*", FINAL_MODEL_TMP, "*.json", "*.txt", "*.png")
 
@@ -149,6 +155,8 @@ def clean_output_dir(output_dir: Path, resume_from: Path | None) -> None:
     checkpoint folders too. A fresh run replaces the checkpoints of the steps it saves; the others stay, and
     `--resume_from_checkpoint latest` or --eval_all_checkpoints would use them.
     """
+    for done in atomic_io.finish_journals(output_dir):  # first: never a new set dropped as a stray temporary
+        logger.warning("%s: %s", output_dir, done)
     for pattern in OUTPUT_GLOBS:
         atomic_io.remove_stale_temporaries(output_dir, pattern, owned=True)
     for checkpoint in list_checkpoints(output_dir):
@@ -230,6 +238,93 @@ def finish_interrupted_swap(output_dir: Path) -> list[str]:
             "completed": "completed the replacement of the final model, cut short while the new model was moved in"}
     return [f"{output_dir}: {said[done]}" for done in
             atomic_io.finish_replacements(Path(output_dir), FINAL_MODEL_TMP, PREVIOUS_MODEL_TMP)]
+
+
+class UnfinishedWrite(Exception):
+    """A folder holds a set of files cut short between two renames that cannot be finished here (exit code 2);
+    the message says what is unfinished and how to finish it."""
+
+
+def pending_writes(folder: Path) -> list[Path]:
+    """What makes a folder partial until it is finished: journals of sets being renamed in (an evaluation's
+    results, a checkpoint rewritten at its step) and aside folders of a final model being replaced."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    asides = sorted(p for p in folder.glob(f"{PREVIOUS_MODEL_TMP}.*.tmp") if p.is_dir())
+    return atomic_io.pending_journals(folder) + asides
+
+
+def _stale_temporaries(folder: Path) -> bool:
+    return any(True for pattern in OUTPUT_GLOBS for _ in folder.glob(f"{pattern}.*.tmp"))
+
+
+def finish_writes(folder: Path, owned: bool = False) -> list[str]:
+    """What every reader of a model or output folder runs first: the sets a killed writer left between two
+    renames are finished (forward when the new set is complete on disk, back otherwise), holding the folder's
+    lock, so that the reader sees one whole set. ``owned`` (the run's own --output_dir): the temporaries of a
+    killed run are removed too. Returns one sentence per repair; raises UnfinishedWrite (one line: what is
+    unfinished, and how to finish it) when the folder is in use by a live run or cannot be written."""
+    folder = Path(folder)
+    pending = pending_writes(folder)
+    if not pending and not (owned and folder.is_dir() and _stale_temporaries(folder)):
+        return []
+    if folder_lock.holds(folder):
+        return _finish_writes(folder, owned)
+    what = f"an interrupted write is unfinished ({', '.join(p.name for p in pending)})" if pending else ""
+    lock = folder_lock.FolderLock(folder, folder_lock.this_command(None))
+    try:
+        lock.acquire()
+    except folder_lock.FolderLocked:
+        if not pending:
+            return []  # only temporaries, perhaps the live holder's: they are its to remove
+        holder = folder_lock.read_holder(folder / folder_lock.LOCK_NAME)
+        raise UnfinishedWrite(f"{folder}: {what}, and another run holds the folder "
+                              f"({holder.describe() if holder else 'its record is not written yet'}): try again "
+                              "once it has ended (it finishes its own writes)") from None
+    except OSError as exc:
+        if not pending:
+            return []
+        raise UnfinishedWrite(f"{folder}: {what} and cannot be finished here ({exc.strerror or exc}): open it "
+                              "once where the folder can be written (run_squad.py --model_name_or_path or "
+                              "--output_dir, or qa_pipeline.py, on it finishes it)") from None
+    try:
+        return _finish_writes(folder, owned)
+    finally:
+        lock.release()
+
+
+def _finish_writes(folder: Path, owned: bool) -> list[str]:
+    """finish_writes with the folder's lock held."""
+    try:
+        done = [f"{folder}: {sentence}" for sentence in atomic_io.finish_journals(folder)]
+    except atomic_io.UnfinishedSet as exc:
+        raise UnfinishedWrite(str(exc)) from None
+    done += finish_interrupted_swap(folder)
+    if owned:
+        for pattern in OUTPUT_GLOBS:
+            atomic_io.remove_stale_temporaries(folder, pattern, owned=True)
+    return done
+
+
+def model_folder_problem(folder: Path, config: bool = True, tokenizer: bool = True) -> str | None:
+    """Why a local model folder cannot be loaded whole, naming the missing or damaged file (None: it can, as
+    far as its file names and config tell): config.json missing or not a JSON object; no tokenizer file
+    (transformers 5 would make an empty tokenizer of it and every answer would be empty)."""
+    folder = Path(folder)
+    if config:
+        path = folder / "config.json"
+        if not path.is_file():
+            return f"{path}: missing, so {folder} is not a whole model folder"
+        try:
+            if not isinstance(json.loads(path.read_text(encoding="utf-8")), dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as exc:
+            return f"{path}: cannot be read, the file is damaged or cut short ({atomic_io.first_line(exc)})"
+    if tokenizer and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        return (f"{folder / 'tokenizer.json'}: missing, and no other tokenizer file is in {folder} (none of "
+                f"{', '.join(TOKENIZER_FILES[1:])}): copy the model's tokenizer files into it")
+    return None
 
 
 def models_to_evaluate(output_dir: Path, all_checkpoints: bool, trained: bool, model_path: str) -> list[tuple[str, str]]:

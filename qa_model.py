@@ -30,6 +30,7 @@ import atomic_io
 import batching
 import checkpoints
 import modeling_relative
+import output_folder
 import packing
 import utils_squad
 
@@ -75,10 +76,17 @@ def load_config(source: ModelSource, model_type: str | None = None):
 
 def load_tokenizer(source: ModelSource, do_lower_case: bool):
     name = source.tokenizer_name or source.name_or_path
+    if Path(name).is_dir():  # transformers 5 makes an empty tokenizer of a folder without tokenizer files
+        problem = output_folder.model_folder_problem(Path(name), config=False)
+        if problem is not None:
+            raise ModelLoadError(problem)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, **source.kwargs())
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"--tokenizer_name {name}: cannot load a tokenizer ({atomic_io.first_line(exc)})") from exc
+    if len(tokenizer) <= len(tokenizer.all_special_tokens):
+        raise ModelLoadError(f"{name}: its tokenizer holds only its {len(tokenizer)} special tokens (no vocabulary "
+                             "was found): every word would be unknown")
     if not getattr(tokenizer, "is_fast", False):
         raise ModelLoadError(f"{name}: a fast tokenizer (tokenizer.json) is required for character offsets")
     # Casing through the tokenizer's normalizer, never by lower-casing text: offsets stay exact.

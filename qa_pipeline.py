@@ -621,9 +621,9 @@ def _is_path(value) -> bool:
     return isinstance(value, (str, os.PathLike))
 
 
-def _model_folder(path) -> Path:
+def _model_folder(path, tokenizer: bool = True) -> Path:
     try:
-        return cli.model_folder(path)
+        return cli.model_folder(path, tokenizer)
     except cli.InputError as exc:
         raise PipelineInputError(str(exc)) from None
 
@@ -661,7 +661,7 @@ class QuestionAnsweringPipeline:
         if model is None:
             raise ValueError("QuestionAnsweringPipeline needs a model folder (or model= and tokenizer=)")
         if _is_path(model):
-            folder = _model_folder(model)
+            folder = _model_folder(model, tokenizer=tokenizer is None)  # a tokenizer given apart is checked apart
             self.device = _device_of(device)
             self.precision = _precision_of(dtype, self.device)
             self.model, self.beam = self._load_model(folder, self.precision.weights)
@@ -684,7 +684,12 @@ class QuestionAnsweringPipeline:
         self.context_first = bool(context_first)
         self.batch_size = _whole_number("batch_size", batch_size, 1)
         self.lang_id = lang_id
-        self.threshold = resolve_threshold(null_threshold, folder)
+        # A damaged threshold file stops only the calls that would use it (handle_impossible_answer).
+        self.threshold, self.threshold_problem = None, None
+        try:
+            self.threshold = resolve_threshold(null_threshold, folder)
+        except PipelineInputError as exc:
+            self.threshold_problem = exc
         logger.info("path: %s", self.precision.reason)
 
     @staticmethod
@@ -727,6 +732,9 @@ class QuestionAnsweringPipeline:
         is one chunk's outputs (plus, when a tuned threshold decides, each window's logits for the classic
         decoder), whatever the length of the contexts. A long call shows its progress on a terminal."""
         settings = call_settings(kwargs, self.tokenizer.model_max_length, self.batch_size)
+        if settings.handle_impossible_answer and self.threshold_problem is not None:
+            raise PipelineInputError(f"{self.threshold_problem} (handle_impossible_answer uses the tuned threshold; "
+                                     "null_threshold=None or --no_threshold goes without it)")
         if not pairs:
             return []
         windows = build_windows(list(pairs), self.tokenizer, self.backend, settings, self.context_first, self.spec)

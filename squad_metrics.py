@@ -26,6 +26,7 @@ import string
 import sys
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -645,6 +646,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def _evaluate_files(opts: argparse.Namespace) -> tuple[OrderedDict, bool, str | None]:
     # The entry list, not a dict: the v1.1 script scores a repeated id once per entry.
     questions, version_2 = parse_squad_questions(_load_json(opts.data_file), opts.data_file)
+    for written in {os.path.dirname(os.path.abspath(p)) for p in (opts.pred_file, opts.na_prob_file) if p}:
+        cli.finish_writes_in(Path(written))  # files run_squad.py wrote: never half of two evaluations
     preds = parse_predictions(_load_json(opts.pred_file), opts.pred_file)
     na_probs = None
     if opts.na_prob_file and version_2:

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -141,17 +142,31 @@ def test_dataset_name_without_the_datasets_package(tiny_bert_dir, tmp_path, monk
     assert capsys.readouterr().err == "error: --dataset_name needs the optional `datasets` package (pip install datasets)\n"
 
 
-def test_torchrun_two_processes_train_and_evaluate_like_one(tiny_bert_dir, squad_dir, tmp_path):
-    train_file = small_v2_file(squad_dir, tmp_path / "train.json", questions=120)
-    out = tmp_path / "ddp"
+def torchrun_flags(tiny_bert_dir: Path, squad_dir: Path, tmp: Path, out: Path) -> list[str]:
+    train_file = small_v2_file(squad_dir, tmp / "train.json", questions=120)
+    return [str(REPO / "run_squad.py"), *common_flags(tiny_bert_dir, out), "--do_train", "--do_eval", "--train_file",
+            str(train_file), "--predict_file", str(squad_dir / "dev-v2.0.json"), "--max_steps", "4", "--save_steps", "0"]
+
+
+# Bit-identical results across layouts need the same thread count per process (float sums depend on it).
+TORCHRUN_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tiny_bert_dir, squad_dir, tmp_path_factory) -> Path:
+    """One torchrun agent with two processes: trains 4 steps and evaluates; its output folder."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    out = tmp / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(free_port()), str(REPO / "run_squad.py"), *common_flags(tiny_bert_dir, out), "--do_train",
-           "--do_eval", "--train_file", str(train_file), "--predict_file", str(squad_dir / "dev-v2.0.json"),
-           "--max_steps", "4", "--save_steps", "0"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+           str(free_port()), *torchrun_flags(tiny_bert_dir, squad_dir, tmp, out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=TORCHRUN_ENV, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert '"step": "4"' in done.stdout
+    return out
+
+
+def test_torchrun_two_processes_train_and_evaluate_like_one(two_process_run, squad_dir, tmp_path):
+    out = two_process_run
     single = tmp_path / "single"
     again = run_cli(["--model_name_or_path", str(out), "--output_dir", str(single), "--do_eval",
                      "--version_2_with_negative", "--predict_file", str(squad_dir / "dev-v2.0.json"), "--no_cuda",
@@ -159,6 +174,30 @@ def test_torchrun_two_processes_train_and_evaluate_like_one(tiny_bert_dir, squad
     assert again.returncode == 0, again.stderr[-3000:]
     for name in ("predictions_4.json", "nbest_predictions_4.json", "null_odds_4.json"):
         assert (single / name).read_text() == (out / name).read_text(), name
+
+
+def test_two_torchrun_agents_one_process_each_equal_one_agent_with_two(two_process_run, tiny_bert_dir, squad_dir,
+                                                                         tmp_path):
+    """Multi-node as on a cluster, both nodes on 127.0.0.1: c10d rendezvous, gloo, one process per agent."""
+    out, port = tmp_path / "two-nodes", free_port()
+    agents = []
+    for is_host in ("true", "false"):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+               "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "two-nodes",
+               "--rdzv_conf", f"is_host={is_host}", *torchrun_flags(tiny_bert_dir, squad_dir, tmp_path, out)]
+        agents.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                       env=TORCHRUN_ENV, start_new_session=True))
+    try:
+        ends = [agent.communicate(timeout=600) for agent in agents]
+    finally:
+        for agent in agents:
+            if agent.poll() is None:
+                agent.kill()
+    for agent, (_, err) in zip(agents, ends, strict=True):
+        assert agent.returncode == 0, err[-3000:]
+    for name in ("model.safetensors", "predictions_4.json", "nbest_predictions_4.json", "null_odds_4.json",
+                 "eval_results.json"):
+        assert (out / name).read_bytes() == (two_process_run / name).read_bytes(), name
 
 
 def test_the_older_launcher_passes_local_rank_and_evaluates_like_one_process(trained, tmp_path):
