@@ -3,8 +3,8 @@
 Why a module of its own: importing torch and transformers takes seconds, and a mistyped flag, a missing file
 or a malformed input line must be answered at once. run_squad.py and qa_pipeline.py check their command line
 with this module at the top of the file, before their own imports pull in torch (the `if __name__ ==
-"__main__"` block there); squad_metrics.py, the official scorer's drop-in, reports its errors through it too.
-So everything here is standard library: argparse, pathlib, json.
+"__main__"` block there); squad_metrics.py, the official scorer's drop-in, keeps a copy of its error rule and
+exit codes so that it runs as one file. So everything here is standard library: argparse, pathlib, json.
 
 Exit codes, for every command: 0 success, 2 bad input or flags (one line on stderr naming the file, the record
 and the problem), 3 interrupted with a checkpoint written (run_squad.py), 1 anything else (also one line);
