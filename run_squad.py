@@ -606,13 +606,29 @@ def total_optimizer_steps(loop: LoopConfig, rt, steps_per_epoch: int, num_featur
 def build_optimizer(model, optim: OptimConfig):
     """AdamW, fused: one kernel for the whole update, which also skips it on the device when told found_inf."""
     groups = qa_model.parameter_groups(model, optim.learning_rate, optim.weight_decay, optim.layerwise_lr_decay)
-    for g in groups:
+    logger.info("%s", parameter_groups_line(groups, optim.layerwise_lr_decay))
+    for g in groups:  # the detail few readers need: --verbose_logging
         depth = f" (depth {g['depth']})" if optim.layerwise_lr_decay < 1.0 else ""
-        logger.info("parameter group%s: lr %.3g, weight decay %g, %d tensors, e.g. %s",
-                    depth, g["lr"], g["weight_decay"], len(g["params"]), g["names"][0])
+        logger.debug("parameter group%s: lr %.3g, weight decay %g, %d tensors, e.g. %s",
+                     depth, g["lr"], g["weight_decay"], len(g["params"]), g["names"][0])
     params = [{k: v for k, v in g.items() if k not in ("names", "depth")} for g in groups]
     return torch.optim.AdamW(params, lr=optim.learning_rate, betas=(optim.adam_beta1, optim.adam_beta2),
                              eps=optim.adam_epsilon, fused=True)
+
+
+def parameter_groups_line(groups: list[dict], layerwise_lr_decay: float) -> str:
+    """The optimizer's parameter groups in one line: how many, the learning-rate range, which decay."""
+    rates = [g["lr"] for g in groups]
+    lr = f"lr {rates[0]:.3g}"
+    if min(rates) != max(rates):
+        lr = f"lr {min(rates):.3g} to {max(rates):.3g} (layer-wise decay {layerwise_lr_decay:g})"
+    tensors = sum(len(g["params"]) for g in groups)
+    decayed = [g for g in groups if g["weight_decay"]]
+    decay = "no weight decay"
+    if decayed:
+        decay = (f"weight decay {decayed[0]['weight_decay']:g} on {sum(len(g['params']) for g in decayed)} "
+                 "tensors, none on biases and norms")
+    return f"{len(groups)} parameter groups of {tensors} tensors: {lr}, {decay}"
 
 
 def build_scheduler(optimizer, optim: OptimConfig, total_steps: int):
