@@ -29,15 +29,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import model_families
+
 # Families whose packed attention runs flash attention's varlen kernel on a GPU (packing.SUPPORTED_MODEL_TYPES,
 # which also takes the relative-position BERT through an exact but quadratic path).
-VARLEN_PACKING_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "albert", "distilbert", "modernbert")
+VARLEN_PACKING_TYPES = model_families.PACKING_TYPES
 COMPILE_MIN_PARAMETERS = 100_000_000
 COMPILE_MIN_STEPS = 1_000
 
 
-# Families whose padded attention goes through SDPA (the others compute attention themselves): the same ones.
-SDPA_TYPES = VARLEN_PACKING_TYPES
+# Families whose padded attention goes through SDPA (the others compute attention themselves).
+SDPA_TYPES = model_families.SDPA_TYPES
 
 
 @dataclass(frozen=True)

@@ -37,12 +37,13 @@ from transformers.models.bert.modeling_bert import (
     BertSelfAttention,
 )
 
+import model_families
 import packing
 
 logger = logging.getLogger(__name__)
 
 RELATIVE_POSITION_TYPES = ("relative_key", "relative_key_query")
-SUPPORTED_MODEL_TYPES = ("bert",)
+SUPPORTED_MODEL_TYPES = model_families.RELATIVE_POSITION_MODEL_TYPES
 # Checkpoint keys outside the encoder body that may legitimately differ from a QA model: a pretraining
 # checkpoint brings MLM/NSP heads and a pooler (QA has none) and lacks the new qa_outputs head.
 HEAD_PREFIXES = ("qa_outputs.", "cls.", "bert.pooler.", "pooler.")
