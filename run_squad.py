@@ -426,9 +426,11 @@ class LoopConfig:
 
     @classmethod
     def from_flags(cls, args, setup: RunSetup, train_path: Path | None) -> LoopConfig:
-        return cls(Path(args.output_dir), str(train_path), args.max_seq_length, args.max_steps, args.num_train_epochs,
-                   args.seed, args.logging_steps, args.eval_steps, args.save_steps, args.max_nonfinite_steps,
-                   setup.path.precision)
+        """From the parsed flags, by keyword (the defaults above are the parser's: a test ties them)."""
+        return cls(output_dir=Path(args.output_dir), train_file=str(train_path), max_seq_length=args.max_seq_length,
+                   max_steps=args.max_steps, num_train_epochs=args.num_train_epochs, seed=args.seed,
+                   logging_steps=args.logging_steps, eval_steps=args.eval_steps, save_steps=args.save_steps,
+                   max_nonfinite_steps=args.max_nonfinite_steps, precision=setup.path.precision)
 
 
 @dataclass(frozen=True)
@@ -451,7 +453,8 @@ class OptimConfig:
 
     @classmethod
     def from_flags(cls, args) -> OptimConfig:
-        return cls(*(getattr(args, name) for name in cls.__dataclass_fields__))
+        """Every field is the flag of the same name (the defaults above are the parser's: a test ties them)."""
+        return cls(**{name: getattr(args, name) for name in cls.__dataclass_fields__})
 
 
 @dataclass(frozen=True)
@@ -763,10 +766,14 @@ class EvalConfig:
 
     @classmethod
     def from_flags(cls, args, setup: RunSetup, predict_path: Path | None, score: bool, compiled: bool) -> EvalConfig:
-        settings = decoding.DecodingSettings(args.n_best_size, args.max_answer_length, args.version_2_with_negative)
+        """From the parsed flags, by keyword (the defaults above and DecodingSettings' are the parser's: a test
+        ties them)."""
+        settings = decoding.DecodingSettings(n_best_size=args.n_best_size, max_answer_length=args.max_answer_length,
+                                             version_2_with_negative=args.version_2_with_negative)
         windows = {name: getattr(args, name) for name in ("max_seq_length", "doc_stride", "max_query_length")}
-        return cls(Path(args.output_dir), settings, args.null_score_diff_threshold, score, predict_path, windows,
-                   setup.path.precision, compiled)
+        return cls(output_dir=Path(args.output_dir), settings=settings, threshold=args.null_score_diff_threshold,
+                   score=score, predict_path=predict_path, windows=windows, precision=setup.path.precision,
+                   compiled=compiled)
 
 
 @dataclass(frozen=True)
