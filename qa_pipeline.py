@@ -90,16 +90,14 @@ from tqdm import tqdm
 import batching
 import checkpoints
 import decoding
+import output_folder
 import qa_model
 import utils_squad
-from output_folder import THRESHOLD_FILE
+from output_folder import THRESHOLD_FILE, NullThreshold, trained_context_first
 
-# The classic decoder's settings behind a tuned threshold when its file does not record them: run_squad.py's
-# --n_best_size and --max_answer_length defaults.
-THRESHOLD_N_BEST_SIZE, THRESHOLD_MAX_ANSWER_LENGTH = 20, 30
 MASKED_LOGIT = -10000.0  # 4.x's logit for tokens that cannot be in an answer
 NO_NULL_SCORE = 1000000.0  # 4.x's starting "smallest null score" (large and positive)
-DEFAULT_BATCH_SIZE = cli.PIPELINE_BATCH_SIZE
+DEFAULT_BATCH_SIZE = 32  # windows per forward pass (the command's --batch_size default too)
 ANSWER_KEYS = ("score", "start", "end", "answer")
 # Windows go through the model this many batches at a time, each chunk ranked before the next one runs.
 CHUNK_BATCHES = 8
@@ -245,47 +243,13 @@ def call_settings(kwargs: dict, model_max_length: int, batch_size: int) -> CallS
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class NullThreshold:
-    """A null-odds threshold and the classic decoder settings it was tuned with."""
-
-    value: float
-    n_best_size: int = THRESHOLD_N_BEST_SIZE
-    max_answer_length: int = THRESHOLD_MAX_ANSWER_LENGTH
-
-
-def _threshold_number(path: Path, record: dict, key: str, kind: type):
-    value = record[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise PipelineInputError(f"{path}: '{key}' must be a finite number, got {json.dumps(value)}")
-    if kind is int and (value != int(value) or value < 1):
-        raise PipelineInputError(f"{path}: '{key}' must be a positive integer, got {json.dumps(value)}")
-    return kind(value)
-
-
 def read_threshold_file(path: Path) -> NullThreshold:
-    """The tuned threshold written by evaluation; a bad file is one line naming it and what is wrong."""
+    """The tuned threshold evaluation wrote (output_folder reads it); a bad file is a PipelineInputError, one
+    line naming it and what is wrong."""
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise PipelineInputError(f"{path}: cannot read file: {exc.strerror or exc}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PipelineInputError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(record, dict):
-        raise PipelineInputError(f"{path}: expected a JSON object, got {cli.json_type(record)}")
-    if "null_score_diff_threshold" not in record:
-        raise PipelineInputError(f"{path}: missing key 'null_score_diff_threshold'")
-    extra = {key: _threshold_number(path, record, key, int) for key in ("n_best_size", "max_answer_length")
-             if key in record}
-    return NullThreshold(_threshold_number(path, record, "null_score_diff_threshold", float), **extra)
-
-
-def trained_context_first(folder: Path | None) -> bool:
-    """Whether run_squad.py fine-tuned the model in `folder` with --context_first (its training_args.json)."""
-    try:
-        return bool(json.loads((folder / "training_args.json").read_text()).get("context_first"))
-    except (TypeError, OSError, ValueError, AttributeError):
-        return False  # no folder, no record, or not ours: the tokenizer decides
+        return output_folder.read_threshold(path)
+    except output_folder.ThresholdFileError as exc:
+        raise PipelineInputError(str(exc)) from None
 
 
 def resolve_threshold(null_threshold, folder: Path | None) -> NullThreshold | None:
@@ -788,7 +752,7 @@ def run(command: cli.PipelineCommand) -> list[str]:
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     qa = QuestionAnsweringPipeline(str(_model_folder(command.model_dir)), device=command.device,
-                                   batch_size=command.batch_size,
+                                   batch_size=command.batch_size or DEFAULT_BATCH_SIZE,
                                    null_threshold=None if command.no_threshold else "auto",
                                    context_first=True if command.context_first else None)
     settings = {k: getattr(command, k) for k in ("top_k", "doc_stride", "max_answer_len", "max_seq_len",

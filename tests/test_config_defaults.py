@@ -1,11 +1,13 @@
-"""The run's frozen configs and the command line declare each default once in effect: every field a config takes
-from a flag has the parser's default for that flag, and from_flags reads each flag into its field by name.
+"""The run's frozen configs and the command lines declare each default once in effect: every field a config takes
+from a flag has the parser's default for that flag, and from_flags reads each flag into its field by name; the
+pipeline command's batch size is the library's.
 
 Which flag feeds which field is found, not listed: every parsed flag is replaced by a value naming it, and the
 config built from those says where each one went."""
 
 import argparse
 import dataclasses
+import inspect
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -85,3 +87,33 @@ def test_default_flags_build_the_default_configs():
     assert loop == run_squad.LoopConfig(Path("o"), train_file="t")
     evaluation = run_squad.EvalConfig.from_flags(args, setup, None, score=True, compiled=False)
     assert dataclasses.replace(evaluation, windows=None) == run_squad.EvalConfig(Path("o"), decoding.DecodingSettings())
+
+
+@pytest.mark.parametrize("given, expected", [([], "library"), (["--batch_size", "5"], 5)])
+def test_the_pipeline_commands_batch_size_is_the_librarys_unless_given(monkeypatch, tmp_path, given, expected):
+    import qa_pipeline
+
+    # The library's own default is the same constant.
+    assert _default_of(qa_pipeline.QuestionAnsweringPipeline.__init__, "batch_size") == qa_pipeline.DEFAULT_BATCH_SIZE
+    seen = {}
+
+    class Recorder:
+        def __init__(self, model, **kwargs):
+            seen.update(kwargs)
+            raise _Stop
+
+    monkeypatch.setattr(qa_pipeline, "QuestionAnsweringPipeline", Recorder)
+    lines = tmp_path / "in.jsonl"
+    lines.write_text('{"question": "Who?", "context": "The Normans."}\n')
+    model = Path(__file__).parent / "fixtures" / "qa_pipeline" / "model"
+    with pytest.raises(_Stop):
+        qa_pipeline.run(cli.check_pipeline_command([str(model), "--input", str(lines), *given]))
+    assert seen["batch_size"] == (qa_pipeline.DEFAULT_BATCH_SIZE if expected == "library" else expected)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _default_of(function, name):
+    return inspect.signature(function).parameters[name].default
