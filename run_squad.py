@@ -128,7 +128,7 @@ class RunSetup:
     beam_head: bool
     context_first: bool
     source: qa_model.ModelSource
-    path: fast_path.Choice  # packing, precision, attention kernels (compilation is decided in run())
+    fast_path: fast_path.Choice  # packing, precision, attention kernels (compilation is decided in run())
     identity: dict = field(default_factory=dict)  # fingerprints of data and tokenizer, processes: what a resume compares
 
     def run_args(self, args, batches: TrainBatches | None = None) -> dict:
@@ -137,7 +137,7 @@ class RunSetup:
         same): passed back as flags, they reproduce the run. With the path taken and the run's identity
         (checkpoints.run_identity)."""
         derived = {"model_type": self.model_type, "train_path": self.train_path, "predict_path": self.predict_path,
-                   "packed": self.path.packing, "precision": self.path.precision, **self.identity}
+                   "packed": self.fast_path.packing, "precision": self.fast_path.precision, **self.identity}
         if batches is not None:
             derived.update(per_gpu_train_batch_size=batches.batch_size, gradient_accumulation_steps=batches.accumulation)
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in {**vars(args), **derived}.items()}
@@ -167,11 +167,11 @@ def run(args) -> int:
                      choose_path(fast_path.PathFlags.from_args(args), rt.device, config, args.trust_remote_code),
                      checkpoints.run_identity(train_path if args.do_train else None, tokenizer, rt.world_size))
     check_model_settings(args, setup, config, tokenizer)
-    if setup.path.sdpa_without_cudnn:
+    if setup.fast_path.sdpa_without_cudnn:
         torch.backends.cuda.enable_cudnn_sdp(False)  # for the whole process: see fast_path's attention rule
     head = batching.make_head(setup.beam_head)
     evaluation = None
-    eval_only = fast_path.compilation(setup.path, args.torch_compile, rt.device.type == "cuda", False, 0, 0)
+    eval_only = fast_path.compilation(setup.fast_path, args.torch_compile, rt.device.type == "cuda", False, 0, 0)
     if not args.do_train:
         logger.info(eval_only.describe())
     if cli.evaluating(args):
@@ -190,9 +190,9 @@ def run(args) -> int:
         batches = train_batches(args, setup, rt, model, head, config, features, resume_from)
         loop = LoopConfig.from_flags(args, setup, train_path)
         cuda = rt.device.type == "cuda"
-        steps = planned_steps(loop, rt, features, batches) if fast_path.needs_run_length(args.torch_compile, cuda,
+        steps = count_steps(loop, rt, features, batches) if fast_path.needs_run_length(args.torch_compile, cuda,
                                                                                            True) else 0
-        choice = fast_path.compilation(setup.path, args.torch_compile, cuda, True,
+        choice = fast_path.compilation(setup.fast_path, args.torch_compile, cuda, True,
                                        sum(p.numel() for p in model.parameters()), steps)
         logger.info(choice.describe())
         if choice.compile_training:
@@ -328,7 +328,7 @@ def check_model_settings(args, setup: RunSetup, config, tokenizer) -> None:
     except utils_squad.FeatureSettingsError as exc:
         raise UsageError(f"--max_seq_length ({args.max_seq_length}) must be larger than --max_query_length "
                          f"({args.max_query_length}) + {exc.num_special} special tokens of this tokenizer") from exc
-    if setup.path.packing:
+    if setup.fast_path.packing:
         qa_model.check_packing(config)
 
 
@@ -347,7 +347,7 @@ def build_features(args, rt, tokenizer, path: Path, examples, context_first: boo
 
 
 def make_batching(args, setup: RunSetup, head, config, features, batch_size: int, compiled: bool = False):
-    return batching.make_batching(head, config, features, batch_size, packed=setup.path.packing,
+    return batching.make_batching(head, config, features, batch_size, packed=setup.fast_path.packing,
                                   pack_tokens=args.pack_tokens, max_seq_length=args.max_seq_length,
                                   version_2=args.version_2_with_negative, lang_id=args.lang_id, compiled=compiled,
                                   grouped=args.length_grouping == "on", attn_implementation=args.attn_implementation)
@@ -356,10 +356,10 @@ def make_batching(args, setup: RunSetup, head, config, features, batch_size: int
 def load_model(args, setup: RunSetup, config, path: str, eval_device=None):
     """The model, packed as the path says (compiled by the caller). A model loaded only to evaluate on a GPU
     (``eval_device``) gets bf16/fp16 weights when the run computes in them: half the memory, no autocast casts."""
-    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(setup.path.precision)
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(setup.fast_path.precision)
     dtype = half if half is not None and eval_device is not None and eval_device.type == "cuda" else torch.float32
     model = qa_model.load_model(path, config, setup.source, setup.beam_head, args.attn_implementation, dtype)
-    if setup.path.packing:
+    if setup.fast_path.packing:
         qa_model.enable_packing(model, attention_dropout=args.packed_attention_dropout == "on")
     return model
 
@@ -389,12 +389,12 @@ def train_batches(args, setup: RunSetup, rt, model, head, config, features, resu
     elif args.auto_find_batch_size:
         # A compiled padded run pads to 64 (decided after this probe, by the run's length): probe at that width
         # whenever the run may compile, so the batch found fits either way.
-        may_compile = rt.device.type == "cuda" and args.torch_compile != "off" and not setup.path.packing
+        may_compile = rt.device.type == "cuda" and args.torch_compile != "off" and not setup.fast_path.packing
 
         def fits(batch_size: int) -> bool:
             candidate = make_batching(args, setup, head, config, features, batch_size, compiled=may_compile)
             return qa_model.probe_memory(model.to(rt.device), candidate, features, rt.device,
-                                         amp_context(setup.path.precision, rt.device), extra_copies=int(rt.distributed))
+                                         amp_context(setup.fast_path.precision, rt.device), extra_copies=int(rt.distributed))
         size, accum = qa_model.find_batch_size(fits, size, accum, rt.distributed and rt.cpu_group)
         if size == 0:
             raise OutOfMemory(f"out of GPU memory with one feature per device of up to --max_seq_length "
@@ -430,7 +430,7 @@ class LoopConfig:
         return cls(output_dir=Path(args.output_dir), train_file=str(train_path), max_seq_length=args.max_seq_length,
                    max_steps=args.max_steps, num_train_epochs=args.num_train_epochs, seed=args.seed,
                    logging_steps=args.logging_steps, eval_steps=args.eval_steps, save_steps=args.save_steps,
-                   max_nonfinite_steps=args.max_nonfinite_steps, precision=setup.path.precision)
+                   max_nonfinite_steps=args.max_nonfinite_steps, precision=setup.fast_path.precision)
 
 
 @dataclass(frozen=True)
@@ -474,7 +474,7 @@ def train(model, features, batches: TrainBatches, rt, *, loop: LoopConfig, optim
     save / stop. No host synchronisation inside a step: what the host must read waits for those steps.
     Returns the summary (wall time, sequences/s, real tokens/s, peak GPU memory, the last step)."""
     ddp, accum, strategy = wrap_for_processes(model, rt), batches.accumulation, batches.batching
-    total_steps, prefetch = plan_steps(loop, rt, features, batches)
+    total_steps, prefetch = prefetched_steps(loop, rt, features, batches)
     opt = start_optimization(optim, loop.precision, model, rt, total_steps)
     position = start = restore_position(resume_from, opt, rt)
     writer, stop, meter, progress = start_logs(loop, rt, resume_from, batches, len(features), start, total_steps)
@@ -566,11 +566,12 @@ def epoch_plans(loop: LoopConfig, rt, features, batches: TrainBatches):
     return plan_of_epoch
 
 
-def planned_steps(loop: LoopConfig, rt, features, batches: TrainBatches) -> int:
+def count_steps(loop: LoopConfig, rt, features, batches: TrainBatches) -> int:
+    """The number of optimizer steps training will run (its first epoch planned to count them)."""
     return total_optimizer_steps(loop, rt, len(epoch_plans(loop, rt, features, batches)(0)), len(features), batches)
 
 
-def plan_steps(loop: LoopConfig, rt, features, batches: TrainBatches):
+def prefetched_steps(loop: LoopConfig, rt, features, batches: TrainBatches):
     """The number of optimizer steps, and a function giving those from a position on, their batches built
     (and on a GPU pinned, for a non-blocking copy) in a background thread while the steps before run."""
     lengths, strategy = features.lengths(), batches.batching
@@ -772,7 +773,7 @@ class EvalConfig:
                                              version_2_with_negative=args.version_2_with_negative)
         windows = {name: getattr(args, name) for name in ("max_seq_length", "doc_stride", "max_query_length")}
         return cls(output_dir=Path(args.output_dir), settings=settings, threshold=args.null_score_diff_threshold,
-                   score=score, predict_path=predict_path, windows=windows, precision=setup.path.precision,
+                   score=score, predict_path=predict_path, windows=windows, precision=setup.fast_path.precision,
                    compiled=compiled)
 
 

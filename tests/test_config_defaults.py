@@ -18,7 +18,7 @@ import decoding
 import run_squad
 
 REQUIRED = ["--model_name_or_path", "m", "--output_dir", "o", "--do_train", "--train_file", "t"]
-SETUP = SimpleNamespace(path=SimpleNamespace(precision="<derived>"))
+SETUP = SimpleNamespace(fast_path=SimpleNamespace(precision="<derived>"))
 
 
 def named_flags() -> argparse.Namespace:
@@ -81,7 +81,7 @@ def test_every_flag_default_of_a_config_is_the_parsers(config_cls):
 def test_default_flags_build_the_default_configs():
     """The whole round: the parser's defaults, through from_flags, give each config's own defaults."""
     args = cli.parse_args(REQUIRED)
-    setup = SimpleNamespace(path=SimpleNamespace(precision="fp32"))
+    setup = SimpleNamespace(fast_path=SimpleNamespace(precision="fp32"))
     assert run_squad.OptimConfig.from_flags(args) == run_squad.OptimConfig()
     loop = run_squad.LoopConfig.from_flags(args, setup, Path("t"))
     assert loop == run_squad.LoopConfig(Path("o"), train_file="t")
