@@ -2,7 +2,8 @@
 """Fine-tune and evaluate transformer encoders for extractive question answering (SQuAD v1.1/v2.0).
 
 The command line of the classic HuggingFace ``run_squad.py`` (same flags, same meaning), rebuilt on
-transformers 5. The story, in the order of this file:
+transformers 5. Why a module of its own: it is the command the seed scripts run, and it holds the story of a
+run, in the order of this file; everything else has its home in the modules named below.
 
   check the command line               cli.py, before torch is imported (the block below)
   run: file -> examples -> features    run (utils_squad.py reads, validates and featurizes, with a cache)

@@ -7,9 +7,9 @@ read side by side; what it adds is checked input (one line naming the file and r
 ids scored as each official script does, and a sweep over every span (``sweep_preds``). Turning
 logits into answers is decoding.py's.
 
-It is also a standalone command, a drop-in for the official ``evaluate-v2.0.py`` (and for v1.1 data,
-``evaluate-v1.1.py``), and like them one file: standard library and numpy (matplotlib only for the
-plots), no other module of this project, so it runs copied alone into any folder::
+Why a module of its own: it is also a standalone command, a drop-in for the official ``evaluate-v2.0.py``
+(and for v1.1 data, ``evaluate-v1.1.py``), and like them one file: standard library and numpy, matplotlib
+only for the plots, no other module of this project, so it runs copied alone into any folder::
 
     python squad_metrics.py DATA.json PRED.json [--na-prob-file F] [--na-prob-thresh T]
                             [--out-file F] [--out-image-dir D] [--verbose]
