@@ -35,17 +35,18 @@ import numpy as np
 import torch
 
 import decoding
+import model_families
 import modeling_relative
 import packing
 from utils_squad import SquadFeatures, ragged_index
 
 # Model types whose classic inputs carry no token type ids (the classic script's list).
-NO_TOKEN_TYPES = {"xlm", "roberta", "distilbert", "camembert", "bart", "longformer", "xlm-roberta", "modernbert"}
+NO_TOKEN_TYPES = model_families.NO_TOKEN_TYPES
 # Model types whose transformers forward takes a prepared 4-D key-padding mask as it is (tested equal to the 2-D
 # mask): given one, transformers neither builds a mask nor reads the 2-D one on the host to see whether it
 # could skip it (a GPU sync every forward). Only attention functions that read a boolean mask as such take it:
 # SDPA (and the packed attention's padded fallback, which is SDPA); eager attention would add it as numbers.
-PREPARED_MASK_TYPES = {"bert", "roberta", "xlm-roberta", "electra", "albert", "distilbert"}
+PREPARED_MASK_TYPES = model_families.PREPARED_MASK_TYPES
 PREPARED_MASK_ATTENTION = {"sdpa", packing.PACKED_ATTENTION, packing.PACKED_ATTENTION_NO_DROPOUT}
 
 

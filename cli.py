@@ -3,8 +3,8 @@
 Why a module of its own: importing torch and transformers takes seconds, and a mistyped flag, a missing file
 or a malformed input line must be answered at once. run_squad.py and qa_pipeline.py check their command line
 with this module at the top of the file, before their own imports pull in torch (the `if __name__ ==
-"__main__"` block there); squad_metrics.py, the official scorer's drop-in, reports its errors through it too.
-So everything here is standard library: argparse, pathlib, json.
+"__main__"` block there); squad_metrics.py, the official scorer's drop-in, keeps a copy of its error rule and
+exit codes so that it runs as one file. So everything here is standard library: argparse, pathlib, json.
 
 Exit codes, for every command: 0 success, 2 bad input or flags (one line on stderr naming the file, the record
 and the problem), 3 interrupted with a checkpoint written (run_squad.py), 1 anything else (also one line);
@@ -573,9 +573,6 @@ def finish_interrupted_writes(args) -> None:
 # qa_pipeline.py: a model folder and JSON Lines of questions
 # --------------------------------------------------------------------------------------------
 
-PIPELINE_BATCH_SIZE = 32
-
-
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -603,7 +600,8 @@ def build_pipeline_parser() -> Parser:
     p.add_argument("--handle_impossible_answer", action="store_true", help="Allow the empty answer (no answer).")
     p.add_argument("--no_threshold", action="store_true",
                    help=f"Ignore the model folder's {output_folder.THRESHOLD_FILE} (decide no-answer as transformers 4.x).")
-    p.add_argument("--batch_size", type=positive_int, default=PIPELINE_BATCH_SIZE, help="Windows per forward pass.")
+    p.add_argument("--batch_size", type=positive_int, default=None,
+                   help="Windows per forward pass (default: the library's, qa_pipeline.DEFAULT_BATCH_SIZE).")
     p.add_argument("--doc_stride", type=non_negative_int, default=None,
                    help="Overlap of consecutive windows, in tokens (default min(max_seq_len // 2, 128)).")
     p.add_argument("--max_answer_len", type=positive_int, default=15, help="Longest answer, in tokens (default 15).")
@@ -635,14 +633,6 @@ def model_folder(path, tokenizer: bool = True) -> Path:
     return folder
 
 
-_JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
-               type(None): "null"}
-
-
-def json_type(value) -> str:
-    return _JSON_TYPES.get(type(value), type(value).__name__)
-
-
 def _record(name: str, line_no: int, line: str) -> dict:
     """One checked input line; a bad one is an InputError naming the file, the line and the problem."""
     where = f"{name}: line {line_no}"
@@ -651,12 +641,12 @@ def _record(name: str, line_no: int, line: str) -> dict:
     except json.JSONDecodeError as exc:
         raise InputError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
     if not isinstance(record, dict):
-        raise InputError(f"{where}: expected a JSON object, got {json_type(record)}")
+        raise InputError(f"{where}: expected a JSON object, got {output_folder.json_type(record)}")
     for key in ("question", "context"):
         if key not in record:
             raise InputError(f"{where}: missing key '{key}'")
         if not isinstance(record[key], str):
-            raise InputError(f"{where}: '{key}' must be a string, got {json_type(record[key])}")
+            raise InputError(f"{where}: '{key}' must be a string, got {output_folder.json_type(record[key])}")
         if not record[key].strip():
             raise InputError(f"{where}: '{key}' is empty")
     return record

@@ -31,12 +31,11 @@ import numpy as np
 
 from atomic_io import FileSet, write_json_atomic
 
-logger = logging.getLogger(__name__)
+# Null odds when an example has no valid span at all (the answer is "" whatever the threshold): its home
+# is the scorer, which must run as one file.
+from squad_metrics import NO_SPAN_NULL_ODDS
 
-# Null odds when an example has no valid span at all: the answer is "" whatever the threshold.
-# 1e6 is the "large and positive" starting null score of the classic decoder; a finite value keeps
-# null_odds files standard JSON (no Infinity).
-NO_SPAN_NULL_ODDS = 1.0e6
+logger = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------

@@ -36,9 +36,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
+import model_families
+
 # Families whose packed attention runs flash attention's varlen kernel on a GPU (packing.SUPPORTED_MODEL_TYPES,
 # which also takes the relative-position BERT through an exact but quadratic path).
-VARLEN_PACKING_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "albert", "distilbert", "modernbert")
+VARLEN_PACKING_TYPES = model_families.PACKING_TYPES
 COMPILE_MIN_PARAMETERS = 100_000_000
 COMPILE_MIN_STEPS = 1_000
 
@@ -49,8 +51,8 @@ SAFER = {"compile": "eager", "packing": "padded batches", "precision": "fp32"}
 WAY_BACK = {"compile": "--torch_compile off", "packing": "--packing off", "precision": "--fp32"}
 
 
-# Families whose padded attention goes through SDPA (the others compute attention themselves): the same ones.
-SDPA_TYPES = VARLEN_PACKING_TYPES
+# Families whose padded attention goes through SDPA (the others compute attention themselves).
+SDPA_TYPES = model_families.SDPA_TYPES
 
 # The CPU features (as Linux's /proc/cpuinfo names them) that compute bf16 natively: Intel's AMX tiles (Sapphire
 # Rapids and newer) and AVX512-BF16 (Cooper Lake, AMD Zen 4 and newer). Read from what the CPU reports, never from

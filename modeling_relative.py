@@ -1,12 +1,11 @@
 """BERT with relative position embeddings (`relative_key`, `relative_key_query`) for question answering.
 
-Why its own module: this is model architecture code that transformers 5 dropped, not command-line,
-training-loop (run_squad.py) or data (utils_squad.py) logic.  transformers 4.x implemented
-`position_embedding_type` = "relative_key" (Shaw et al. 2018) and "relative_key_query" (Huang et al. 2020,
-method 4) inside BertSelfAttention; transformers 5 reads such a config.json as plain BERT, silently drops
-every `...attention.self.distance_embedding.weight` and adds absolute position embeddings the checkpoint
-was never trained with, so e.g. `zhiheng-huang/bert-base-uncased-embedding-relative-key-query` fine-tunes
-to a worse model with no error.  Here the 4.x computation is restored on top of the transformers 5 classes:
+Why a module of its own: it is model architecture that transformers 5 dropped. transformers 4.x computed
+`position_embedding_type` "relative_key" (Shaw et al. 2018) and "relative_key_query" (Huang et al. 2020,
+method 4) inside BertSelfAttention. transformers 5 reads such a config.json as plain BERT: it drops every
+`...attention.self.distance_embedding.weight` and adds absolute positions the checkpoint never saw, so
+`zhiheng-huang/bert-base-uncased-embedding-relative-key-query` fine-tunes to a worse model with no error.
+Here the 4.x computation is restored on top of the transformers 5 classes:
 
     scores = (Q K^T + rel) / sqrt(head_size) + mask,   rel[b,h,l,r] = q_l . E[l-r+M-1]   (relative_key)
                                                                      + k_r . E[l-r+M-1]   (relative_key_query)
@@ -37,12 +36,13 @@ from transformers.models.bert.modeling_bert import (
     BertSelfAttention,
 )
 
+import model_families
 import packing
 
 logger = logging.getLogger(__name__)
 
 RELATIVE_POSITION_TYPES = ("relative_key", "relative_key_query")
-SUPPORTED_MODEL_TYPES = ("bert",)
+SUPPORTED_MODEL_TYPES = model_families.RELATIVE_POSITION_MODEL_TYPES
 # Checkpoint keys outside the encoder body that may legitimately differ from a QA model: a pretraining
 # checkpoint brings MLM/NSP heads and a pooler (QA has none) and lacks the new qa_outputs head.
 HEAD_PREFIXES = ("qa_outputs.", "cls.", "bert.pooler.", "pooler.")

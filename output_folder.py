@@ -1,6 +1,6 @@
 """What a run leaves in --output_dir, and the checks before a run writes there: the names of its files and
 folders, its checkpoints listed and resolved, the settings a resume compares, which models to evaluate,
-eval_results.json and the tuned no-answer threshold.
+eval_results.json and the tuned no-answer threshold (written by evaluation, read by qa_pipeline.py).
 
 Why a module of its own: the command line must refuse a folder it would overwrite before it imports torch
 (cli.py's checks, at once), and a later run (--resume_from_checkpoint latest, --eval_all_checkpoints, a
@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import math
 import re
 import shutil
 import time
@@ -397,3 +398,65 @@ def write_threshold(folder: Path, results: dict, prefix: str, predict_path: Path
         return
     logger.info("tuned threshold %g (best F1 %.2f) written to %s", record["null_score_diff_threshold"],
                 record["best_f1"], folder / THRESHOLD_FILE)
+
+
+# The classic decoder's settings behind a tuned threshold when its file does not record them: run_squad.py's
+# --n_best_size and --max_answer_length defaults (a test ties them to the parser).
+THRESHOLD_N_BEST_SIZE, THRESHOLD_MAX_ANSWER_LENGTH = 20, 30
+
+
+class ThresholdFileError(ValueError):
+    """A tuned-threshold file that cannot be used: one line naming it and what is wrong."""
+
+
+@dataclass(frozen=True)
+class NullThreshold:
+    """A null-odds threshold and the classic decoder settings it was tuned with."""
+
+    value: float
+    n_best_size: int = THRESHOLD_N_BEST_SIZE
+    max_answer_length: int = THRESHOLD_MAX_ANSWER_LENGTH
+
+
+def read_threshold(path: Path) -> NullThreshold:
+    """The tuned threshold write_threshold wrote (qa_pipeline.py applies it); a bad file is a
+    ThresholdFileError naming it and what is wrong."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ThresholdFileError(f"{path}: cannot read file: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ThresholdFileError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(record, dict):
+        raise ThresholdFileError(f"{path}: expected a JSON object, got {json_type(record)}")
+    if "null_score_diff_threshold" not in record:
+        raise ThresholdFileError(f"{path}: missing key 'null_score_diff_threshold'")
+    extra = {key: _threshold_number(path, record, key, int) for key in ("n_best_size", "max_answer_length")
+             if key in record}
+    return NullThreshold(_threshold_number(path, record, "null_score_diff_threshold", float), **extra)
+
+
+def _threshold_number(path: Path, record: dict, key: str, kind: type):
+    value = record[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ThresholdFileError(f"{path}: '{key}' must be a finite number, got {json.dumps(value)}")
+    if kind is int and (value != int(value) or value < 1):
+        raise ThresholdFileError(f"{path}: '{key}' must be a positive integer, got {json.dumps(value)}")
+    return kind(value)
+
+
+def trained_context_first(folder: Path | None) -> bool:
+    """Whether run_squad.py fine-tuned the model in `folder` with --context_first (its training_args.json)."""
+    try:
+        return bool(json.loads((folder / TRAINING_ARGS).read_text()).get("context_first"))
+    except (TypeError, OSError, ValueError, AttributeError):
+        return False  # no folder, no record, or not ours: the tokenizer decides
+
+
+_JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+               type(None): "null"}
+
+
+def json_type(value) -> str:
+    """The JSON name of a parsed value's type, for the one-line errors about JSON files."""
+    return _JSON_TYPES.get(type(value), type(value).__name__)

@@ -43,6 +43,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
+import model_families
+
 try:
     from torch.nn.attention.varlen import varlen_attn
 except ImportError:  # torch without the public wrapper: _varlen_attn calls the kernel itself
@@ -50,11 +52,7 @@ except ImportError:  # torch without the public wrapper: _varlen_attn calls the 
 
 PACKED_ATTENTION = "packed_varlen"
 PACKED_ATTENTION_NO_DROPOUT = "packed_varlen_nodrop"
-SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "electra", "albert", "distilbert", "modernbert")
-# Model types whose position ids start after the padding index (fairseq convention).
-_OFFSET_POSITION_MODEL_TYPES = ("roberta", "xlm-roberta")
-# Model types without token type embeddings (their forward takes no token_type_ids).
-_NO_TOKEN_TYPE_MODEL_TYPES = ("modernbert", "distilbert")
+SUPPORTED_MODEL_TYPES = model_families.PACKING_TYPES
 
 # Keys of a packed batch that are model inputs (the rest is bookkeeping for the loss and unpacking).
 MODEL_INPUT_KEYS = ("input_ids", "token_type_ids", "position_ids")
@@ -62,17 +60,17 @@ MODEL_INPUT_KEYS = ("input_ids", "token_type_ids", "position_ids")
 
 def model_kwargs(batch: dict, model_type: str = "bert") -> dict:
     """The forward kwargs for a model switched by `enable_packed_attention` (no labels: see packed_qa_loss)."""
-    kwargs = {k: batch[k] for k in MODEL_INPUT_KEYS if not (k == "token_type_ids" and model_type in
-                                                             _NO_TOKEN_TYPE_MODEL_TYPES)}
+    how = model_families.packing_of(model_type)
+    kwargs = {k: batch[k] for k in MODEL_INPUT_KEYS if k != "token_type_ids" or how.token_type_ids}
     kwargs.update(
         cu_seq_lens_q=batch["cu_seqlens"],
         cu_seq_lens_k=batch["cu_seqlens"],
         max_length_q=batch["max_seqlen"],
         max_length_k=batch["max_seqlen"],
     )
-    if model_type == "modernbert":
-        # Its own masks per layer kind: none are needed (the packed kernels take cu_seqlens and the window),
-        # and a stream-long sliding-window mask would otherwise be built on every forward.
+    if how.masks_per_layer_kind:
+        # ModernBERT's masks per layer kind: none are needed (the packed kernels take cu_seqlens and the
+        # window), and a stream-long sliding-window mask would otherwise be built on every forward.
         kwargs["attention_mask"] = {"full_attention": None, "sliding_attention": None}
     else:
         # A prepared 4-D mask is passed through as it is. Without one, transformers would read the position ids
@@ -292,7 +290,7 @@ def _relative_positions(config) -> bool:
 def position_offset(model_or_config) -> int:
     """First position id of a feature: padding_idx + 1 for RoBERTa-style embeddings, else 0."""
     config = getattr(model_or_config, "config", model_or_config)
-    if config.model_type in _OFFSET_POSITION_MODEL_TYPES:
+    if model_families.packing_of(config.model_type).positions_after_padding:
         return int(config.pad_token_id) + 1
     return 0
 

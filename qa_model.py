@@ -29,6 +29,7 @@ from transformers import (
 import atomic_io
 import batching
 import checkpoints
+import model_families
 import modeling_relative
 import output_folder
 import packing
@@ -36,7 +37,7 @@ import utils_squad
 
 logger = logging.getLogger(__name__)
 
-BEAM_HEAD_TYPES = {"xlnet", "xlm"}
+BEAM_HEAD_TYPES = model_families.BEAM_HEAD_TYPES
 
 
 class ModelLoadError(ValueError):
@@ -260,13 +261,13 @@ def check_packing(config, model=None) -> None:
     Relative-position configs are packable for BERT only, through modeling_relative's model (its attention
     takes distances inside each feature); load_question_answering_model builds that model for them."""
     relative = modeling_relative.is_relative_position_config(config)
-    supported = (config.model_type in packing.SUPPORTED_MODEL_TYPES
-                 and (not relative or config.model_type in modeling_relative.SUPPORTED_MODEL_TYPES)
+    family = model_families.family(config.model_type)
+    supported = (family.packing is not None and (not relative or family.relative_positions)
                  and (model is None or packing.supports_packing(model)))
     if not supported:
         kind = f" ({modeling_relative.position_embedding_type(config)})" if relative else ""
         raise PackingUnsupported(
-            f"--packing supports {', '.join(packing.SUPPORTED_MODEL_TYPES)} (bert also with relative_key or "
+            f"--packing supports {', '.join(model_families.PACKING_TYPES)} (bert also with relative_key or "
             f"relative_key_query positions), not {config.model_type}{kind}: drop --packing")
 
 

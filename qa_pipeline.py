@@ -1,65 +1,19 @@
 #!/usr/bin/env python
 """Answer questions about raw text with a fine-tuned model: transformers 4's question-answering pipeline,
-rebuilt for transformers 5 (which removed ``pipeline("question-answering")`` in 5.3).
-
-Migrating code changes one import::
+rebuilt for transformers 5, which removed ``pipeline("question-answering")`` in 5.3::
 
     from qa_pipeline import QuestionAnsweringPipeline      # was: from transformers import pipeline
     qa = QuestionAnsweringPipeline("path/to/model")         # was: pipeline("question-answering", model=...)
-    qa(question="Where do I live?", context="My name is Wolfgang and I live in Berlin")
-    # {'score': 0.91, 'start': 34, 'end': 40, 'answer': 'Berlin'}
-
-and the same as a command::
-
     python qa_pipeline.py MODEL_DIR [--input FILE.jsonl] [--top_k K] [--handle_impossible_answer] ...
 
-It reads JSON Lines {"question", "context", ...} (the file, or standard input) and writes one line per input,
-in input order: the input object with "score", "start", "end", "answer" added, or with top_k > 1 "answers",
-the list best first. Every line is checked before any is answered.
+Why a module of its own: it is the one path from raw question and context to answers. It takes the windows
+of utils_squad.py, the model of qa_model.py, the batches and heads of batching.py and, for the tuned
+no-answer threshold, the classic decoder of decoding.py; what it adds is 4.x's arithmetic. cli.py checks
+the command's flags and input lines before torch is imported.
 
-Why a module of its own: it is the one path from raw (question, context) text to answers. It takes the
-windows of utils_squad.py (the featurizer evaluation uses), the model of qa_model.py, the batches and heads of
-batching.py, and the classic decoder of decoding.py (for the tuned no-answer threshold); what it adds is 4.x's
-arithmetic. The command's flags and input lines are checked by cli.py before torch is imported.
-
-Scores are transformers 4.x's. Per window: start and end logits of the tokens that cannot be in an answer
-(question, special tokens, padding) set to -10000, softmax over the window (the CLS token takes part), the
-null score p_start(CLS) * p_end(CLS), then CLS zeroed; a span scores p_start * p_end, end - start <
-max_answer_len; each window keeps its best 2 * top_k + 10 spans (top_k without align_to_words), widened to
-whole words (the tokenizer's word ids, within the window), and spans of the same text (case-insensitive)
-add their scores, across windows too, at the first one's place. handle_impossible_answer adds "" with the
-smallest null score over the windows; the top_k by score are returned. The window arithmetic is float32,
-as 4.x's. Windows: 4.x passes ``doc_stride`` to the tokenizer as the *overlap* of consecutive windows; the
-featurizer steps ``window - doc_stride`` tokens, which gives the same windows.
-
-Where this differs from 4.x, on purpose:
-  - The null score is read at each window's CLS token; 4.x read position 0 (the same token, except for
-    tokenizers that put CLS last: XLNet). Question and special tokens are masked for every tokenizer; 4.x
-    masked nothing for tokenizers that put the context first (XLNet), so it could answer with the question.
-  - Only spans of a positive score are answers. 4.x could return score-0 junk (an end before the start,
-    a span starting at CLS) when a window had fewer valid spans than it pre-selected: now fewer answers.
-  - Answers never start or end with whitespace: character offsets are the featurizer's, trimmed. 4.x kept
-    the space that some SentencePiece tokenizers (DeBERTa-v2) put in a word's first token, so its answers
-    could start with a space, and spans differing only by it were separate answers; here they are one.
-  - The question is cut to max_question_len tokens and loses its leading whitespace, as in training (4.x
-    ignored max_question_len with fast tokenizers, despite its documentation). At most max_seq_len -
-    specials - 1 tokens, so that a window always holds context.
-  - XLNet / XLM beam-search heads (4.x could not run them): a span scores exp(start_log_prob +
-    end_log_prob), the probability the beam head gives the start times the end given that start, over its
-    top start_n_top x end_n_top pairs; the null score is sigmoid(cls_logits), the head's probability that
-    the question has no answer in the window (smallest over the windows).
-  - The tuned no-answer threshold. Evaluating a SQuAD 2.0 model writes null_score_diff_threshold.json into
-    its folder (the best-F1 threshold on the null odds). With ``handle_impossible_answer=True`` and a
-    threshold, "" is the answer exactly when the null odds exceed it, as evaluation decided: the null odds
-    of decoding.py's classic decoder on the same windows (span heads: smallest start+end logit at CLS over
-    the windows minus the best valid span's start+end logits, n_best_size 20 and max_answer_length 30
-    unless the file says otherwise; beam heads: smallest cls_logits). "" then comes first with the 4.x
-    null score as its score, followed by top_k - 1 spans; otherwise only spans are returned.
-    ``null_threshold="auto"`` (default) reads the file when the folder has one, None never does, a float
-    is used as given. Without a threshold (or without handle_impossible_answer) the answers are 4.x's.
-
-Exit codes of the command: 0 success, 2 bad input, flags or model folder (one line on stderr, nothing on
-standard output), 1 anything else.
+The scores are 4.x's. Where it departs from 4.x on purpose, and the window arithmetic it keeps, are in the
+README, under "Where qa_pipeline departs from transformers 4.x". Exit codes of the command: 0 success,
+2 bad input, flags or model folder (one line on stderr, nothing on standard output), 1 anything else.
 """
 
 from __future__ import annotations
@@ -92,17 +46,15 @@ import batching
 import checkpoints
 import decoding
 import fast_path
+import output_folder
 import process_group
 import qa_model
 import utils_squad
-from output_folder import THRESHOLD_FILE
+from output_folder import THRESHOLD_FILE, NullThreshold, trained_context_first
 
-# The classic decoder's settings behind a tuned threshold when its file does not record them: run_squad.py's
-# --n_best_size and --max_answer_length defaults.
-THRESHOLD_N_BEST_SIZE, THRESHOLD_MAX_ANSWER_LENGTH = 20, 30
 MASKED_LOGIT = -10000.0  # 4.x's logit for tokens that cannot be in an answer
 NO_NULL_SCORE = 1000000.0  # 4.x's starting "smallest null score" (large and positive)
-DEFAULT_BATCH_SIZE = cli.PIPELINE_BATCH_SIZE
+DEFAULT_BATCH_SIZE = 32  # windows per forward pass (the command's --batch_size default too)
 ANSWER_KEYS = ("score", "start", "end", "answer")
 # Windows go through the model this many batches at a time, each chunk ranked before the next one runs.
 CHUNK_BATCHES = 8
@@ -249,47 +201,13 @@ def call_settings(kwargs: dict, model_max_length: int, batch_size: int) -> CallS
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class NullThreshold:
-    """A null-odds threshold and the classic decoder settings it was tuned with."""
-
-    value: float
-    n_best_size: int = THRESHOLD_N_BEST_SIZE
-    max_answer_length: int = THRESHOLD_MAX_ANSWER_LENGTH
-
-
-def _threshold_number(path: Path, record: dict, key: str, kind: type):
-    value = record[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise PipelineInputError(f"{path}: '{key}' must be a finite number, got {json.dumps(value)}")
-    if kind is int and (value != int(value) or value < 1):
-        raise PipelineInputError(f"{path}: '{key}' must be a positive integer, got {json.dumps(value)}")
-    return kind(value)
-
-
 def read_threshold_file(path: Path) -> NullThreshold:
-    """The tuned threshold written by evaluation; a bad file is one line naming it and what is wrong."""
+    """The tuned threshold evaluation wrote (output_folder reads it); a bad file is a PipelineInputError, one
+    line naming it and what is wrong."""
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise PipelineInputError(f"{path}: cannot read file: {exc.strerror or exc}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PipelineInputError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(record, dict):
-        raise PipelineInputError(f"{path}: expected a JSON object, got {cli.json_type(record)}")
-    if "null_score_diff_threshold" not in record:
-        raise PipelineInputError(f"{path}: missing key 'null_score_diff_threshold'")
-    extra = {key: _threshold_number(path, record, key, int) for key in ("n_best_size", "max_answer_length")
-             if key in record}
-    return NullThreshold(_threshold_number(path, record, "null_score_diff_threshold", float), **extra)
-
-
-def trained_context_first(folder: Path | None) -> bool:
-    """Whether run_squad.py fine-tuned the model in `folder` with --context_first (its training_args.json)."""
-    try:
-        return bool(json.loads((folder / "training_args.json").read_text()).get("context_first"))
-    except (TypeError, OSError, ValueError, AttributeError):
-        return False  # no folder, no record, or not ours: the tokenizer decides
+        return output_folder.read_threshold(path)
+    except output_folder.ThresholdFileError as exc:
+        raise PipelineInputError(str(exc)) from None
 
 
 def resolve_threshold(null_threshold, folder: Path | None) -> NullThreshold | None:
@@ -640,7 +558,7 @@ def _simple_span_head(config) -> bool:
 
 
 class QuestionAnsweringPipeline:
-    """transformers 4.x's question-answering pipeline for transformers 5 (see the module docstring).
+    """transformers 4.x's question-answering pipeline for transformers 5 (the README says where it departs).
 
     QuestionAnsweringPipeline("path/to/model") or QuestionAnsweringPipeline(model=model, tokenizer=tokenizer)
     (objects, or a model object and a tokenizer folder). device: None (CUDA when available; a model object
@@ -839,7 +757,7 @@ def run(command: cli.PipelineCommand) -> list[str]:
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     qa = QuestionAnsweringPipeline(str(_model_folder(command.model_dir)), device=command.device,
-                                   dtype=command.dtype, batch_size=command.batch_size,
+                                   dtype=command.dtype, batch_size=command.batch_size or DEFAULT_BATCH_SIZE,
                                    null_threshold=None if command.no_threshold else "auto",
                                    context_first=True if command.context_first else None)
     settings = {k: getattr(command, k) for k in ("top_k", "doc_stride", "max_answer_len", "max_seq_len",

@@ -2,7 +2,8 @@
 """Fine-tune and evaluate transformer encoders for extractive question answering (SQuAD v1.1/v2.0).
 
 The command line of the classic HuggingFace ``run_squad.py`` (same flags, same meaning), rebuilt on
-transformers 5. The story, in the order of this file:
+transformers 5. Why a module of its own: it is the command the seed scripts run, and it holds the story of a
+run, in the order of this file; everything else has its home in the modules named below.
 
   check the command line               cli.py, before torch is imported (the block below)
   run: file -> examples -> features    run (utils_squad.py reads, validates and featurizes, with a cache)
@@ -627,6 +628,7 @@ class LoopConfig:
 
     @classmethod
     def from_flags(cls, args, setup: RunSetup, train_path: Path | None, report_first_step: bool = False) -> LoopConfig:
+        """From the parsed flags, by keyword (the defaults above are the parser's: a test ties them)."""
         same_names = ("max_seq_length", "max_steps", "num_train_epochs", "seed", "logging_steps", "eval_steps",
                       "save_steps", "max_nonfinite_steps")
         return cls(output_dir=Path(args.output_dir), train_file=str(train_path), precision=setup.choice.precision,
@@ -657,7 +659,8 @@ class OptimConfig:
 
     @classmethod
     def from_flags(cls, args) -> OptimConfig:
-        return cls(*(getattr(args, name) for name in cls.__dataclass_fields__))
+        """Every field is the flag of the same name (the defaults above are the parser's: a test ties them)."""
+        return cls(**{name: getattr(args, name) for name in cls.__dataclass_fields__})
 
 
 @dataclass(frozen=True)
@@ -677,7 +680,7 @@ def train(model, features, batches: TrainBatches, rt, *, loop: LoopConfig, optim
     """Optimizer steps, each over its micro-batches, then step, then log / evaluate / save / stop, with no host
     synchronisation inside a step. Returns the summary (speed, memory, the last step, path notes)."""
     ddp, accum, batcher = wrap_for_processes(model, rt), batches.accumulation, batches.batching
-    total_steps, prefetch = plan_steps(loop, rt, features, batches)
+    total_steps, prefetch = prefetched_steps(loop, rt, features, batches)
     optimization = start_optimization(optim, loop.precision, model, rt, total_steps)
     position = start = restore_position(resume_from, optimization, rt)
     announce_training(rt, batches, len(features), total_steps)
@@ -822,10 +825,11 @@ def epoch_plans(loop: LoopConfig, rt, features, batches: TrainBatches):
 
 
 def count_optimizer_steps(loop: LoopConfig, rt, features, batches: TrainBatches) -> int:
+    """The number of optimizer steps training will run (its first epoch planned to count them)."""
     return total_optimizer_steps(loop, rt, len(epoch_plans(loop, rt, features, batches)(0)), len(features), batches)
 
 
-def plan_steps(loop: LoopConfig, rt, features, batches: TrainBatches):
+def prefetched_steps(loop: LoopConfig, rt, features, batches: TrainBatches):
     """The number of optimizer steps, and a function giving those from a position on, their batches built
     (and on a GPU pinned, for a non-blocking copy) in a background thread while the steps before run."""
     lengths, batcher = features.lengths(), batches.batching
@@ -867,13 +871,29 @@ def total_optimizer_steps(loop: LoopConfig, rt, steps_per_epoch: int, num_featur
 def build_optimizer(model, optim: OptimConfig):
     """AdamW, fused: one kernel for the whole update, which also skips it on the device when told found_inf."""
     groups = qa_model.parameter_groups(model, optim.learning_rate, optim.weight_decay, optim.layerwise_lr_decay)
-    for g in groups:
+    logger.info("%s", parameter_groups_line(groups, optim.layerwise_lr_decay))
+    for g in groups:  # the detail few readers need: --verbose_logging
         depth = f" (depth {g['depth']})" if optim.layerwise_lr_decay < 1.0 else ""
-        logger.info("parameter group%s: lr %.3g, weight decay %g, %d tensors, e.g. %s",
-                    depth, g["lr"], g["weight_decay"], len(g["params"]), g["names"][0])
+        logger.debug("parameter group%s: lr %.3g, weight decay %g, %d tensors, e.g. %s",
+                     depth, g["lr"], g["weight_decay"], len(g["params"]), g["names"][0])
     params = [{k: v for k, v in g.items() if k not in ("names", "depth")} for g in groups]
     return torch.optim.AdamW(params, lr=optim.learning_rate, betas=(optim.adam_beta1, optim.adam_beta2),
                              eps=optim.adam_epsilon, fused=True)
+
+
+def parameter_groups_line(groups: list[dict], layerwise_lr_decay: float) -> str:
+    """The optimizer's parameter groups in one line: how many, the learning-rate range, which decay."""
+    rates = [g["lr"] for g in groups]
+    lr = f"lr {rates[0]:.3g}"
+    if min(rates) != max(rates):
+        lr = f"lr {min(rates):.3g} to {max(rates):.3g} (layer-wise decay {layerwise_lr_decay:g})"
+    tensors = sum(len(g["params"]) for g in groups)
+    decayed = [g for g in groups if g["weight_decay"]]
+    decay = "no weight decay"
+    if decayed:
+        decay = (f"weight decay {decayed[0]['weight_decay']:g} on {sum(len(g['params']) for g in decayed)} "
+                 "tensors, none on biases and norms")
+    return f"{len(groups)} parameter groups of {tensors} tensors: {lr}, {decay}"
 
 
 def build_scheduler(optimizer, optim: OptimConfig, total_steps: int):
@@ -1001,10 +1021,14 @@ class EvalConfig:
 
     @classmethod
     def from_flags(cls, args, setup: RunSetup, predict_path: Path | None, score: bool, compiled: bool) -> EvalConfig:
-        settings = decoding.DecodingSettings(args.n_best_size, args.max_answer_length, args.version_2_with_negative)
+        """From the parsed flags, by keyword (the defaults above and DecodingSettings' are the parser's: a test
+        ties them)."""
+        settings = decoding.DecodingSettings(n_best_size=args.n_best_size, max_answer_length=args.max_answer_length,
+                                             version_2_with_negative=args.version_2_with_negative)
         windows = {name: getattr(args, name) for name in ("max_seq_length", "doc_stride", "max_query_length")}
-        return cls(Path(args.output_dir), settings, args.null_score_diff_threshold, score, predict_path, windows,
-                   setup.choice.precision, compiled)
+        return cls(output_dir=Path(args.output_dir), settings=settings, threshold=args.null_score_diff_threshold,
+                   score=score, predict_path=predict_path, windows=windows, precision=setup.choice.precision,
+                   compiled=compiled)
 
 
 @dataclass(frozen=True)

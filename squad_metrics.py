@@ -7,8 +7,9 @@ read side by side; what it adds is checked input (one line naming the file and r
 ids scored as each official script does, and a sweep over every span (``sweep_preds``). Turning
 logits into answers is decoding.py's.
 
-This module imports neither torch nor transformers: it is also a standalone command, a drop-in
-for the official ``evaluate-v2.0.py`` (and for v1.1 data, ``evaluate-v1.1.py``)::
+Why a module of its own: it is also a standalone command, a drop-in for the official ``evaluate-v2.0.py``
+(and for v1.1 data, ``evaluate-v1.1.py``), and like them one file: standard library and numpy, matplotlib
+only for the plots, no other module of this project, so it runs copied alone into any folder::
 
     python squad_metrics.py DATA.json PRED.json [--na-prob-file F] [--na-prob-thresh T]
                             [--out-file F] [--out-image-dir D] [--verbose]
@@ -22,20 +23,27 @@ import logging
 import math
 import os
 import re
+import socket
 import string
 import sys
+import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
-import cli
-from atomic_io import write_file_atomic, write_text_atomic
-from decoding import NO_SPAN_NULL_ODDS
-
 logger = logging.getLogger(__name__)
+
+# The project's exit codes (cli.py's): 0 scored, 2 bad input (one line naming the file), 1 anything else.
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+# Null odds when an example has no valid span at all: the answer is "" whatever the threshold. Its home
+# is here, where the plots leave it out, so that this file needs no other; decoding.py writes it. 1e6 is
+# the "large and positive" starting null score of the classic decoder; a finite value keeps null_odds
+# files standard JSON (no Infinity).
+NO_SPAN_NULL_ODDS = 1.0e6
 
 
 class ScoringInputError(ValueError):
@@ -168,7 +176,7 @@ def _import_matplotlib():
 
 
 def _save_figure(fig, path: str) -> None:
-    write_file_atomic(path, lambda f: fig.savefig(f, format="png"), binary=True)
+    _write_atomic(path, lambda f: fig.savefig(f, format="png"), binary=True)
 
 
 def plot_pr_curve(precisions: list, recalls: list, out_image: str, title: str, *, figure_cls) -> None:
@@ -622,6 +630,37 @@ def plot_no_answer(gold_answers: Mapping[str, Sequence[str]], sweep_preds: Mappi
 
 
 # --------------------------------------------------------------------------------------------
+# Atomic writes (atomic_io.py's rule, kept here so that this file runs alone)
+# --------------------------------------------------------------------------------------------
+
+
+def _temporary_path(final: str) -> str:
+    # atomic_io.temporary_path's name, <final>.<host>-<pid>.<random>.tmp, so that the project's cleaner
+    # of a killed run's temporaries recognises these too (a test ties the two).
+    host = socket.gethostname().replace(".", "_").replace("-", "_") or "host"
+    return f"{final}.{host}-{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
+
+
+def _write_atomic(path: str, write: Callable[[IO], Any], binary: bool = False) -> None:
+    """Run ``write(file)`` on a temporary beside ``path``, flush it to disk, rename it over ``path``: a
+    reader never sees half a file. An OSError about the temporary is re-raised naming ``path``."""
+    path = os.fspath(path)
+    tmp = _temporary_path(path)
+    try:
+        with open(tmp, "xb") if binary else open(tmp, "x", encoding="utf-8") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if isinstance(exc, OSError) and exc.filename == tmp:
+            raise OSError(exc.errno, exc.strerror, path) from exc
+        raise
+
+
+# --------------------------------------------------------------------------------------------
 # Command line (drop-in for the official evaluate-v2.0.py)
 # --------------------------------------------------------------------------------------------
 
@@ -643,11 +682,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _finish_tool_writes(*paths: str | None) -> None:
+    """In the project, the folders of files run_squad.py wrote are finished first where a killed run left an
+    evaluation between two renames (never half of two evaluations); copied alone, the scorer reads them as
+    they are."""
+    try:
+        import cli  # the project's command-line module: absent when this file is copied alone
+    except ImportError:
+        return
+    for written in {os.path.dirname(os.path.abspath(p)) for p in paths if p}:
+        cli.finish_writes_in(Path(written))
+
+
 def _evaluate_files(opts: argparse.Namespace) -> tuple[OrderedDict, bool, str | None]:
     # The entry list, not a dict: the v1.1 script scores a repeated id once per entry.
     questions, version_2 = parse_squad_questions(_load_json(opts.data_file), opts.data_file)
-    for written in {os.path.dirname(os.path.abspath(p)) for p in (opts.pred_file, opts.na_prob_file) if p}:
-        cli.finish_writes_in(Path(written))  # files run_squad.py wrote: never half of two evaluations
+    _finish_tool_writes(opts.pred_file, opts.na_prob_file)
     preds = parse_predictions(_load_json(opts.pred_file), opts.pred_file)
     na_probs = None
     if opts.na_prob_file and version_2:
@@ -693,14 +743,27 @@ def score_files(opts: argparse.Namespace) -> int:
         # The official scripts: v2.0 prints indent=2 or writes json.dump to --out-file; v1.1 prints one line.
         text = json.dumps(out, indent=2) if version_2 else json.dumps(dict(out))
         if opts.out_file:
-            write_text_atomic(opts.out_file, json.dumps(out))
+            _write_atomic(opts.out_file, lambda f: f.write(json.dumps(out)))
         else:
             print(text)
     except OSError as e:
         raise ScoringInputError(f"{e.filename or ''}: {e.strerror}") from e
     if note:
         print(note, file=sys.stderr)
-    return cli.EXIT_OK
+    return EXIT_OK
+
+
+def _run_guarded(work: Callable[[], int]) -> int:
+    # cli.run_guarded's rule: every failure is one line "error: ..." and its exit code, never a traceback.
+    try:
+        return work()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_FAILURE
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one line
+        text = str(exc).strip().splitlines()
+        print(f"error: {text[0] if text else type(exc).__name__}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, ScoringInputError) else EXIT_FAILURE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -712,7 +775,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.addHandler(handler)
     logger.propagate = False
     try:
-        return cli.run_guarded(lambda: score_files(opts), bad_input=(ScoringInputError,))
+        return _run_guarded(lambda: score_files(opts))
     finally:
         logger.removeHandler(handler)
         logger.propagate = True

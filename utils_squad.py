@@ -9,7 +9,8 @@ Windows follow the classic (Google BERT / classic HuggingFace) rule: the questio
 tokens and consecutive windows start ``doc_stride`` context tokens apart.  This is NOT the fast
 tokenizer's overlap ``stride`` (run_qa.py), which gives a different feature set for the same number.
 
-No torch here: the command line can read, validate and featurize without it.
+Why a module of its own: training, evaluation and qa_pipeline.py take their windows from this one
+featurizer, and it imports no torch, so the command line can read, validate and featurize without it.
 """
 
 from __future__ import annotations

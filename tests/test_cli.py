@@ -312,18 +312,34 @@ def test_no_weight_decay_on_biases_and_every_norm(name, decays):
     assert qa_model.decays_weight(name) is decays
 
 
-def test_each_parameter_group_rate_is_logged_at_start(tiny_bert_dir, caplog):
+def test_parameter_groups_are_one_line_and_each_group_under_verbose_logging(tiny_bert_dir, caplog):
     from transformers import AutoModelForQuestionAnswering
 
     model = AutoModelForQuestionAnswering.from_pretrained(tiny_bert_dir)
-    args = cli.parse_args(shlex.split(f"--model_name_or_path {tiny_bert_dir} --output_dir o --do_train "
-                                      "--train_file t --learning_rate 1e-3 --layerwise_lr_decay 0.5"))
-    with caplog.at_level("INFO", logger="run_squad"):
-        run_squad.build_optimizer(model, run_squad.OptimConfig.from_flags(args))
-    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("parameter group")]
-    assert lines[0] == ("parameter group (depth 0): lr 0.000125, weight decay 0, 3 tensors, "
-                        "e.g. bert.embeddings.word_embeddings.weight")
-    assert any(line.startswith("parameter group (depth 3): lr 0.001,") for line in lines)
+
+    def logged(flags, level):
+        args = cli.parse_args(shlex.split(f"--model_name_or_path {tiny_bert_dir} --output_dir o --do_train "
+                                          f"--train_file t --learning_rate 1e-3 {flags}"))
+        caplog.clear()
+        with caplog.at_level(level, logger="run_squad"):
+            optimizer = run_squad.build_optimizer(model, run_squad.OptimConfig.from_flags(args))
+        return optimizer, [(r.levelname, r.getMessage()) for r in caplog.records if "parameter group" in r.getMessage()]
+
+    # The tiny BERT: 2 layers, so depths 0 (embeddings) to 3 (the head), each with and without decay.
+    optimizer, lines = logged("--layerwise_lr_decay 0.5 --weight_decay 0.01", "INFO")
+    tensors = sum(len(g["params"]) for g in optimizer.param_groups)
+    decayed = sum(len(g["params"]) for g in optimizer.param_groups if g["weight_decay"])
+    assert len(optimizer.param_groups) == 8 and 0 < decayed < tensors
+    assert lines == [("INFO", f"8 parameter groups of {tensors} tensors: lr 0.000125 to 0.001 (layer-wise decay 0.5), "
+                              f"weight decay 0.01 on {decayed} tensors, none on biases and norms")]
+    _, lines = logged("--layerwise_lr_decay 0.5 --weight_decay 0.01", "DEBUG")
+    assert len(lines) == 9 and {level for level, _ in lines[1:]} == {"DEBUG"}
+    assert lines[1][1] == ("parameter group (depth 0): lr 0.000125, weight decay 0.01, 3 tensors, "
+                           "e.g. bert.embeddings.word_embeddings.weight")
+    assert any(line.startswith("parameter group (depth 3): lr 0.001,") for _, line in lines)
+    # Without layer-wise decay or weight decay: one rate, no decay.
+    _, lines = logged("", "INFO")
+    assert lines == [("INFO", f"2 parameter groups of {tensors} tensors: lr 0.001, no weight decay")]
 
 
 def test_sequence_lengths_are_checked_with_the_tokenizers_own_special_tokens(tmp_path, tmp_path_factory, capsys,

@@ -4,6 +4,7 @@ independent re-implementation of the official v2.0 / v1.1 evaluation scripts on 
 import copy
 import itertools
 import json
+import os
 import random
 import re
 import string
@@ -728,3 +729,61 @@ def test_blanked_answers_with_null_odds_get_one_line_saying_which_optimum_this_i
     # No note without null odds (no sweep), nor when no answer is blanked.
     assert run_cli(capsys, tiny_data, pred_file)[2] == ""
     assert run_cli(capsys, tiny_data, write(tmp_path / "all.json", {"q1": "c", "q2": "c"}), "-n", na_file)[2] == ""
+
+
+# ------------------------------------------------------------------------------------------------
+# One file: the scorer runs copied alone into an empty folder, as the official script does
+# ------------------------------------------------------------------------------------------------
+
+
+def run_alone(folder, *argv):
+    """squad_metrics.py copied alone into ``folder`` and run there in isolated mode (-I: no PYTHONPATH, no
+    script folder or current folder on sys.path), so that no other module of the project can be imported."""
+    (folder / "squad_metrics.py").write_bytes((REPO / "squad_metrics.py").read_bytes())
+    return subprocess.run([sys.executable, "-I", "squad_metrics.py", *map(str, argv)], cwd=folder,
+                          capture_output=True, text=True)
+
+
+def test_copied_alone_scores_as_in_the_project(dev_v2, tmp_path, capsys):
+    data_path, data = dev_v2
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    preds = write(tmp_path / "p.json", prediction_sets(data)["perturbed"])
+    na = write(tmp_path / "na.json", na_prob_sets([qa["id"] for qa in ref_questions(data)])["logit_like"])
+    res = run_alone(alone, data_path, preds, "-n", na, "-t", "0.5")
+    rc, out, err = run_cli(capsys, data_path, preds, "-n", na, "-t", "0.5")
+    assert rc == 0 and (res.returncode, res.stdout, res.stderr) == (rc, out, err)
+    assert json.loads(out)["best_f1_thresh"] != 0.0   # a real sweep, not the trivial answer
+    # --out-file: the same bytes as the project's, written atomically (no temporary left).
+    res = run_alone(alone, data_path, preds, "-n", na, "-o", alone / "eval.json")
+    run_cli(capsys, data_path, preds, "-n", na, "-o", tmp_path / "eval.json")
+    assert res.returncode == 0 and (alone / "eval.json").read_bytes() == (tmp_path / "eval.json").read_bytes()
+    assert sorted(p.name for p in alone.iterdir()) == ["eval.json", "squad_metrics.py"]
+
+
+def test_copied_alone_plots_and_reports_bad_input_in_one_line(tiny_data, tmp_path):
+    pytest.importorskip("matplotlib")
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    pred = write(tmp_path / "p.json", {"q1": "c", "q2": ""})
+    res = run_alone(alone, tiny_data, pred, "-n", write(tmp_path / "na.json", {"q1": 0.1, "q2": 0.9}),
+                    "-p", alone / "img")
+    assert res.returncode == 0 and json.loads(res.stdout)["pr_oracle_ap"] == 100.0
+    assert len(list((alone / "img").glob("*.png"))) == 5
+    bad = run_alone(alone, tiny_data, write(tmp_path / "bad.json", [1]))
+    assert (bad.returncode, bad.stdout) == (2, "")
+    assert bad.stderr == f"error: {tmp_path / 'bad.json'}: top level: expected an object mapping question id " \
+                         "to answer text, got list\n"
+
+
+def test_local_copies_agree_with_the_project():
+    """What the scorer keeps of its own so as to run alone equals the project's one home of each rule."""
+    import atomic_io
+    import cli
+    import decoding
+    assert (sm.EXIT_OK, sm.EXIT_FAILURE, sm.EXIT_USAGE) == (cli.EXIT_OK, cli.EXIT_FAILURE, cli.EXIT_USAGE)
+    assert decoding.NO_SPAN_NULL_ODDS is sm.NO_SPAN_NULL_ODDS
+    # Its temporaries carry atomic_io's name, so that the cleaner of a killed run's temporaries finds them.
+    tmp = Path(sm._temporary_path("/x/eval.json"))
+    assert tmp.parent == Path("/x") and tmp.name.startswith("eval.json.")
+    assert atomic_io.writer_of(tmp) == (atomic_io.host(), os.getpid())

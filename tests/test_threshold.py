@@ -8,7 +8,9 @@ from collections import OrderedDict
 
 import pytest
 
+import atomic_io
 import checkpoints
+import cli
 import decoding
 import output_folder
 import run_squad
@@ -174,3 +176,23 @@ def test_a_pretrained_model_folder_is_input_and_never_gets_a_threshold(tiny_bert
     assert run_squad.main([*common_flags(pretrained, out), "--do_eval", "--predict_file", str(dev)]) == 0
     assert sorted(p.name for p in pretrained.iterdir()) == before
     assert "best_f1_thresh" in next(iter(json.loads((out / "eval_results.json").read_text()).values()))
+
+
+def test_the_threshold_file_reads_back_what_its_writer_wrote(tmp_path):
+    """Writer and reader in one module (output_folder): a round trip, and a folder not trained here gets none."""
+    (tmp_path / output_folder.TRAINING_ARGS).write_text(json.dumps({"context_first": True}))
+    results = {"best_f1_thresh": -1.25, "best_f1": 71.5, "best_exact": 68.0, "best_exact_thresh": -1.5}
+    with atomic_io.file_set() as files:
+        output_folder.write_threshold(tmp_path, results, "final", None,
+                                      {"n_best_size": 7, "max_answer_length": 11, "max_seq_length": 128}, files)
+    assert output_folder.read_threshold(tmp_path / output_folder.THRESHOLD_FILE) == output_folder.NullThreshold(
+        -1.25, n_best_size=7, max_answer_length=11)
+    assert output_folder.trained_context_first(tmp_path) and not output_folder.trained_context_first(None)
+    # A file without the decoder's settings: the classic defaults, which are run_squad.py's flags' defaults.
+    (tmp_path / output_folder.THRESHOLD_FILE).write_text(json.dumps({"null_score_diff_threshold": 2}))
+    parser = cli.build_parser()
+    assert output_folder.read_threshold(tmp_path / output_folder.THRESHOLD_FILE) == output_folder.NullThreshold(
+        2.0, parser.get_default("n_best_size"), parser.get_default("max_answer_length"))
+    (tmp_path / output_folder.THRESHOLD_FILE).write_text(json.dumps({"null_score_diff_threshold": 1, "n_best_size": 0}))
+    with pytest.raises(output_folder.ThresholdFileError, match="'n_best_size' must be a positive integer, got 0$"):
+        output_folder.read_threshold(tmp_path / output_folder.THRESHOLD_FILE)
