@@ -73,7 +73,8 @@ cli_run() {  # cli_run NAME LIMIT_S FLAGS...: the command line end to end on the
     --features_cache_dir "$OUT/cache" --output_dir "$dir" "$@" > "$OUT/$name.log" 2>&1
   local rc=$? wall=$(python -c "import time; print(round(time.time() - $start, 1))")
   echo "== $name rc=$rc ${wall}s"
-  grep -E "path: |training done|evaluation [0-9]+:|non-finite|error" "$OUT/$name.log" | cut -c1-400
+  grep -E "path: |path taken|going on with|goes on eagerly|training done|evaluation [0-9]+:|non-finite|error" \
+    "$OUT/$name.log" | cut -c1-400
   python - "$name" "$rc" "$wall" "$dir" "$OUT/$name.log" "$*" >> "$SUMMARY" <<'PY'
 import json, re, sys
 name, rc, wall, folder, log, flags = sys.argv[1:]
@@ -86,8 +87,11 @@ except (OSError, ValueError):
 done = re.search(r"training done: (\d+) optimizer steps in ([\d.]+) s, ([\d.]+) seq/s", text)
 path = re.search(r"run_squad: (path: .*)", text)
 skipped = re.findall(r"(\d+) non-finite steps skipped", text)
+taken = re.search(r"path taken: (.*)", text)  # the path that ran, after any fallback (path_fallback.py)
+fallbacks = re.findall(r"WARNING \S+: (.*(?:going on with|goes on eagerly).*)", text)
 print(json.dumps({"name": name, "kind": "cli", "rc": int(rc), "wall_s": float(wall), "flags": flags,
-                  "path": path.group(1) if path else None,
+                  "path": path.group(1) if path else None, "path_taken": taken.group(1) if taken else None,
+                  "fallbacks": fallbacks,
                   "train_steps": int(done.group(1)) if done else None, "train_s": float(done.group(2)) if done else None,
                   "train_seq_per_s": float(done.group(3)) if done else None,
                   "skipped_updates": sum(map(int, skipped)), "exact": results.get("exact"), "f1": results.get("f1"),

@@ -150,8 +150,9 @@ def test_a_nan_step_is_skipped_and_counted(tiny_bert_dir, squad_dir, tmp_path, m
 
 def test_fp16_overflows_are_skipped_by_the_scaler_and_counted(tiny_bert_dir, squad_dir, tmp_path, monkeypatch, capsys):
     """torch.amp fp16 with a GradScaler (on CPU here): the NaN step and the scaler's own calibration
-    overflows skip their updates, lower the scale, and are counted; the weights stay finite."""
-    with_nan_loss(monkeypatch, {3})
+    overflows skip their updates, lower the scale, and are counted; the weights stay finite. The first training
+    call is the first step tried on the fp16 path before training (path_fallback), so step 3 is the 4th call."""
+    with_nan_loss(monkeypatch, {4})
     out = tmp_path / "out"
     flags = training_flags(squad_dir, tmp_path, steps=6, save_steps=0)
     assert run_squad.main([*common_flags(tiny_bert_dir, out, "--fp16"), *flags, "--logging_steps", "6"]) == 0
