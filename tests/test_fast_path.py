@@ -331,7 +331,9 @@ def test_the_run_says_its_path_and_evaluation_does_not_compile_again(tiny_bert_d
     ("avx512_bf16", [], "bf16"), ("amx_bf16", [], "bf16"), ("", [], "fp32"), ("avx512_bf16", ["--fp32"], "fp32")])
 def test_a_cpu_run_takes_the_cpus_bf16_fact(tiny_bert_dir, monkeypatch, reported, flag, precision):
     monkeypatch.setattr(run_squad.process_group, "cpu_bf16", lambda: reported)
-    args = run_squad.cli.parse_args(["--model_name_or_path", str(tiny_bert_dir), "--output_dir", "o", *flag])
+    args = run_squad.cli.parse_args(["--model_name_or_path", str(tiny_bert_dir), "--output_dir", "o", "--do_eval",
+                                     "--predict_file", "dev.json",
+                                     *flag])
     config = qa_model.load_config(qa_model.ModelSource(str(tiny_bert_dir)))
     choice = run_squad.choose_path(fast_path.PathFlags.from_args(args), torch.device("cpu"), config, False)
     assert choice.precision == precision
