@@ -132,6 +132,19 @@ def ours(model: str, items: list[dict]) -> dict:
     return results
 
 
+def per_call_ms(model: str, items: list[dict], calls: int) -> float:
+    """Milliseconds per call of one question (the interactive use), float32, batch 1: the fixed cost of a call."""
+    from qa_pipeline import QuestionAnsweringPipeline
+
+    qa = QuestionAnsweringPipeline(model, device="cpu", dtype="float32", null_threshold=None)
+    pairs = [(x["question"], x["context"]) for x in items[:calls]]
+    qa.answer(pairs[:1])
+    start = time.perf_counter()
+    for pair in pairs:
+        qa.answer([pair])
+    return 1000 * (time.perf_counter() - start) / len(pairs)
+
+
 def matmul_rate(dtype, n: int = 6144, k: int = 384, m: int = 1536, seconds: float = 2.0) -> float:
     """GFLOP/s of this CPU's matmul at a MiniLM feed-forward shape (batch 32 x 192 tokens, 384 -> 1536)."""
     import torch
@@ -222,6 +235,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--squad_dir", type=Path, default=SQUAD_DIR)
     parser.add_argument("--tf4_python", default=None, help="a transformers 4.x interpreter (see the docstring)")
+    parser.add_argument("--per_call", type=int, default=40, help="questions asked one per call (0: skip)")
     parser.add_argument("--tf4_worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--questions_file", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -241,6 +255,8 @@ def main() -> int:
     mine = ours(args.model, items)
     rates = {"fp32": matmul_rate(torch.float32), "bf16": matmul_rate(torch.bfloat16)}
     report(items, mine, theirs, forward_rate(args.model, 32, 192), rates)
+    if args.per_call:
+        print(f"  one question per call, float32, batch 1: {per_call_ms(args.model, items, args.per_call):.1f} ms a call")
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
     return 0
 
