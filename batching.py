@@ -229,6 +229,19 @@ def pad_slots_needed(tokens_per_pack: int, max_seqlen: int) -> int:
     return math.ceil(tokens_per_pack / max_seqlen)
 
 
+def _slots(indices: np.ndarray, lengths: np.ndarray, tokens_per_pack: int,
+           max_features: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each token's feature slot (pad tokens: max_features), each slot's row in the features (-1: empty) and its
+    offset in the stream."""
+    segment_ids = np.full(tokens_per_pack, max_features, dtype=np.int64)
+    segment_ids[: int(lengths.sum())] = np.repeat(np.arange(len(indices)), lengths)
+    feature_index = np.full(max_features, -1, dtype=np.int64)
+    feature_index[: len(indices)] = indices
+    token_start = np.zeros(max_features, dtype=np.int64)
+    token_start[: len(indices)] = np.cumsum(lengths) - lengths  # each feature's offset in the pack
+    return segment_ids, feature_index, token_start
+
+
 def make_packed_batch(
     features,
     indices: np.ndarray,
@@ -247,26 +260,19 @@ def make_packed_batch(
     token_start [max_features] (slot offset in the stream); start_positions / end_positions
     [max_features] in stream coordinates (with labels); source_index [T] (position in the features'
     flat arrays, -1 for pad); num_features, num_tokens (ints, known without a device sync); prepared_mask (a
-    [1, 1, 1, 1] placeholder: see packing.model_kwargs).
-    `position_offset` is padding_idx + 1 for RoBERTa-style position embeddings, else 0.
+    [1, 1, 1, 1] placeholder: see packing.model_kwargs). `position_offset`: padding_idx + 1 for RoBERTa, else 0.
     """
     indices = np.asarray(indices, dtype=np.int64)
     starts = np.asarray(features.feature_start, dtype=np.int64)
     lengths = starts[indices + 1] - starts[indices]
     total = int(lengths.sum())
     _check_pack(len(indices), total, lengths, tokens_per_pack, max_features, max_seqlen)
-    pad_id = features.pad_token_id if pad_token_id is None else pad_token_id
-    offsets_in_pack = np.concatenate([[0], np.cumsum(lengths)])
-    stream = _token_stream(features, starts, indices, lengths, tokens_per_pack, pad_id)
+    stream = _token_stream(features, starts, indices, lengths, tokens_per_pack,
+                           features.pad_token_id if pad_token_id is None else pad_token_id)
     position_ids, cu_seqlens = _segments(lengths, total, tokens_per_pack, max_features, max_seqlen)
     stream["position_ids"] = position_ids + position_offset
 
-    segment_ids = np.full(tokens_per_pack, max_features, dtype=np.int64)
-    segment_ids[:total] = np.repeat(np.arange(len(indices)), lengths)
-    feature_index = np.full(max_features, -1, dtype=np.int64)
-    feature_index[: len(indices)] = indices
-    token_start = np.zeros(max_features, dtype=np.int64)
-    token_start[: len(indices)] = offsets_in_pack[:-1]
+    segment_ids, feature_index, token_start = _slots(indices, lengths, tokens_per_pack, max_features)
     batch = {name: torch.from_numpy(stream[name]).unsqueeze(0) for name in packing.MODEL_INPUT_KEYS}
     batch.update({
         "cu_seqlens": torch.from_numpy(cu_seqlens),

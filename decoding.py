@@ -311,6 +311,25 @@ def _warn_featureless(examples: Sequence[Any], has_feature: np.ndarray) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def _example_answer(context: str, cands, ex_i: int, null: tuple[float, float] | None, n_best_size: int,
+                    version_2: bool) -> tuple[str, list[dict], float | None]:
+    """One example's best span, n-best list and (v2) null odds; `null` is its (start, end) CLS logits, None
+    when it has no feature."""
+    null_s, null_e = null if null is not None else (0.0, 0.0)
+    null_score = null_s + null_e
+    entries, best_non_null = _nbest_texts(context, cands, ex_i, n_best_size,
+                                          (null_score, null_s, null_e) if version_2 and null is not None else None)
+    if (version_2 and all(text for text, _, _ in entries)) or not entries:
+        entries.append(("", null_s, null_e))
+    nbest = _nbest_json(entries, "start_logit", "end_logit")
+    if not version_2:
+        return entries[0][0], nbest, None
+    if best_non_null is None:
+        return "", nbest, NO_SPAN_NULL_ODDS
+    # The classic subtraction order, so null odds equal its values bit for bit.
+    return best_non_null[0], nbest, null_score - best_non_null[1] - best_non_null[2]
+
+
 def decode_span_logits(examples: Sequence[Any], features: Any, start_logits: Any, end_logits: Any,
                        settings: DecodingSettings) -> Decoded:
     """Best spans, n-best lists and null odds from start/end logits (classic rules, offset-based text).
@@ -346,23 +365,12 @@ def decode_span_logits(examples: Sequence[Any], features: Any, start_logits: Any
     all_nbest: OrderedDict[str, list[dict]] = OrderedDict()
     null_odds: OrderedDict[str, float] = OrderedDict()
     for ex_i, example in enumerate(examples):
-        qid = example.qas_id
-        null_s, null_e = (float(null_start[ex_i]), float(null_end[ex_i])) if null_feat[ex_i] >= 0 else (0.0, 0.0)
-        null_score = null_s + null_e
-        null = (null_score, null_s, null_e) if version_2 and null_feat[ex_i] >= 0 else None
-        entries, best_non_null = _nbest_texts(example.context, cands, ex_i, n_best_size, null)
-        if (version_2 and all(text for text, _, _ in entries)) or not entries:
-            entries.append(("", null_s, null_e))
-        all_nbest[qid] = _nbest_json(entries, "start_logit", "end_logit")
-        if not version_2:
-            best_spans[qid] = entries[0][0]
-        elif best_non_null is None:
-            best_spans[qid] = ""
-            null_odds[qid] = NO_SPAN_NULL_ODDS
-        else:
-            best_spans[qid] = best_non_null[0]
-            # The classic subtraction order, so null odds equal its values bit for bit.
-            null_odds[qid] = null_score - best_non_null[1] - best_non_null[2]
+        null = (float(null_start[ex_i]), float(null_end[ex_i])) if null_feat[ex_i] >= 0 else None
+        span, all_nbest[example.qas_id], odds = _example_answer(example.context, cands, ex_i, null, n_best_size,
+                                                                version_2)
+        best_spans[example.qas_id] = span
+        if odds is not None:
+            null_odds[example.qas_id] = odds
     return Decoded(best_spans, all_nbest, null_odds, decides_no_answer=version_2)
 
 

@@ -471,11 +471,17 @@ def squad_evaluate(gold_answers: Mapping[str, Sequence[str]] | Iterable[tuple[st
         else:
             find_all_best_thresh(out_eval, preds, exact_raw, f1_raw, na_probs, qid_to_has_ans)
         if figure_cls is not None:
-            run_precision_recall_analysis(out_eval, exact_raw, f1_raw, na_probs, qid_to_has_ans, out_image_dir,
-                                          figure_cls=figure_cls)
-            histogram_na_prob(na_probs, has_ans_qids, out_image_dir, "hasAns", figure_cls=figure_cls)
-            histogram_na_prob(na_probs, no_ans_qids, out_image_dir, "noAns", figure_cls=figure_cls)
+            _plots(out_eval, exact_raw, f1_raw, na_probs, qid_to_has_ans, out_image_dir, figure_cls)
     return out_eval
+
+
+def _plots(out_eval, exact_raw, f1_raw, na_probs, qid_to_has_ans, out_image_dir: str, figure_cls) -> None:
+    """The official script's precision-recall curves and no-answer histograms, in its order."""
+    run_precision_recall_analysis(out_eval, exact_raw, f1_raw, na_probs, qid_to_has_ans, out_image_dir,
+                                  figure_cls=figure_cls)
+    for name, wanted in (("hasAns", True), ("noAns", False)):
+        qids = [k for k, v in qid_to_has_ans.items() if v is wanted]
+        histogram_na_prob(na_probs, qids, out_image_dir, name, figure_cls=figure_cls)
 
 
 def gold_answers_from_examples(examples: Iterable[Any]) -> OrderedDict[str, list[str]]:
