@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import sys
 
-import cli
+from squad_internals import cli
 
 if __name__ == "__main__":  # the flags, the model folder and every input line are checked before torch is imported
     command = cli.exit_now_if_bad(lambda: cli.check_pipeline_command(sys.argv[1:]))
@@ -42,15 +42,9 @@ from tokenizers import Tokenizer
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm import tqdm
 
-import batching
-import checkpoints
-import decoding
-import fast_path
-import output_folder
-import process_group
-import qa_model
 import utils_squad
-from output_folder import THRESHOLD_FILE, NullThreshold, trained_context_first
+from squad_internals import batching, checkpoints, decoding, fast_path, output_folder, process_group, qa_model
+from squad_internals.output_folder import THRESHOLD_FILE, NullThreshold, trained_context_first
 
 MASKED_LOGIT = -10000.0  # 4.x's logit for tokens that cannot be in an answer
 NO_NULL_SCORE = 1000000.0  # 4.x's starting "smallest null score" (large and positive)

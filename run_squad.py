@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import sys
 
-import cli
+from squad_internals import cli
 
 if __name__ == "__main__":  # bad flags and missing files are answered at once, before torch takes seconds
     cli.one_line_interrupts_at_import()
@@ -49,21 +49,23 @@ import torch
 import transformers
 from tqdm.auto import tqdm
 
-import atomic_io
-import batching
-import checkpoints
-import decoding
-import fast_path
-import folder_lock
-import modeling_relative
-import output_folder
-import path_fallback
-import process_group
-import qa_model
 import squad_metrics
-import train_log
 import utils_squad
-from cli import InputError, UsageError
+from squad_internals import (
+    atomic_io,
+    batching,
+    checkpoints,
+    decoding,
+    fast_path,
+    folder_lock,
+    modeling_relative,
+    output_folder,
+    path_fallback,
+    process_group,
+    qa_model,
+    train_log,
+)
+from squad_internals.cli import InputError, UsageError
 
 logger = logging.getLogger("run_squad")
 

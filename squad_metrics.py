@@ -692,8 +692,8 @@ def _finish_tool_writes(*paths: str | None) -> None:
     """In the project, the folders of files run_squad.py wrote are finished first where a killed run left an
     evaluation between two renames (never half of two evaluations); copied alone, the scorer reads them as
     they are."""
-    try:
-        import cli  # the project's command-line module: absent when this file is copied alone
+    try:  # the project's command line: absent when this file is copied alone
+        from squad_internals import cli
     except ImportError:
         return
     for written in {os.path.dirname(os.path.abspath(p)) for p in paths if p}:

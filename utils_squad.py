@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer, normalizers
 
-import atomic_io
+from squad_internals import atomic_io
 
 logger = logging.getLogger(__name__)
 

@@ -159,7 +159,7 @@ class Workload:
 def _packing_module():
     try:
         sys.path.insert(0, str(REPO))
-        import packing  # noqa: F401  (the project's own FA2 call)
+        from squad_internals import packing  # noqa: F401  (the project's own FA2 call)
 
         return packing, None
     except Exception as e:  # transformers missing, or the module broken: fall back to the aten call

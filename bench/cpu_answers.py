@@ -245,7 +245,7 @@ def main() -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
 
-    import process_group
+    from squad_internals import process_group
 
     torch.set_num_threads(args.threads)
     items = dev_questions(args.squad_dir, args.questions)

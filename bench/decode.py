@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import decoding  # noqa: E402
 import squad_metrics as sm  # noqa: E402
+from squad_internals import decoding  # noqa: E402
 
 VOCAB = np.array(["the", "city", "Warsaw", "river", "1944", "of", "and", "Polish", "uprising", "in",
                   "a", "war", "French", "British", "fort", "Ohio", "treaty", "army", "was", "by"])

@@ -34,9 +34,11 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from train_throughput import squad_features  # noqa: E402
 
-import batching  # noqa: E402
-import process_group  # noqa: E402
 import run_squad  # noqa: E402
+from squad_internals import (  # noqa: E402
+    batching,
+    process_group,
+)
 
 VOCAB = 1000
 

@@ -30,7 +30,7 @@ from transformers import AutoTokenizer, pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-import atomic_io  # noqa: E402 - standard library only, importable under transformers 4
+from squad_internals import atomic_io  # noqa: E402 - standard library only, importable under transformers 4
 
 FIXTURE = REPO / "tests" / "fixtures" / "qa_pipeline"
 MODEL = FIXTURE / "model"

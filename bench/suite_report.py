@@ -14,7 +14,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import atomic_io  # noqa: E402
+from squad_internals import atomic_io  # noqa: E402
 
 # (what, measurement, loop, key, at least): the targets of the speed issue (#17), through run_squad on one H100/H200.
 TARGETS = [

@@ -56,15 +56,17 @@ from transformers import (
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import atomic_io  # noqa: E402
-import batching  # noqa: E402
-import cli  # noqa: E402
-import fast_path  # noqa: E402
-import packing  # noqa: E402
-import process_group  # noqa: E402
-import qa_model  # noqa: E402
 import run_squad  # noqa: E402
 import utils_squad  # noqa: E402
+from squad_internals import (  # noqa: E402
+    atomic_io,
+    batching,
+    cli,
+    fast_path,
+    packing,
+    process_group,
+    qa_model,
+)
 
 LOOPS = ("classic", "trainer", "default", "fastest", "padded", "packed")
 VOCAB = 30522

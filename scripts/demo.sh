@@ -72,7 +72,7 @@ python run_squad.py "${COMMON[@]}" "${RECIPE[@]}" --do_train --do_eval --train_f
 python - "$OUT" <<'PY'
 import json, sys
 from pathlib import Path
-import atomic_io
+from squad_internals import atomic_io
 out = Path(sys.argv[1])
 rows = []
 for name in ("untrained", "fine-tuned"):

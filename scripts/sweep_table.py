@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for atomic_io
 
-import atomic_io  # noqa: E402
+from squad_internals import atomic_io  # noqa: E402
 
 # Flags that differ between runs by construction, or that do not change the result.
 IGNORED = {"output_dir", "overwrite_output_dir", "overwrite_cache", "features_cache_dir", "logging_steps",

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-import atomic_io
-import decoding
 from cli_helpers import FullDiskAfterHalf
+from squad_internals import atomic_io, decoding
 
 
 def test_write_json_atomic(tmp_path):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-import batching
 import utils_squad as us
+from squad_internals import batching
 from tiny_models import tiny_tokenizer
 from utils_squad import FeatureSettings
 

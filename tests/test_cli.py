@@ -8,14 +8,9 @@ import time
 
 import pytest
 
-import batching
-import cli
-import fast_path
-import output_folder
-import process_group
-import qa_model
 import run_squad
 from cli_helpers import REPO, without_torch
+from squad_internals import batching, cli, fast_path, output_folder, process_group, qa_model
 
 # The classic script's 45 flags, each with a value where it takes one.
 CLASSIC_COMMAND = """

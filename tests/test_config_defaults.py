@@ -13,9 +13,8 @@ from types import SimpleNamespace
 
 import pytest
 
-import cli
-import decoding
 import run_squad
+from squad_internals import cli, decoding
 
 REQUIRED = ["--model_name_or_path", "m", "--output_dir", "o", "--do_train", "--train_file", "t"]
 SETUP = SimpleNamespace(choice=SimpleNamespace(precision="<derived>"))

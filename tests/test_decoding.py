@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-import decoding
+from squad_internals import decoding
 
 LOW = -10.0
 
@@ -517,7 +517,7 @@ def test_write_prediction_files(tmp_path):
 def test_example_without_features_gets_empty_answer(caplog):
     windows = [window(CONTEXT, range(10), 1)]
     logits = Logits(windows).set(0, 2, 3, s=5.0, e=5.0)
-    with caplog.at_level("WARNING", logger="decoding"):
+    with caplog.at_level("WARNING", logger="squad_internals.decoding"):
         preds, nbest, odds = decode([Example("lost", CONTEXT), Example("q", CONTEXT)], windows, logits,
                                     version_2_with_negative=True)
     assert preds == {"lost": "", "q": "w2 w3"} and odds["lost"] == decoding.NO_SPAN_NULL_ODDS

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-import output_folder
 import run_squad
 from cli_helpers import REPO, common_flags, free_port, question_ids, run_cli, small_v2_file
+from squad_internals import output_folder
 
 pytestmark = pytest.mark.slow
 

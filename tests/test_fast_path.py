@@ -13,12 +13,10 @@ import torch
 from safetensors.numpy import load_file
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-import batching
-import fast_path
-import qa_model
 import run_squad
 import utils_squad
 from cli_helpers import common_flags, small_v2_file
+from squad_internals import batching, fast_path, qa_model
 
 # The loop's own files. (packing.py's CPU attention reads its segment bounds, which on a CPU are host memory;
 # on a GPU the packed kernels take them as a tensor.)

@@ -4,8 +4,7 @@ import shlex
 
 import pytest
 
-import cli
-import fast_path
+from squad_internals import cli, fast_path
 
 BASE = "--model_name_or_path m --output_dir o --do_train --train_file t "
 PACKABLE = ["bert", "roberta", "xlm-roberta", "electra", "albert", "distilbert", "modernbert"]

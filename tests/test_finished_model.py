@@ -12,14 +12,11 @@ from pathlib import Path
 
 import pytest
 
-import atomic_io
-import checkpoints
-import cli
-import output_folder
 import run_squad
 from cli_helpers import DEMO_DEV as DEV
 from cli_helpers import DEMO_TRAIN as TRAIN
 from cli_helpers import REPO, without_torch
+from squad_internals import atomic_io, checkpoints, cli, output_folder
 
 OLD_MODEL = {"config.json": "old config", "model.safetensors": "old weights", "vocab.txt": "old vocab",
              "tokenizer_config.json": "old tokenizer", output_folder.TRAINING_ARGS: "{}",
@@ -180,7 +177,7 @@ KILLED_SWAP = """
 import os, shutil, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[3])
-import atomic_io, output_folder
+from squad_internals import atomic_io, output_folder
 kill_at, calls = int(sys.argv[2]), []
 real_replace = os.replace
 def replace(src, dst):

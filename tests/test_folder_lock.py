@@ -11,14 +11,13 @@ import textwrap
 
 import pytest
 
-import atomic_io
-import folder_lock
 from cli_helpers import REPO
+from squad_internals import atomic_io, folder_lock
 
 HOLD = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, sys.argv[2])
-    import folder_lock
+    from squad_internals import folder_lock
     folder_lock.hold(__import__("pathlib").Path(sys.argv[1]), ["--output_dir", sys.argv[1]])
     print("held", flush=True)
     time.sleep(120)

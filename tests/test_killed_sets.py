@@ -17,14 +17,11 @@ from pathlib import Path
 
 import pytest
 
-import atomic_io
-import cli
-import folder_lock
-import output_folder
 import qa_pipeline
 import run_squad
 import squad_metrics
 from cli_helpers import DEMO_DEV, DEMO_TRAIN, REPO, cli_env, without_torch
+from squad_internals import atomic_io, cli, folder_lock, output_folder
 
 OLD, NEW = "OLDSET", "NEWSET"
 
@@ -59,7 +56,7 @@ EVAL_WRITER = """
 import sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-import atomic_io, decoding, output_folder
+from squad_internals import atomic_io, decoding, output_folder
 out, model, tag = Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
 scores = {"best_f1_thresh": 1.5, "best_f1": 50.0, "best_exact": 50.0, "best_exact_thresh": 1.5}
 with atomic_io.file_set() as files:
@@ -164,7 +161,7 @@ CHECKPOINT_WRITER = """
 import sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-import atomic_io
+from squad_internals import atomic_io
 with atomic_io.folder_atomic(Path(sys.argv[2]) / "checkpoint-2") as tmp:
     for name in ("model.safetensors", "config.json", "trainer_state.pt"):
         (tmp / name).write_text(sys.argv[3] + " " + name)
@@ -204,7 +201,7 @@ FINAL_WRITER = """
 import shutil, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-import atomic_io, output_folder
+from squad_internals import atomic_io, output_folder
 with atomic_io.files_replacing(Path(sys.argv[2]), output_folder.FINAL_MODEL_TMP, output_folder.PREVIOUS_MODEL_TMP,
                                output_folder.FINAL_MODEL_GLOBS) as tmp:
     for path in sorted(Path(sys.argv[3]).iterdir()):
@@ -268,7 +265,7 @@ def test_an_unfinished_replacement_in_a_folder_another_run_holds_is_one_line(two
     out = Path(shutil.copytree(old, tmp_path / "out"))
     assert run_writer(FINAL_WRITER, [out, new], 3) == -9  # two old files moved aside
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); "
-                               "import folder_lock; folder_lock.hold(__import__('pathlib').Path(sys.argv[2]), "
+                               "from squad_internals import folder_lock; folder_lock.hold(__import__('pathlib').Path(sys.argv[2]), "
                                "['--output_dir', sys.argv[2]]); print('held', flush=True); time.sleep(60)",
                                str(REPO), str(out)], stdout=subprocess.PIPE, text=True)
     try:

@@ -27,7 +27,7 @@ def save_tiny_model(family: str, folder: Path) -> Path:
     import torch
     from transformers import AutoModelForQuestionAnswering
 
-    import modeling_relative
+    from squad_internals import modeling_relative
 
     relative = family.startswith("relative")
     tokenizer = tiny_tokenizer("bert" if relative else family)

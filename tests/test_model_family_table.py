@@ -8,12 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import batching
-import fast_path
-import model_families as mf
-import modeling_relative
-import packing
-import qa_model
+from squad_internals import batching, fast_path, modeling_relative, packing, qa_model
+from squad_internals import model_families as mf
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -150,6 +146,6 @@ def test_context_first_where_the_tokenizer_pads_on_the_left(family):
 
 
 def test_the_table_and_fast_path_import_without_torch():
-    code = "import sys, model_families, fast_path; print(any(m in sys.modules for m in ('torch', 'transformers')))"
+    code = "import sys; from squad_internals import model_families, fast_path; print(any(m in sys.modules for m in ('torch', 'transformers')))"
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert res.stdout.strip() == "False", res.stderr

@@ -15,15 +15,11 @@ from pathlib import Path
 import pytest
 from safetensors.numpy import load_file
 
-import atomic_io
-import checkpoints
-import cli
-import folder_lock
-import output_folder
 import qa_pipeline
 import run_squad
 import utils_squad
 from cli_helpers import REPO, FullDiskAfterHalf, cli_env, common_flags, small_squad_file, small_v2_file
+from squad_internals import atomic_io, checkpoints, cli, folder_lock, output_folder
 
 pytestmark = pytest.mark.slow
 

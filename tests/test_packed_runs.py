@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-import batching
-import checkpoints
 import run_squad
 from cli_helpers import common_flags, small_squad_file, small_v2_file
+from squad_internals import batching, checkpoints
 from tiny_models import tiny_model_dir
 
 pytestmark = pytest.mark.slow
@@ -27,7 +26,7 @@ def tiny_relative_dir(tmp_path_factory, tiny_bert_dir) -> Path:
     import torch
     from transformers import AutoTokenizer, BertConfig
 
-    import modeling_relative
+    from squad_internals import modeling_relative
 
     folder = tmp_path_factory.mktemp("tiny-relative")
     config = BertConfig.from_pretrained(tiny_bert_dir)

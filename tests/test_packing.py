@@ -35,10 +35,7 @@ from transformers import (
     XLNetForQuestionAnsweringSimple,
 )
 
-import batching
-import modeling_relative
-import packing
-import qa_model
+from squad_internals import batching, modeling_relative, packing, qa_model
 
 VOCAB = 100
 MAX_POS = 80

@@ -26,8 +26,7 @@ from test_packing import (
     type_kwargs,
 )
 
-import batching
-import packing
+from squad_internals import batching, packing
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = torch.device("cuda")

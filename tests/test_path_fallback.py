@@ -14,11 +14,9 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-import fast_path
-import packing
-import path_fallback
 import run_squad
 from cli_helpers import REPO, cli_env, common_flags, free_port, run_cli, small_v2_file
+from squad_internals import fast_path, packing, path_fallback
 
 RAISING = "test_raising_backend"
 WIDE = ["--max_seq_length", "384", "--doc_stride", "128"]  # batches of several widths (rounded to 64 compiled)
@@ -299,7 +297,8 @@ DRIVER = """
 import os, sys
 sys.path.insert(0, {repo!r})
 import torch
-import fast_path, run_squad, cli
+import run_squad
+from squad_internals import fast_path, cli
 
 fast_path.needs_run_length = lambda flag, cuda, training: flag == "auto" and training
 fast_path.compile_pays = lambda parameters, steps: True

@@ -24,14 +24,11 @@ import pytest
 import torch
 from transformers import AutoTokenizer, XLMForQuestionAnswering, XLNetForQuestionAnswering
 
-import batching
-import decoding
-import fast_path
-import qa_model
 import qa_pipeline
 import utils_squad
 from cli_helpers import without_torch
 from qa_pipeline import PipelineInputError, QuestionAnsweringPipeline
+from squad_internals import batching, decoding, fast_path, qa_model
 from tiny_models import FAMILIES, tiny_config, tiny_model_dir, tiny_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]

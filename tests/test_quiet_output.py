@@ -9,11 +9,11 @@ import sys
 
 import pytest
 
-import qa_model
 import utils_squad
 from cli_helpers import DEMO_DEV as DEV
 from cli_helpers import DEMO_TRAIN as TRAIN
 from cli_helpers import REPO, run_cli
+from squad_internals import qa_model
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +32,11 @@ def test_a_load_report_is_one_line_per_load(tiny_encoder_dir, tiny_bert_dir, cap
     from transformers import AutoConfig
 
     source = qa_model.ModelSource(str(tiny_encoder_dir))
-    with caplog.at_level(logging.INFO, logger="qa_model"):
+    with caplog.at_level(logging.INFO, logger="squad_internals.qa_model"):
         qa_model.load_model(str(tiny_encoder_dir), AutoConfig.from_pretrained(tiny_encoder_dir), source, False)
         qa_model.load_model(str(tiny_bert_dir), AutoConfig.from_pretrained(tiny_bert_dir),
                             qa_model.ModelSource(str(tiny_bert_dir)), False)  # every weight used: nothing to say
-    assert [r.getMessage() for r in caplog.records if r.name == "qa_model"] == [
+    assert [r.getMessage() for r in caplog.records if r.name == "squad_internals.qa_model"] == [
         f"loaded {tiny_encoder_dir}: 2 weights newly initialised (qa_outputs.bias, qa_outputs.weight), "
         "2 unused (pooler.dense.bias, pooler.dense.weight)"]
     err = capfd.readouterr().err

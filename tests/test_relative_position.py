@@ -15,8 +15,8 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForQuestionAnswering, BertConfig, BertForQuestionAnswering
 
-import modeling_relative
-from modeling_relative import (
+from squad_internals import modeling_relative
+from squad_internals.modeling_relative import (
     RelativeBertForQuestionAnswering,
     RelativePositionError,
     is_relative_position_config,

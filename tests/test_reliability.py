@@ -15,11 +15,9 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-import checkpoints
-import output_folder
-import qa_model
 import run_squad
 from cli_helpers import REPO, common_flags, free_port, small_v2_file
+from squad_internals import checkpoints, output_folder, qa_model
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-import cli
+from squad_internals import cli
 
 SCRIPT_DIR = Path(__file__).resolve().parents[1] / "scripts"
 # The seed configurations; the others: the demo, the two set-up commands' test runner, the data download,

@@ -778,9 +778,7 @@ def test_copied_alone_plots_and_reports_bad_input_in_one_line(tiny_data, tmp_pat
 
 def test_local_copies_agree_with_the_project():
     """What the scorer keeps of its own so as to run alone equals the project's one home of each rule."""
-    import atomic_io
-    import cli
-    import decoding
+    from squad_internals import atomic_io, cli, decoding
     assert (sm.EXIT_OK, sm.EXIT_FAILURE, sm.EXIT_USAGE) == (cli.EXIT_OK, cli.EXIT_FAILURE, cli.EXIT_USAGE)
     assert decoding.NO_SPAN_NULL_ODDS is sm.NO_SPAN_NULL_ODDS
     # Its temporaries carry atomic_io's name, so that the cleaner of a killed run's temporaries finds them.

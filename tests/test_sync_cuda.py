@@ -9,8 +9,7 @@ import torch
 from test_fast_path import synthetic_features
 from transformers import AutoModelForQuestionAnswering
 
-import batching
-import qa_model
+from squad_internals import batching, qa_model
 from tiny_models import tiny_config, tiny_tokenizer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -8,14 +8,10 @@ from collections import OrderedDict
 
 import pytest
 
-import atomic_io
-import checkpoints
-import cli
-import decoding
-import output_folder
 import run_squad
 import squad_metrics as sm
 from cli_helpers import common_flags, small_v2_file
+from squad_internals import atomic_io, checkpoints, cli, decoding, output_folder
 
 
 def random_case(seed: int, n: int = 300, ties: bool = False):

@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import atomic_io
-import batching
 import utils_squad as us
+from squad_internals import atomic_io, batching
 from tiny_models import tiny_tokenizer
 from utils_squad import FeatureSettings
 

@@ -8,8 +8,8 @@ import string
 import numpy as np
 import pytest
 
-import batching
 import utils_squad as us
+from squad_internals import batching
 from tiny_models import FAMILIES, tiny_tokenizer
 from utils_squad import FeatureSettings, SquadExample
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-import batching
 import utils_squad as us
+from squad_internals import batching
 from tiny_models import FAMILIES, tiny_model_dir
 
 torch = pytest.importorskip("torch")

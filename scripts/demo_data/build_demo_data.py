@@ -28,7 +28,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # the repository root, for atomic_io
 
-import atomic_io  # noqa: E402
+from squad_internals import atomic_io  # noqa: E402
 
 MIN_WORDS, MAX_WORDS = 80, 150
 

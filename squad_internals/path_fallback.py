@@ -15,9 +15,7 @@ import traceback
 
 import torch
 
-import atomic_io
-import fast_path
-import process_group
+from squad_internals import atomic_io, fast_path, process_group
 
 logger = logging.getLogger(__name__)
 

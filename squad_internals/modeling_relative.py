@@ -36,8 +36,7 @@ from transformers.models.bert.modeling_bert import (
     BertSelfAttention,
 )
 
-import model_families
-import packing
+from squad_internals import model_families, packing
 
 logger = logging.getLogger(__name__)
 

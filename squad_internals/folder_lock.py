@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import atomic_io
+from squad_internals import atomic_io
 
 logger = logging.getLogger(__name__)
 

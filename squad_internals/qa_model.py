@@ -26,14 +26,16 @@ from transformers import (
     modeling_utils,
 )
 
-import atomic_io
-import batching
-import checkpoints
-import model_families
-import modeling_relative
-import output_folder
-import packing
 import utils_squad
+from squad_internals import (
+    atomic_io,
+    batching,
+    checkpoints,
+    model_families,
+    modeling_relative,
+    output_folder,
+    packing,
+)
 
 logger = logging.getLogger(__name__)
 

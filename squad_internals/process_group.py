@@ -22,9 +22,7 @@ import numpy as np
 import torch
 import transformers
 
-import atomic_io
-import fast_path
-import packing
+from squad_internals import atomic_io, fast_path, packing
 
 logger = logging.getLogger(__name__)
 

@@ -22,8 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import atomic_io
-import folder_lock
+from squad_internals import atomic_io, folder_lock
 
 logger = logging.getLogger(__name__)
 

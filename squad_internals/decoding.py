@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from atomic_io import FileSet, write_json_atomic
+from squad_internals.atomic_io import FileSet, write_json_atomic
 
 # Null odds when an example has no valid span at all (the answer is "" whatever the threshold): its home
 # is the scorer, which must run as one file.

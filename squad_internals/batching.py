@@ -34,10 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-import decoding
-import model_families
-import modeling_relative
-import packing
+from squad_internals import decoding, model_families, modeling_relative, packing
 from utils_squad import SquadFeatures, ragged_index
 
 # Model types whose classic inputs carry no token type ids (the classic script's list).

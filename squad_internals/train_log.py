@@ -15,7 +15,7 @@ import time
 
 import torch
 
-import atomic_io
+from squad_internals import atomic_io
 
 # Its lines are the command line's own report (the per-window lines, the end-of-training summary), which
 # scripts grep as `run_squad: training done`: the command line's logger, not this module's name.

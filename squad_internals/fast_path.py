@@ -36,7 +36,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-import model_families
+from squad_internals import model_families
 
 # Families whose packed attention runs flash attention's varlen kernel on a GPU (packing.SUPPORTED_MODEL_TYPES,
 # which also takes the relative-position BERT through an exact but quadratic path).

@@ -25,9 +25,8 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import folder_lock
-import output_folder
-from atomic_io import check_writable, first_line
+from squad_internals import folder_lock, output_folder
+from squad_internals.atomic_io import check_writable, first_line
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 3
 # Interrupted with no checkpoint written: what the shell reports for a process ended by SIGINT / SIGTERM.

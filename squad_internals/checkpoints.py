@@ -19,10 +19,9 @@ from pathlib import Path
 import safetensors
 import torch
 
-import atomic_io
-import output_folder
 import utils_squad
-from output_folder import (
+from squad_internals import atomic_io, output_folder
+from squad_internals.output_folder import (
     CHECKPOINT_PREFIX,
     FINAL_MODEL_GLOBS,
     FINAL_MODEL_TMP,
