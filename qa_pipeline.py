@@ -581,6 +581,10 @@ class QuestionAnsweringPipeline:
             folder = _origin_folder(model)
             self.device = _device_of(device, model)
             self.precision = _precision_of(dtype, self.device)
+            own = next(model.parameters()).dtype
+            if dtype is None and own != torch.float32:  # half-precision weights compute as they are
+                self.precision = Precision(own, None, f"{str(own).removeprefix('torch.')} (the model object's own "
+                                                      "weights; dtype= to choose)")
             # a model object keeps its weights unless a dtype is asked for (autocast alone leaves them as they are)
             self.model = model if dtype is None else model.to(dtype=self.precision.weights)
             self.beam = isinstance(model, (transformers.XLNetForQuestionAnswering, transformers.XLMForQuestionAnswering))

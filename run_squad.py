@@ -249,6 +249,8 @@ def train_and_save(args, rt, setup: RunSetup, data: RunData, evaluation: Evaluat
     checkpoints.check_resume(setup.resume_from, setup.run_args(args), setup.config, args.auto_find_batch_size)
     trained = prepare_training(args, setup, rt, features)
     setup, choice = trained.setup, trained.choice
+    if trained.fell_back:  # the path given up may be the one the checkpoint was trained on
+        checkpoints.check_resume(setup.resume_from, setup.run_args(args), setup.config, args.auto_find_batch_size)
     if evaluation is not None and trained.fell_back:
         evaluation = replace(evaluation, batching=make_batching(args, setup, evaluation.features,
                                                                 args.per_gpu_eval_batch_size),
@@ -319,14 +321,16 @@ def check_path_runs(args, setup: RunSetup, rt) -> RunSetup:
 
 def give_up(args, setup: RunSetup, part: str, problem: str, where: str, rt) -> RunSetup:
     """The setup without `part` of its path (one warning), or the refusal of an explicit request
-    (PathUnavailable). A resume's packing is not followed again: the path given up may be the checkpoint's, and
-    check_resume then says so."""
+    (PathUnavailable). A resumed run keeps its checkpoint's packing unless packing is what is given up (then
+    train_and_save's second check_resume says so)."""
     explicit = setup.flags.explicit(part)
     if explicit is not None:
         raise path_fallback.PathUnavailable(fast_path.refusal(part, explicit, problem, where))
     logger.warning(fast_path.fallback_warning(part, problem, where))
     flags = setup.flags.safer(part)
-    return replace(setup, flags=flags, choice=choose_path(flags, rt.device, setup.config, args.trust_remote_code))
+    resumed = resumed_packing(setup.resume_from) if part != "packing" else None
+    return replace(setup, flags=flags, choice=choose_path(flags, rt.device, setup.config, args.trust_remote_code,
+                                                          resumed))
 
 
 @dataclass(frozen=True)
@@ -351,7 +355,7 @@ def prepare_training(args, setup: RunSetup, rt, features) -> PreparedTraining:
     random state, as if the safer path had been chosen from the start; an explicit one is refused."""
     rng, notes = process_group.rng_state(), []
     while True:
-        model = load_model(args, setup, str(setup.resume_from or args.model_name_or_path))
+        model = load_model(args, setup, str(setup.resume_from or args.model_name_or_path)).to(rt.device)
         batches = train_batches(args, setup, rt, model, features)
         choice = training_compilation(args, setup, rt, model, features, batches)
         logger.info(choice.describe())
@@ -360,8 +364,12 @@ def prepare_training(args, setup: RunSetup, rt, features) -> PreparedTraining:
         failure = first_step_failure(choice, model, batches, features, rt, setup.resume_from, args.seed)
         if failure is None:
             return PreparedTraining(setup, model, batches, choice, tuple(notes))
-        compile_failure, problem = failure
-        part, _ = fast_path.part_to_give_up(choice, setup.flags, compile_failure)
+        kind, problem = failure
+        if kind == "memory":  # not the path's fault: the run's own one line, on every rank
+            step = 1 + (checkpoints.load_trainer_state(setup.resume_from)["position"]["global_step"]
+                        if setup.resume_from else 0)
+            raise OutOfMemory(out_of_memory_advice(batches, args.max_seq_length, step=step))
+        part, _ = fast_path.part_to_give_up(choice, setup.flags, compile_failure=kind == "compile")
         setup = give_up(args, setup, part, problem, "in the first training step", rt)
         notes.append(f"{fast_path.SAFER[part]}: {fast_path.SAFER_FROM[part]} failed in the first step ({problem})")
         process_group.set_rng_state(rng)  # the safer path starts where this one did
@@ -387,10 +395,10 @@ def training_compilation(args, setup: RunSetup, rt, model, features, batches: Tr
 
 
 def first_step_failure(choice: fast_path.Choice, model, batches: TrainBatches, features, rt,
-                       resume_from: Path | None, seed: int) -> tuple[bool, str] | None:
+                       resume_from: Path | None, seed: int) -> tuple[str, str] | None:
     """The first micro-batch of this run (its first, or the resumed position's) tried on the path: None, or
-    (whether compilation failed, what failed), the same on every rank. The classic path is not tried: it has
-    nothing to fall back to, and its errors are the run's own."""
+    (what kind of failure: compile, memory or path; what failed), the same on every rank. The classic path is
+    not tried: it has nothing to fall back to, and its errors are the run's own."""
     if not choice.risky():
         return None
     position = checkpoints.load_trainer_state(resume_from)["position"] if resume_from else {
@@ -403,7 +411,7 @@ def first_step_failure(choice: fast_path.Choice, model, batches: TrainBatches, f
         batch = batching.to_device(batches.batching.tensors(features, idx, with_labels=True), rt.device)
         exc = path_fallback.first_step_problem(model, batches.batching, batch,
                                                amp_context(choice.precision, rt.device), rt.device)
-    found = None if exc is None else (path_fallback.is_compile_failure(exc), path_fallback.what_failed(exc))
+    found = None if exc is None else (path_fallback.failure_kind(exc), path_fallback.what_failed(exc))
     return process_group.first_problem(rt, found)
 
 
@@ -766,7 +774,7 @@ def between_steps(position: dict, ctx: StepContext) -> None:
         log_first_step(ctx.rt, ctx.meter)
     log_now, interrupted = step % loop.logging_steps == 0, ctx.stop.agreed()
     if ctx.stop.eager_agreed and ctx.fallback.compiled:
-        ctx.fallback.switch(f"compilation failed on another process by step {step}")
+        ctx.fallback.switch(f"a compiled step failed on another process by step {step}")
     eval_now = evaluation is not None and step % (loop.eval_steps or loop.logging_steps) == 0 and not interrupted
     save_now = saving is not None and ((saving.save_steps and step % saving.save_steps == 0) or interrupted)
     if log_now or eval_now or save_now:
@@ -800,9 +808,15 @@ def micro_batches(ddp, batcher, group, rt, precision: str, scaler, accum: int) -
 
 
 def evaluate_during_training(model, evaluation: Evaluation, rt, step: int, out: Path, saved: bool, writer) -> None:
+    """An inference failure here costs this evaluation, not the training run: the evaluation after training
+    falls back to a safer path (evaluate_models)."""
     folder = out / f"{output_folder.CHECKPOINT_PREFIX}{step}"
-    results = evaluate(model, evaluation, rt, prefix=str(step), model_folder=str(folder) if saved else None)
-    train_log.write_scalars(writer, "eval", results, step)
+    try:
+        results = evaluate(model, evaluation, rt, prefix=str(step), model_folder=str(folder) if saved else None)
+        train_log.write_scalars(writer, "eval", results, step)
+    except InferenceFailed as failed:
+        logger.warning("evaluation at step %d failed (%s): training goes on, and the evaluation after training "
+                       "falls back to a safer path", step, failed.problem)
     model.train()
 
 

@@ -49,6 +49,13 @@ def is_compile_failure(exc: BaseException) -> bool:
     return any(marker in frame.filename.replace("\\", "/") for frame in frames for marker in COMPILER_FILES)
 
 
+def failure_kind(exc: BaseException) -> str:
+    """memory (the run's own out-of-memory report, not the path's), compile, or path (any other part's)."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return "memory"
+    return "compile" if is_compile_failure(exc) else "path"
+
+
 def forked_rng(device: torch.device):
     """Random numbers drawn inside leave the run's generators as they were (a probe must not shift dropout)."""
     return torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else [])
@@ -92,16 +99,14 @@ def precision_problem(precision: str, device: torch.device) -> str | None:
 
 def first_step_problem(model, strategy, batch: dict, amp, device: torch.device) -> Exception | None:
     """One forward and backward of the run's first micro-batch on its path, then undone (random state restored,
-    gradients cleared): None, or the error the path raised. Out of memory is not the path's fault: it is raised
-    for the run's own report."""
+    gradients cleared): None, or the error it raised (failure_kind tells out of memory, which is the run's own,
+    from the path's failures; returned, not raised, so that every rank hears of it)."""
     with forked_rng(device):
         try:
             model.train()
             with amp:
                 loss = strategy.forward(model, batch, training=True).loss
             loss.backward()
-        except torch.cuda.OutOfMemoryError:
-            raise
         except Exception as exc:  # noqa: BLE001 - whatever the path raises is fallen back from or reported
             return exc
         finally:
@@ -138,7 +143,7 @@ class EagerFallback:
         eagerly (the model switched, the step's gradients and random draws undone); False to raise it."""
         if not self.compiled or not is_compile_failure(exc):
             return False
-        self.switch(f"compilation failed at step {step} ({what_failed(exc)})")
+        self.switch(f"the compiled step {step} failed ({what_failed(exc)})")
         self.model.zero_grad(set_to_none=True)
         process_group.set_rng_state(self.rng)
         return True

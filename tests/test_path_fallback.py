@@ -207,10 +207,10 @@ def test_a_compilation_failing_at_a_later_step_goes_on_eagerly_from_that_step(ti
         err = capsys.readouterr().err
     assert len(test_backends) == 2  # it compiled one shape and was asked for another
     fell_back = [line for line in err.splitlines() if "training goes on eagerly from this step" in line]
-    assert len(fell_back) == 1 and "compilation failed at step " in fell_back[0]
-    step = int(fell_back[0].split("compilation failed at step ")[1].split()[0])
+    assert len(fell_back) == 1 and "the compiled step " in fell_back[0]
+    step = int(fell_back[0].split("the compiled step ")[1].split()[0])
     assert 1 <= step < 8
-    assert "path taken: padded, fp32, compiled; eager since compilation failed at step" in err
+    assert "path taken: padded, fp32, compiled; eager since the compiled step" in err
     assert "training done: 8 optimizer steps" in err
     assert_same_weights(runs[PASSTHROUGH], runs[SECOND_SHAPE_RAISES])
 
@@ -328,9 +328,10 @@ def test_two_processes_go_on_eagerly_together(tiny_bert_dir, squad_dir, tmp_path
     done = subprocess.run(command, capture_output=True, text=True, env=cli_env(), timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     err = done.stderr
-    assert any("[rank 1]" in line and "compilation failed at step" in line for line in err.splitlines())
-    assert any("[rank 0]" in line and "compilation failed on another process" in line for line in err.splitlines())
-    assert "path taken: padded, fp32, compiled; eager since compilation failed on another process" in err
+    assert any("[rank 1]" in line and "the compiled step" in line for line in err.splitlines())
+    assert any("[rank 0]" in line and "a compiled step failed on another process" in line
+               for line in err.splitlines())
+    assert "path taken: padded, fp32, compiled; eager since a compiled step failed on another process" in err
     assert (out / "model.safetensors").exists()
 
 
@@ -380,3 +381,22 @@ def test_explicit_packing_that_fails_in_evaluation_is_one_line(tiny_bert_dir, sq
         "error: --packing on: packed attention failed in evaluation (RuntimeError: no packed kernel for this "
         "device (test)); --packing off for padded batches")
     assert "Traceback" not in err and not out.exists()
+
+
+def test_out_of_memory_in_the_first_step_tried_is_the_runs_own_one_line(tiny_bert_dir, squad_dir, tmp_path,
+                                                                         monkeypatch, capsys):
+    """Out of memory is no reason to give up a part of the path: on a path that is tried first (bf16 here), the
+    run ends with the same advice as in training."""
+    from test_fast_path import memory_limit
+
+    memory_limit(monkeypatch, rows=4)
+    out = tmp_path / "out"
+    code = run_squad.main([*common_flags(tiny_bert_dir, out, precision="--bf16"), *train_flags(squad_dir, tmp_path),
+                           "--gradient_accumulation_steps", "3"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.splitlines()[-1] == (
+        "error: out of GPU memory at step 1 with --per_gpu_train_batch_size 8 and --max_seq_length 192: keep the "
+        "same global batch with --per_gpu_train_batch_size 4 --gradient_accumulation_steps 6, or let "
+        "--auto_find_batch_size find it")
+    assert "going on with" not in err
