@@ -353,7 +353,7 @@ def prepare_training(args, setup: RunSetup, rt, features) -> PreparedTraining:
     (path_fallback.first_step_problem: undone afterwards). A part of the path chosen automatically that fails
     there is given up for the next safer one, with one warning, and everything is prepared again from the same
     random state, as if the safer path had been chosen from the start; an explicit one is refused."""
-    rng, notes = process_group.rng_state(), []
+    rng, notes, position = process_group.rng_state(), [], resumed_position(setup.resume_from)
     while True:
         model = load_model(args, setup, str(setup.resume_from or args.model_name_or_path)).to(rt.device)
         batches = train_batches(args, setup, rt, model, features)
@@ -361,14 +361,12 @@ def prepare_training(args, setup: RunSetup, rt, features) -> PreparedTraining:
         logger.info(choice.describe())
         if choice.compile_training:
             batches = compile_for_training(args, setup, model, features, batches)
-        failure = first_step_failure(choice, model, batches, features, rt, setup.resume_from, args.seed)
+        failure = first_step_failure(choice, model, batches, features, rt, position, args.seed)
         if failure is None:
             return PreparedTraining(setup, model, batches, choice, tuple(notes))
         kind, problem = failure
         if kind == "memory":  # not the path's fault: the run's own one line, on every rank
-            step = 1 + (checkpoints.load_trainer_state(setup.resume_from)["position"]["global_step"]
-                        if setup.resume_from else 0)
-            raise OutOfMemory(out_of_memory_advice(batches, args.max_seq_length, step=step))
+            raise OutOfMemory(out_of_memory_advice(batches, args.max_seq_length, step=position["global_step"] + 1))
         part, _ = fast_path.part_to_give_up(choice, setup.flags, compile_failure=kind == "compile")
         setup = give_up(args, setup, part, problem, "in the first training step", rt)
         notes.append(f"{fast_path.SAFER[part]}: {fast_path.SAFER_FROM[part]} failed in the first step ({problem})")
@@ -394,15 +392,13 @@ def training_compilation(args, setup: RunSetup, rt, model, features, batches: Tr
     return choice
 
 
-def first_step_failure(choice: fast_path.Choice, model, batches: TrainBatches, features, rt,
-                       resume_from: Path | None, seed: int) -> tuple[str, str] | None:
+def first_step_failure(choice: fast_path.Choice, model, batches: TrainBatches, features, rt, position: dict,
+                       seed: int) -> tuple[str, str] | None:
     """The first micro-batch of this run (its first, or the resumed position's) tried on the path: None, or
     (what kind of failure: compile, memory or path; what failed), the same on every rank. The classic path is
     not tried: it has nothing to fall back to, and its errors are the run's own."""
     if not choice.risky():
         return None
-    position = checkpoints.load_trainer_state(resume_from)["position"] if resume_from else {
-        "global_step": 0, "epoch": 0, "step_in_epoch": 0}
     plan = batching.epoch_plan(batches.batching, features.lengths(), seed + position["epoch"], rt.rank,
                                rt.world_size, batches.accumulation)
     idx = plan[min(position["step_in_epoch"], len(plan) - 1)][0] if plan else None
@@ -697,10 +693,11 @@ def train(model, features, batches: TrainBatches, rt, *, loop: LoopConfig, optim
     if rt.is_main:
         output_folder.clean_output_dir(loop.output_dir, resume_from)  # a killed run's leftovers
     writer = train_log.open_tensorboard(str(loop.output_dir)) if rt.is_main else None
-    stop = process_group.StopFlag(rt)
-    stop.install()  # SIGTERM / SIGINT: the step is finished, a checkpoint written, exit code 3
+    stop = process_group.StopFlag(rt).install()  # SIGTERM / SIGINT: the step is finished, a checkpoint written
     meter, progress = train_log.Meter(rt.device, rt.world_size), progress_bar(rt, total_steps, start)
     fallback, steps, scaler = path_fallback.EagerFallback(model, compiled), prefetch(start), optimization.scaler
+    context = StepContext(model, rt, loop, optimization, meter, writer, stop, fallback, saving, evaluation,
+                          resume_from, first_step=start["global_step"] + 1)
     try:
         model.train()
         for position, group in steps:
@@ -722,8 +719,7 @@ def train(model, features, batches: TrainBatches, rt, *, loop: LoopConfig, optim
             optimization.optimizer.zero_grad(set_to_none=True)
             meter.end_step(position["global_step"], skipped, scaler)
             progress.update(1)
-            between_steps(position, StepContext(model, rt, loop, optimization, meter, writer, stop, fallback, saving,
-                                                evaluation, resume_from, first_step=start["global_step"] + 1))
+            between_steps(position, context)
         check_skips(loop, meter)
     except torch.cuda.OutOfMemoryError as exc:
         computing = position["global_step"] + (position is start)  # before its first step, the loop's position
@@ -962,10 +958,18 @@ def start_optimization(optim: OptimConfig, precision: str, model, rt, total_step
     return Optimization(optimizer, build_scheduler(optimizer, optim, total_steps), scaler)
 
 
+def resumed_position(resume_from: Path | None) -> dict:
+    """Where in the data training starts: the checkpoint's position (its tensors mapped, not read), or the
+    beginning."""
+    if resume_from is None:
+        return {"global_step": 0, "epoch": 0, "step_in_epoch": 0}
+    return dict(checkpoints.load_trainer_state(resume_from, mmap=True)["position"])
+
+
 def restore_position(resume_from: Path | None, optimization: Optimization, rt) -> dict:
     """The position in the data to continue from, with the optimizer and every rank's random state."""
     if resume_from is None:
-        return {"global_step": 0, "epoch": 0, "step_in_epoch": 0}
+        return resumed_position(None)
     state = checkpoints.load_trainer_state(resume_from)
     optimization.load(state)
     position = dict(state["position"])

@@ -214,9 +214,10 @@ class StopFlag:
         self.eager = False  # this rank's compilation failed (set by the training loop)
         self.eager_agreed = False  # some rank's compilation failed, as of the last agreed step
 
-    def install(self) -> None:
+    def install(self) -> StopFlag:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._previous[sig] = signal.signal(sig, self._handle)
+        return self
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():

@@ -69,6 +69,14 @@ def warnings_in(err: str) -> list[str]:
     return [line for line in err.splitlines() if " WARNING " in line and "going on with" in line]
 
 
+def refused(command: list[str], out: Path, capsys) -> tuple[str, str]:
+    """run_squad.main refusing `command`: exit 2 and nothing left at `out`. Its stderr and last line."""
+    code = run_squad.main(command)
+    err = capsys.readouterr().err
+    assert code == 2 and not out.exists()
+    return err, err.strip().splitlines()[-1]
+
+
 @pytest.fixture
 def compile_automatically(monkeypatch):
     """The automatic rule compiles this CPU run (it does only for long GPU runs of big models)."""
@@ -146,15 +154,12 @@ def test_the_compile_probe_says_what_failed_and_leaves_the_random_state():
 def test_an_explicit_compilation_that_cannot_run_is_refused_before_the_data_is_prepared(tiny_bert_dir, squad_dir,
                                                                                          tmp_path, capsys):
     out = tmp_path / "out"
-    code = run_squad.main([*common_flags(tiny_bert_dir, out), *train_flags(squad_dir, tmp_path), "--torch_compile",
-                           "--torch_compile_backend", RAISING])
-    err = capsys.readouterr().err
-    assert code == 2
-    assert err.strip().splitlines()[-1] == (
+    err, last = refused([*common_flags(tiny_bert_dir, out), *train_flags(squad_dir, tmp_path), "--torch_compile",
+                         "--torch_compile_backend", RAISING], out, capsys)
+    assert last == (
         "error: --torch_compile on: torch.compile failed in a probe (RuntimeError: the test backend refuses to "
         "compile); --torch_compile off for eager")
     assert "Traceback" not in err and "features" not in err  # refused before featurizing
-    assert not out.exists()
 
 
 def test_a_compiler_that_does_not_work_refuses_an_explicit_compilation(tiny_bert_dir, squad_dir, tmp_path):
@@ -240,13 +245,12 @@ def test_automatic_packing_that_fails_in_the_first_step_trains_padded_from_the_s
 def test_explicit_packing_that_fails_in_the_first_step_is_one_line(tiny_bert_dir, squad_dir, tmp_path, capsys,
                                                                   packed_attention_raises):
     out = tmp_path / "out"
-    code = run_squad.main([*common_flags(tiny_bert_dir, out), *train_flags(squad_dir, tmp_path), "--packing"])
-    err = capsys.readouterr().err
-    assert code == 2
-    assert err.strip().splitlines()[-1] == (
+    err, last = refused([*common_flags(tiny_bert_dir, out), *train_flags(squad_dir, tmp_path), "--packing"], out,
+                        capsys)
+    assert last == (
         "error: --packing on: packed attention failed in the first training step (RuntimeError: no packed kernel "
         "for this device (test)); --packing off for padded batches")
-    assert "Traceback" not in err and not out.exists()
+    assert "Traceback" not in err
 
 
 @pytest.fixture
@@ -281,12 +285,9 @@ def test_an_automatic_precision_that_cannot_run_is_fp32(tiny_bert_dir, squad_dir
 def test_an_explicit_precision_that_cannot_run_is_one_line(tiny_bert_dir, squad_dir, tmp_path, capsys,
                                                           precision_fails):
     out = tmp_path / "out"
-    code = run_squad.main([*common_flags(tiny_bert_dir, out, precision="--bf16"), *train_flags(squad_dir, tmp_path)])
-    err = capsys.readouterr().err
-    assert code == 2
-    assert err.strip().splitlines()[-1] == (
-        "error: --bf16: mixed precision failed in a probe (no bf16 here (test)); --fp32 for fp32")
-    assert not out.exists()
+    _, last = refused([*common_flags(tiny_bert_dir, out, precision="--bf16"), *train_flags(squad_dir, tmp_path)],
+                      out, capsys)
+    assert last == "error: --bf16: mixed precision failed in a probe (no bf16 here (test)); --fp32 for fp32"
 
 
 # --------------------------------------------------------------------------------------------
@@ -374,13 +375,12 @@ def test_automatic_packing_that_fails_in_evaluation_evaluates_padded(tiny_bert_d
 def test_explicit_packing_that_fails_in_evaluation_is_one_line(tiny_bert_dir, squad_dir, tmp_path, capsys,
                                                               packed_attention_raises):
     out = tmp_path / "out"
-    code = run_squad.main([*common_flags(tiny_bert_dir, out), *eval_flags(squad_dir, tmp_path), "--packing"])
-    err = capsys.readouterr().err
-    assert code == 2
-    assert err.strip().splitlines()[-1] == (
+    err, last = refused([*common_flags(tiny_bert_dir, out), *eval_flags(squad_dir, tmp_path), "--packing"], out,
+                        capsys)
+    assert last == (
         "error: --packing on: packed attention failed in evaluation (RuntimeError: no packed kernel for this "
         "device (test)); --packing off for padded batches")
-    assert "Traceback" not in err and not out.exists()
+    assert "Traceback" not in err
 
 
 def test_out_of_memory_in_the_first_step_tried_is_the_runs_own_one_line(tiny_bert_dir, squad_dir, tmp_path,
