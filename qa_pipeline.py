@@ -758,6 +758,8 @@ def run(command: cli.PipelineCommand) -> list[str]:
                                    dtype=command.dtype, batch_size=command.batch_size or DEFAULT_BATCH_SIZE,
                                    null_threshold=None if command.no_threshold else "auto",
                                    context_first=True if command.context_first else None)
+    if qa.device.type == "cpu":
+        process_group.use_cpu_threads()  # the command's process is its own: the cores it is given, no more
     settings = {k: getattr(command, k) for k in ("top_k", "doc_stride", "max_answer_len", "max_seq_len",
                                                  "max_question_len", "handle_impossible_answer")
                 if getattr(command, k) is not None}

@@ -181,6 +181,8 @@ def start_processes(args):
     """The process group and the device, the log, and --output_dir claimed by this run."""
     rt = process_group.setup(args.local_rank, args.no_cuda)
     process_group.setup_logging(args.verbose_logging, rt.rank)
+    if rt.device.type == "cpu":
+        logger.info("%s", process_group.use_cpu_threads())
     claim_output_dir(Path(args.output_dir), rt)
     process_group.start_debugger(args.server_ip, args.server_port)
     process_group.barrier(rt)  # every rank has checked --output_dir before rank 0 writes anything into it

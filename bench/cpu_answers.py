@@ -29,8 +29,10 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -113,6 +115,93 @@ def int8(module):
     from torch.ao.quantization import quantize_dynamic
 
     return quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+class OrtModel:
+    """An ONNX Runtime session in the place of the torch model inside qa_pipeline: the same tokenizing, windows,
+    batches and decoding around it, so the two differ by the model's runtime only. Its config says eager
+    attention, so the batches carry the 2-D padding mask the exported graph takes."""
+
+    def __init__(self, path: Path, config, threads: int):
+        import copy
+
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.config = copy.deepcopy(config)
+        self.config._attn_implementation = "eager"
+
+    def to(self, *args, **kwargs):
+        return self
+
+    def eval(self):
+        return self
+
+    def __call__(self, **inputs):
+        return self.forward(**inputs)
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None, **_):
+        import torch
+
+        feed = {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy(),
+                "token_type_ids": (torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids).numpy()}
+        start, end = self.session.run(None, feed)
+        return SimpleNamespace(start_logits=torch.from_numpy(start), end_logits=torch.from_numpy(end))
+
+
+def onnx_files(model: str, scratch: Path) -> dict[str, Path]:
+    """The model as a user serving it on ONNX Runtime would make it: exported by torch's dynamo exporter (its
+    TorchScript exporter gives wrong logits for transformers 5's BERT: 0.2 off, measured), ORT's BERT fusions
+    (onnxruntime.transformers.optimizer), and their dynamic int8 quantization (int8 weights, activations
+    quantized per call)."""
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers.optimizer import optimize_model
+    from transformers import AutoModelForQuestionAnswering
+
+    net = AutoModelForQuestionAnswering.from_pretrained(model, attn_implementation="eager").eval()
+
+    class Logits(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            out = self.net(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+            return out.start_logits, out.end_logits
+
+    ids = torch.randint(1000, 2000, (2, 64))
+    files = {"fp32": scratch / "model.onnx", "fp32 fused": scratch / "model_fused.onnx", "int8": scratch / "model_int8.onnx"}
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    torch.onnx.export(Logits(), (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(files["fp32"]), dynamo=True,
+                      input_names=names, output_names=["start_logits", "end_logits"],
+                      dynamic_shapes=({0: "batch", 1: "tokens"},) * 3)
+    config = net.config
+    optimize_model(str(files["fp32"]), model_type="bert", num_heads=config.num_attention_heads,
+                   hidden_size=config.hidden_size).save_model_to_file(str(files["fp32 fused"]))
+    quantize_dynamic(files["fp32 fused"], files["int8"], weight_type=QuantType.QInt8)
+    return files
+
+
+def onnx_runtime(model: str, items: list[dict], threads: int, scratch: Path) -> dict:
+    """ONNX Runtime fp32 (fused) and int8 inside qa_pipeline at each batch size; {} when it is not installed."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        print("ONNX Runtime: not installed (pip install onnxruntime onnx onnxscript), not measured")
+        return {}
+    from qa_pipeline import QuestionAnsweringPipeline
+
+    files, results = onnx_files(model, scratch), {}
+    for variant in ("fp32", "fp32 fused", "int8"):
+        qa = QuestionAnsweringPipeline(model, device="cpu", dtype="float32", null_threshold=None)
+        qa.model = OrtModel(files[variant], qa.model.config, threads)
+        qa.clock = ModelClock(qa.model)
+        for batch in BATCHES:
+            results[(f"ORT {variant}", batch)] = time_pipeline(qa, items, batch)
+    return results
 
 
 def ours(model: str, items: list[dict]) -> dict:
@@ -208,7 +297,7 @@ def report(items: list[dict], mine: dict, theirs: dict | None, forward: dict, ra
           "from float32 batch 1; F1 on the answerable ones")
     base = mine[("float32", 1)]["answers"]
     for (dtype, batch), r in mine.items():
-        print(f"  qa_pipeline {dtype:>8} batch {batch:>2}: {n / r['seconds']:6.1f} q/s "
+        print(f"  qa_pipeline {dtype:>13} batch {batch:>2}: {n / r['seconds']:6.1f} q/s "
               f"(model {100 * r['model_seconds'] / r['seconds']:.0f}%, rest {r['seconds'] - r['model_seconds']:.2f} s)"
               f"; {differing(r['answers'], base)} answers differ; F1 {f1(items, r['answers']):.2f}")
     if theirs:
@@ -220,6 +309,10 @@ def report(items: list[dict], mine: dict, theirs: dict | None, forward: dict, ra
         best = n / mine[("bfloat16", 32)]["seconds"]
         print(f"  qa_pipeline bf16 batch 32 / transformers 4.57 batch 32: "
               f"{best / (n / theirs['32']['seconds']):.2f}x")
+    if ("ORT int8", 32) in mine:
+        ort = min(mine[("ORT int8", b)]["seconds"] for b in BATCHES)
+        print(f"  qa_pipeline bf16 batch 32 / ONNX Runtime int8 (its faster batch size): "
+              f"{ort / mine[('bfloat16', 32)]['seconds']:.2f}x")
     for name, rate in (("fp32", "fp32"), ("bf16", "bf16"), ("int8", "bf16")):  # no int8 matmul rate measured
         f = forward[name]
         print(f"  forward alone {name}: {f['seq_per_s']:.1f} seq/s, {f['gflops']:.0f} GFLOP/s = "
@@ -253,6 +346,8 @@ def main() -> int:
           f"load average {os.getloadavg()[0]:.1f} at the start")
     theirs = run_tf4(args.tf4_python, args.model, items, args.threads, Path("/tmp")) if args.tf4_python else None
     mine = ours(args.model, items)
+    with tempfile.TemporaryDirectory() as scratch:
+        mine.update(onnx_runtime(args.model, items, args.threads, Path(scratch)))
     rates = {"fp32": matmul_rate(torch.float32), "bf16": matmul_rate(torch.bfloat16)}
     report(items, mine, theirs, forward_rate(args.model, 32, 192), rates)
     if args.per_call:

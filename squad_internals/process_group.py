@@ -17,6 +17,7 @@ import re
 import signal
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -129,6 +130,67 @@ def cpu_bf16(cpuinfo: str = "/proc/cpuinfo") -> str:
                                              ("avx512_bf16", "_is_avx512_bf16_supported"))
                     if getattr(torch.cpu, probe, lambda: False)()]
         return fast_path.native_bf16_cpu(reported)
+
+
+def cgroup_cpus(cgroup_root: str = "/sys/fs/cgroup", self_cgroup: str = "/proc/self/cgroup") -> float | None:
+    """The CPUs this process's cgroup may use (its CFS quota / period: 1.5 for "150000 100000"), None when it
+    has no quota or none can be read: cgroup v2's cpu.max, else v1's cpu.cfs_quota_us and cpu.cfs_period_us,
+    in the process's own cgroup (named by /proc/self/cgroup), then at the root (a container's usual view)."""
+    try:
+        with open(self_cgroup, encoding="utf-8") as own:
+            paths = {controllers: path.strip() for _, controllers, path in
+                     (line.split(":", 2) for line in own if line.count(":") >= 2)}
+    except OSError:
+        paths = {}
+    v1_path = next((path for names, path in paths.items() if "cpu" in names.split(",")), "/")
+    folders = [(f"{cgroup_root}{paths.get('', '/')}", "v2"), (cgroup_root, "v2")]
+    folders += [(f"{cgroup_root}/{mount}{path}", "v1") for mount in ("cpu", "cpu,cpuacct") for path in (v1_path, "/")]
+    for folder, version in dict.fromkeys(folders):
+        quota = _cfs_quota(Path(folder), version)
+        if quota is not False:
+            return quota
+    return None
+
+
+def _cfs_quota(folder: Path, version: str) -> float | None | bool:
+    """One cgroup folder's CPUs (None: no quota), False when it holds no readable quota."""
+    try:
+        if version == "v2":
+            quota, period = (folder / "cpu.max").read_text().split()[:2]
+        else:
+            quota, period = ((folder / name).read_text().strip() for name in ("cpu.cfs_quota_us", "cpu.cfs_period_us"))
+        return None if quota in ("max", "-1") else int(quota) / int(period)
+    except (OSError, ValueError, ZeroDivisionError):
+        return False
+
+
+def cpu_threads(environ=os.environ, cgroup_root: str = "/sys/fs/cgroup",
+                self_cgroup: str = "/proc/self/cgroup") -> tuple[int, str]:
+    """The threads for this process's CPU work (torch's intra-op threads) and why: OMP_NUM_THREADS when set;
+    else the cores it may run on (its affinity), fewer where its cgroup's CPU quota allows fewer, since a
+    container given 2 CPUs of a 64-core host would otherwise run 64 threads, throttled at every step. The
+    tokenizer's own threads (Rust's available_parallelism) follow the same quota and never run beside torch's."""
+    given = environ.get("OMP_NUM_THREADS", "").strip()
+    if given.isdigit() and int(given) > 0:
+        return int(given), "OMP_NUM_THREADS"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = cgroup_cpus(cgroup_root, self_cgroup)
+    if quota is not None and int(quota) < cores:
+        cores, why = max(1, int(quota)), f"this cgroup's CPU quota, {quota:g} CPUs"
+    else:
+        why = f"the {cores} cores this process may use"
+    local = environ.get("LOCAL_WORLD_SIZE", "").strip()  # processes sharing this machine (torchrun's variable)
+    if local.isdigit() and int(local) > 1:
+        cores, why = max(1, cores // int(local)), f"{why}, shared by {local} processes"
+    return cores, f"{why}; OMP_NUM_THREADS to choose"
+
+
+def use_cpu_threads() -> str:
+    """torch's intra-op threads set by cpu_threads; the phrase the path line gives."""
+    threads, why = cpu_threads()
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return f"{threads} CPU thread{'s' if threads != 1 else ''}: {why}"
 
 
 def setup_logging(verbose: bool, rank: int) -> None:
