@@ -108,13 +108,15 @@ def time_pipeline(qa, items: list[dict], batch: int) -> dict:
             "answers": [a[0]["answer"] if a else "" for a in found]}
 
 
-def int8(module):
-    """torch's dynamic int8 quantization of the Linear layers (torch.ao: deprecated in favour of torchao, which
-    is not installed here), the CPU path for a CPU without bf16."""
+def int8(module, per_channel: bool = False):
+    """torch's dynamic int8 quantization of the Linear layers (torch.ao: deprecated in favour of torchao, whose
+    int8 runs eagerly slower than bf16 autocast here: 22 q/s, measured once), the CPU path for a CPU without bf16:
+    one scale per weight tensor (torch's default) or per output channel (less accuracy lost)."""
     import torch
-    from torch.ao.quantization import quantize_dynamic
+    from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
 
-    return quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8)
+    qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
+    return quantize_dynamic(module, {torch.nn.Linear: qconfig}, dtype=torch.qint8)
 
 
 class OrtModel:
@@ -175,7 +177,7 @@ def onnx_files(model: str, scratch: Path) -> dict[str, Path]:
     ids = torch.randint(1000, 2000, (2, 64))
     files = {"fp32": scratch / "model.onnx", "fp32 fused": scratch / "model_fused.onnx", "int8": scratch / "model_int8.onnx"}
     names = ["input_ids", "attention_mask", "token_type_ids"]
-    torch.onnx.export(Logits(), (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(files["fp32"]), dynamo=True,
+    torch.onnx.export(Logits().eval(), (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(files["fp32"]), dynamo=True,
                       input_names=names, output_names=["start_logits", "end_logits"],
                       dynamic_shapes=({0: "batch", 1: "tokens"},) * 3)
     config = net.config
@@ -205,16 +207,16 @@ def onnx_runtime(model: str, items: list[dict], threads: int, scratch: Path) -> 
 
 
 def ours(model: str, items: list[dict]) -> dict:
-    """qa_pipeline.py in float32, bfloat16 autocast and dynamic int8 (float32 with int8 Linear layers) at each
-    batch size."""
+    """qa_pipeline.py in float32, bfloat16 autocast and dynamic int8 (float32 with int8 Linear layers, per tensor
+    and per channel) at each batch size."""
     from qa_pipeline import QuestionAnsweringPipeline
 
     results = {}
-    for variant in ("float32", "bfloat16", "int8"):
-        qa = QuestionAnsweringPipeline(model, device="cpu", dtype="float32" if variant == "int8" else variant,
+    for variant in ("float32", "bfloat16", "int8", "int8 channel"):
+        qa = QuestionAnsweringPipeline(model, device="cpu", dtype="bfloat16" if variant == "bfloat16" else "float32",
                                        null_threshold=None)
-        if variant == "int8":
-            qa.model = int8(qa.model)
+        if variant.startswith("int8"):
+            qa.model = int8(qa.model, per_channel=variant == "int8 channel")
         qa.clock = ModelClock(qa.model)
         for batch in BATCHES:
             results[(variant, batch)] = time_pipeline(qa, items, batch)
@@ -277,6 +279,33 @@ def forward_rate(model: str, batch: int, tokens: int, seconds: float = 4.0) -> d
     return out
 
 
+def forward_profile(model: str, batch: int = 32, tokens: int = 256) -> None:
+    """Where the forward's time goes in fp32, under bf16 autocast and with bf16 weights: seconds per op kind
+    (torch.profiler, self time), one forward each after a warm-up, a quarter of the rows padded."""
+    import torch
+    from torch.profiler import profile
+
+    from qa_pipeline import QuestionAnsweringPipeline
+
+    net = QuestionAnsweringPipeline(model, device="cpu", dtype="float32", null_threshold=None).model
+    ids = torch.randint(1000, 2000, (batch, tokens))
+    mask = torch.ones_like(ids)
+    mask[: batch // 4, tokens * 3 // 4:] = 0
+    kinds = ("aten::addmm", "aten::_scaled_dot_product_flash_attention_for_cpu", "aten::gelu", "aten::copy_",
+             "aten::native_layer_norm", "aten::add")
+    for name, weights, autocast in (("fp32", torch.float32, False), ("bf16 autocast", torch.float32, True),
+                                    ("bf16 weights", torch.bfloat16, False)):
+        net = net.to(weights)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            net(input_ids=ids, attention_mask=mask)
+            with profile() as prof:
+                net(input_ids=ids, attention_mask=mask)
+        self_s = {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()}
+        total = sum(self_s.values())
+        parts = ", ".join(f"{k.removeprefix('aten::')[:24]} {self_s.get(k, 0.0):.3f}" for k in kinds)
+        print(f"  forward {batch} x {tokens}, {name}: {total:.3f} s; {parts}; rest {total - sum(self_s.get(k, 0.0) for k in kinds):.3f}")
+
+
 def differing(a: list[str], b: list[str]) -> int:
     return sum(x != y for x, y in zip(a, b, strict=True))
 
@@ -329,6 +358,7 @@ def main() -> int:
     parser.add_argument("--squad_dir", type=Path, default=SQUAD_DIR)
     parser.add_argument("--tf4_python", default=None, help="a transformers 4.x interpreter (see the docstring)")
     parser.add_argument("--per_call", type=int, default=40, help="questions asked one per call (0: skip)")
+    parser.add_argument("--profile", action="store_true", help="only where the forward's time goes, by op")
     parser.add_argument("--tf4_worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--questions_file", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -344,6 +374,9 @@ def main() -> int:
     items = dev_questions(args.squad_dir, args.questions)
     print(f"CPU bf16: {process_group.cpu_bf16() or 'none'}; torch {torch.__version__}, {args.threads} thread(s); "
           f"load average {os.getloadavg()[0]:.1f} at the start")
+    if args.profile:
+        forward_profile(args.model)
+        return 0
     theirs = run_tf4(args.tf4_python, args.model, items, args.threads, Path("/tmp")) if args.tf4_python else None
     mine = ours(args.model, items)
     with tempfile.TemporaryDirectory() as scratch:
