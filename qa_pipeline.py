@@ -503,6 +503,51 @@ def _precision_of(dtype, device: torch.device, bf16_cpu: str | None = None) -> P
     return Precision(torch.float32, getattr(torch, name), why)
 
 
+QUANTIZATIONS = ("int8",)
+INT8_REASON = ("int8: the encoder's Linear layers quantized dynamically, one scale per output channel, float32 around "
+               "them and in the answer head (quantize='int8'; about 1 F1 below float32, bench/RESULTS.md)")
+
+
+def _check_quantize(quantize, device: torch.device, dtype) -> None:
+    """quantize is None or "int8"; int8 runs on a CPU and computes float32 around its int8 layers."""
+    if quantize is None:
+        return
+    if quantize not in QUANTIZATIONS:
+        raise PipelineInputError(f"quantize must be None or 'int8', got {quantize!r}")
+    if device.type != "cpu":
+        raise PipelineInputError(f"quantize='int8' runs on a CPU (got device {device}; a GPU computes bf16 or fp16)")
+    if _requested_dtype(dtype) not in (None, "float32"):
+        raise PipelineInputError(f"quantize='int8' computes float32 around its int8 layers: dtype {dtype!r} cannot "
+                                 "be combined with it")
+
+
+def quantized_int8(model):
+    """A copy of the model whose encoder's Linear layers (under its base_model_prefix: the answer head stays
+    float32) are quantized to int8 dynamically, one scale per output channel: int8 weights, each activation
+    quantized per call (torch.ao's quantize_dynamic). On the AVX512-BF16 CPU of bench/RESULTS.md: 2.3x float32's
+    answers and 1.5x bf16 autocast's, F1 -0.84 and -1.00 on two samples (per tensor, torch's default: -2.3 to -5.7).
+    The caller's model object is left as it is."""
+    try:
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+    except ImportError:
+        raise PipelineInputError(f"quantize='int8' needs torch.ao.quantization, which torch {torch.__version__} "
+                                 "lacks") from None
+    import copy
+
+    prefix = f"{model.base_model_prefix}."
+    layers = {name: per_channel_dynamic_qconfig for name, module in model.named_modules()
+              if isinstance(module, torch.nn.Linear) and name.startswith(prefix)}
+    copied = copy.deepcopy(model).float()
+    with warnings.catch_warnings():  # asked for by name: torch.ao's deprecation notices would only be noise here
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        return quantize_dynamic(copied, layers, dtype=torch.qint8, inplace=True)
+
+
+def _has_quantized_layers(model) -> bool:
+    return any(type(module).__module__.startswith("torch.ao.nn.quantized") for module in model.modules())
+
+
 def _device_of(device, model=None):
     """None: the model object's own device, else CUDA when available; 4.x's -1 / 0, 1, ... are taken too."""
     if device is None:
@@ -562,6 +607,8 @@ class QuestionAnsweringPipeline:
     present), None, or a number. context_first: None follows the tokenizer (context first when it pads on the
     left, as 4.x) or the model folder's training_args.json (fine-tuned with --context_first); True or False
     say it. batch_size: windows per forward pass (a call's batch_size= overrides it). lang_id: XLM's language id.
+    quantize: None, or "int8" (on the CPU, the default device then: the encoder's Linear layers in dynamic int8, per
+    output channel, float32 around them; about 1 F1 lower).
 
     ``qa(question=..., context=..., top_k=1, doc_stride=None, max_answer_len=15, max_seq_len=None,
     max_question_len=64, handle_impossible_answer=False, align_to_words=True, batch_size=None)`` answers as
@@ -569,9 +616,14 @@ class QuestionAnsweringPipeline:
     """
 
     def __init__(self, model=None, tokenizer=None, *, device=None, dtype=None, null_threshold="auto",
-                 batch_size: int = DEFAULT_BATCH_SIZE, context_first: bool | None = None, lang_id: int = 0):
+                 batch_size: int = DEFAULT_BATCH_SIZE, context_first: bool | None = None, lang_id: int = 0,
+                 quantize: str | None = None):
         if model is None:
             raise ValueError("QuestionAnsweringPipeline needs a model folder (or model= and tokenizer=)")
+        if quantize is not None:  # float32 around the int8 layers, on the CPU (a folder's default device then)
+            device = "cpu" if device is None and _is_path(model) else device
+            _check_quantize(quantize, _device_of(device, None if _is_path(model) else model), dtype)
+            dtype = "float32"
         if _is_path(model):
             folder = _model_folder(model, tokenizer=tokenizer is None)  # a tokenizer given apart is checked apart
             self.device = _device_of(device)
@@ -585,9 +637,14 @@ class QuestionAnsweringPipeline:
             if dtype is None and own != torch.float32:  # half-precision weights compute as they are
                 self.precision = Precision(own, None, f"{str(own).removeprefix('torch.')} (the model object's own "
                                                       "weights; dtype= to choose)")
+            elif dtype is None and _has_quantized_layers(model):  # their kernels take float32, not autocast's bf16
+                self.precision = Precision(torch.float32, None, "float32 around the model object's own quantized "
+                                                                "layers")
             # a model object keeps its weights unless a dtype is asked for (autocast alone leaves them as they are)
             self.model = model if dtype is None else model.to(dtype=self.precision.weights)
             self.beam = isinstance(model, (transformers.XLNetForQuestionAnswering, transformers.XLMForQuestionAnswering))
+        if quantize is not None:
+            self.model, self.precision = quantized_int8(self.model), Precision(torch.float32, None, INT8_REASON)
         self.tokenizer = self._load_tokenizer(tokenizer, folder)
         self.model.to(self.device).eval()
         self.model_type = self.model.config.model_type
@@ -755,7 +812,8 @@ def run(command: cli.PipelineCommand) -> list[str]:
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     qa = QuestionAnsweringPipeline(str(_model_folder(command.model_dir)), device=command.device,
-                                   dtype=command.dtype, batch_size=command.batch_size or DEFAULT_BATCH_SIZE,
+                                   dtype=command.dtype, quantize=command.quantize,
+                                   batch_size=command.batch_size or DEFAULT_BATCH_SIZE,
                                    null_threshold=None if command.no_threshold else "auto",
                                    context_first=True if command.context_first else None)
     if qa.device.type == "cpu":

@@ -613,6 +613,9 @@ def build_pipeline_parser() -> Parser:
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                    help="The precision of the forward passes (default: bfloat16 autocast on a CPU that computes bf16 "
                         "natively, AMX or AVX512-BF16; float32 elsewhere). float16 needs a GPU.")
+    p.add_argument("--quantize", default=None, choices=("int8",),
+                   help="int8: the encoder's Linear layers quantized dynamically (per output channel), float32 around "
+                        "them; CPU only, about 2x float32's speed and 1 F1 lower (bench/RESULTS.md).")
     return p
 
 
@@ -676,7 +679,12 @@ class PipelineCommand(argparse.Namespace):
 
 def check_pipeline_command(argv: Sequence[str] | None) -> PipelineCommand:
     """What qa_pipeline.py can tell without torch: the flags, every input line, the model folder."""
-    command = build_pipeline_parser().parse_args(argv, namespace=PipelineCommand())
+    parser = build_pipeline_parser()
+    command = parser.parse_args(argv, namespace=PipelineCommand())
+    if command.quantize and command.dtype not in (None, "float32"):
+        parser.error(f"--quantize {command.quantize} computes float32 around its int8 layers: drop --dtype {command.dtype}")
+    if command.quantize and (command.device or "cpu").split(":")[0] != "cpu":
+        parser.error(f"--quantize {command.quantize} runs on a CPU: use --device cpu (got --device {command.device})")
     command.records = read_records(command.input)
     model_folder(command.model_dir)
     return command

@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -209,6 +210,53 @@ def test_bf16_autocast_answers_on_a_cpu(qa):
     same = sum(ours[0]["answer"] == theirs[0]["answer"]
                for ours, theirs in zip(found, qa.answer(pairs_of(inputs), top_k=2, **WINDOWED), strict=True))
     assert same >= 0.8 * len(inputs), (same, len(inputs))
+
+
+def quantized_by_hand(model):
+    """An independent int8 quantization of the same model: torch.ao's quantize_dynamic called directly on a copy,
+    per output channel, every Linear layer of the encoder (BERT's "bert." modules), none of the head."""
+    import copy
+
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    layers = {name: per_channel_dynamic_qconfig for name, module in model.named_modules()
+              if isinstance(module, torch.nn.Linear) and name.startswith("bert.")}
+    assert len(layers) == 6 * model.config.num_hidden_layers  # q, k, v, attention output, FFN in and out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return quantize_dynamic(copy.deepcopy(model), layers, dtype=torch.qint8)
+
+
+def test_int8_quantizes_the_encoder_per_channel_and_answers_as_torch_ao_does(qa):
+    """quantize='int8': on the CPU (the default device then), the encoder's Linear layers become dynamic int8
+    with one scale per output channel, the answer head stays float32, the caller's model object is left as it
+    is, and the answers (scores included) are those of the same model quantized by hand; most are float32's."""
+    int8 = QuestionAnsweringPipeline(str(MODEL), quantize="int8", null_threshold=None)
+    assert int8.device == torch.device("cpu") and int8.precision.reason == qa_pipeline.INT8_REASON
+    dynamic = torch.ao.nn.quantized.dynamic.Linear
+    assert type(int8.model.qa_outputs) is torch.nn.Linear
+    assert type(int8.model.bert.encoder.layer[0].attention.self.query) is dynamic
+    assert int8.model.bert.encoder.layer[0].output.dense.weight().qscheme() == torch.per_channel_affine
+    hand = QuestionAnsweringPipeline(model=quantized_by_hand(qa.model), tokenizer=str(MODEL), null_threshold=None)
+    inputs = EXPECTED["inputs"][::4]
+    found = int8.answer(pairs_of(inputs), top_k=2, **WINDOWED)
+    assert found == hand.answer(pairs_of(inputs), top_k=2, **WINDOWED)
+    from_object = QuestionAnsweringPipeline(model=qa.model, tokenizer=str(MODEL), quantize="int8", null_threshold=None)
+    assert type(qa.model.bert.encoder.layer[0].attention.self.query) is torch.nn.Linear  # the caller's, untouched
+    assert from_object.answer(pairs_of(inputs), top_k=2, **WINDOWED) == found
+    same = sum(a[0]["answer"] == b[0]["answer"]
+               for a, b in zip(found, qa.answer(pairs_of(inputs), top_k=2, **WINDOWED), strict=True))
+    assert same >= 0.8 * len(inputs), (same, len(inputs))
+
+
+def test_int8_refusals_are_one_line():
+    with pytest.raises(PipelineInputError, match="quantize must be None or 'int8', got 'int4'"):
+        QuestionAnsweringPipeline(str(MODEL), quantize="int4")
+    with pytest.raises(PipelineInputError, match="dtype 'bfloat16' cannot be combined with it"):
+        QuestionAnsweringPipeline(str(MODEL), quantize="int8", dtype="bfloat16")
+    with pytest.raises(PipelineInputError, match="runs on a CPU"):  # no GPU needed: the rule reads the device
+        qa_pipeline._check_quantize("int8", torch.device("cuda"), None)
+    qa_pipeline._check_quantize("int8", torch.device("cpu"), "fp32")  # float32 asked: the same path
 
 
 def test_bad_calls_are_value_errors(qa):
@@ -505,6 +553,22 @@ def test_cli_missing_model_folder_input_file_and_bad_flag(tmp_path):
     done = run_cli(str(MODEL), "--top_k", "0", stdin=GOOD)
     assert done.returncode == 2 and done.stdout == "" and len(done.stderr.splitlines()) == 1
     assert done.stderr.startswith("error: ") and "--top_k" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_cli_quantize_int8_answers_and_refuses_what_it_cannot_combine(qa):
+    given = records(3)
+    done = run_cli(str(MODEL), "--quantize", "int8", stdin="".join(json.dumps(r) + "\n" for r in given))
+    assert done.returncode == 0 and done.stderr == "", done.stderr  # torch.ao's deprecation notices silenced
+    hand = QuestionAnsweringPipeline(model=quantized_by_hand(qa.model), tokenizer=str(MODEL), null_threshold="auto")
+    for line, answers in zip((json.loads(x) for x in done.stdout.splitlines()), hand.answer(pairs_of(given)),
+                             strict=True):
+        assert {k: line[k] for k in ("start", "end", "answer")} == {k: answers[0][k] for k in ("start", "end", "answer")}
+        assert line["score"] == pytest.approx(answers[0]["score"], abs=1e-6)
+    for flags, message in ((["--dtype", "bfloat16"], "computes float32 around its int8 layers: drop --dtype bfloat16"),
+                           (["--device", "cuda"], "runs on a CPU: use --device cpu (got --device cuda)")):
+        done = run_cli(str(MODEL), "--quantize", "int8", *flags, stdin=GOOD)
+        assert done.returncode == 2 and done.stdout == "" and len(done.stderr.splitlines()) == 1, done.stderr
+        assert message in done.stderr
 
 
 def test_help_and_bad_input_do_not_import_torch(tmp_path):
