@@ -181,8 +181,6 @@ def start_processes(args):
     """The process group and the device, the log, and --output_dir claimed by this run."""
     rt = process_group.setup(args.local_rank, args.no_cuda)
     process_group.setup_logging(args.verbose_logging, rt.rank)
-    if rt.device.type == "cpu":
-        logger.info("%s", process_group.use_cpu_threads())
     claim_output_dir(Path(args.output_dir), rt)
     process_group.start_debugger(args.server_ip, args.server_port)
     process_group.barrier(rt)  # every rank has checked --output_dir before rank 0 writes anything into it
@@ -204,6 +202,8 @@ def prepare_model(args, rt, data: RunData) -> RunSetup:
     """The config and tokenizer, the checkpoint to resume, and the fast path, tried on this device: everything
     that can be refused is refused here, before any feature is built."""
     logger.info("process %d of %d on %s", rt.rank, rt.world_size, rt.device)
+    if rt.device.type == "cpu":  # the data read and checked: the run computes from here
+        logger.info("%s", process_group.use_cpu_threads())
     process_group.set_seed(args.seed)
     source = qa_model.ModelSource(args.model_name_or_path, args.config_name, args.tokenizer_name, args.cache_dir,
                                   args.trust_remote_code)
