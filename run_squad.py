@@ -17,7 +17,8 @@ process_group.py (torchrun, Slurm, barriers, the stop signal, random state, the 
 is in --output_dir), checkpoints.py (writing and reading model and trainer state, what a resume checks),
 folder_lock.py (one run per --output_dir), atomic_io.py (every write), qa_model.py (loading the model,
 parameter groups, the memory probe), packing.py (packed attention), train_log.py (what training reports, read
-from the device on logging steps).
+from the device on logging steps), training_state.py (the optimizer and its schedule, and what a resumed run is
+given back).
 
 Exit codes: 0 success, 2 bad input or flags, 3 interrupted with a checkpoint written, 1 anything else; interrupted
 anywhere else (or by a second Ctrl-C) the process ends by the signal (the shell reports 130 / 143). What a run
@@ -38,7 +39,6 @@ import contextlib
 import functools
 import json
 import logging
-import math
 import os
 import time
 import traceback
@@ -46,7 +46,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-import transformers
 from tqdm.auto import tqdm
 
 import squad_metrics
@@ -64,6 +63,7 @@ from squad_internals import (
     process_group,
     qa_model,
     train_log,
+    training_state,
 )
 from squad_internals.cli import InputError, UsageError
 
@@ -261,7 +261,7 @@ def train_and_save(args, rt, setup: RunSetup, data: RunData, evaluation: Evaluat
                     setup.run_args(args, trained.batches))
     summary = train(trained.model, features, trained.batches, rt,
                     loop=LoopConfig.from_flags(args, setup, data.train_path, report_first_step=choice.compile_training),
-                    optim=OptimConfig.from_flags(args), saving=saving, resume_from=setup.resume_from,
+                    optim=training_state.OptimConfig.from_flags(args), saving=saving, resume_from=setup.resume_from,
                     evaluation=evaluation if args.evaluate_during_training else None,
                     compiled=choice.compile_training)
     logger.info("path taken: %s", "; ".join([choice.short(), *trained.notes, *summary["path_notes"]]))
@@ -355,7 +355,7 @@ def prepare_training(args, setup: RunSetup, rt, features) -> PreparedTraining:
     (path_fallback.first_step_problem: undone afterwards). A part of the path chosen automatically that fails
     there is given up for the next safer one, with one warning, and everything is prepared again from the same
     random state, as if the safer path had been chosen from the start; an explicit one is refused."""
-    rng, notes, position = process_group.rng_state(), [], resumed_position(setup.resume_from)
+    rng, notes, position = process_group.rng_state(), [], training_state.resumed_position(setup.resume_from)
     while True:
         model = load_model(args, setup, str(setup.resume_from or args.model_name_or_path)).to(rt.device)
         batches = train_batches(args, setup, rt, model, features)
@@ -644,34 +644,6 @@ class LoopConfig:
 
 
 @dataclass(frozen=True)
-class OptimConfig:
-    """AdamW, its learning-rate schedule and gradient clipping (the optimization flags)."""
-
-    learning_rate: float = 5e-5
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
-    layerwise_lr_decay: float = 1.0
-    lr_scheduler_type: str = "linear"
-    warmup_steps: int = 0
-    warmup_ratio: float = 0.0
-    lr_end: float = 1e-7
-    lr_power: float = 1.0
-    max_grad_norm: float = 1.0  # 0: no clipping
-    fp16_opt_level: str = "O1"  # accepted for apex scripts, only logged
-
-    @property
-    def clip_norm(self) -> float:
-        return self.max_grad_norm if self.max_grad_norm > 0 else float("inf")  # 0: no clipping
-
-    @classmethod
-    def from_flags(cls, args) -> OptimConfig:
-        """Every field is the flag of the same name (the defaults above are the parser's: a test ties them)."""
-        return cls(**{name: getattr(args, name) for name in cls.__dataclass_fields__})
-
-
-@dataclass(frozen=True)
 class Saving:
     """Where and how often checkpoints are written, and what goes with the weights."""
 
@@ -682,15 +654,15 @@ class Saving:
     run_args: dict  # training_args.json
 
 
-def train(model, features, batches: TrainBatches, rt, *, loop: LoopConfig, optim: OptimConfig,
+def train(model, features, batches: TrainBatches, rt, *, loop: LoopConfig, optim: training_state.OptimConfig,
           saving: Saving | None = None, resume_from: Path | None = None, evaluation: Evaluation | None = None,
           compiled: bool = False) -> dict:
     """Optimizer steps, each over its micro-batches, then step, then log / evaluate / save / stop, with no host
     synchronisation inside a step. Returns the summary (speed, memory, the last step, path notes)."""
     ddp, accum, batcher = wrap_for_processes(model, rt), batches.accumulation, batches.batching
     total_steps, prefetch = prefetched_steps(loop, rt, features, batches)
-    optimization = start_optimization(optim, loop.precision, model, rt, total_steps)
-    position = start = restore_position(resume_from, optimization, rt)
+    optimization = training_state.start_optimization(optim, loop.precision, model, rt, total_steps)
+    position = start = training_state.restore_position(resume_from, optimization, rt)
     announce_training(rt, batches, len(features), total_steps)
     if rt.is_main:
         output_folder.clean_output_dir(loop.output_dir, resume_from)  # a killed run's leftovers
@@ -753,7 +725,7 @@ class StepContext:
     model: torch.nn.Module
     rt: object
     loop: LoopConfig
-    optimization: Optimization
+    optimization: training_state.Optimization
     meter: train_log.Meter
     writer: object
     stop: process_group.StopFlag
@@ -882,48 +854,6 @@ def total_optimizer_steps(loop: LoopConfig, rt, steps_per_epoch: int, num_featur
     return max(total, 1)
 
 
-def build_optimizer(model, optim: OptimConfig):
-    """AdamW, fused: one kernel for the whole update, which also skips it on the device when told found_inf."""
-    groups = qa_model.parameter_groups(model, optim.learning_rate, optim.weight_decay, optim.layerwise_lr_decay)
-    logger.info("%s", parameter_groups_line(groups, optim.layerwise_lr_decay))
-    for g in groups:  # the detail few readers need: --verbose_logging
-        depth = f" (depth {g['depth']})" if optim.layerwise_lr_decay < 1.0 else ""
-        logger.debug("parameter group%s: lr %.3g, weight decay %g, %d tensors, e.g. %s",
-                     depth, g["lr"], g["weight_decay"], len(g["params"]), g["names"][0])
-    params = [{k: v for k, v in g.items() if k not in ("names", "depth")} for g in groups]
-    return torch.optim.AdamW(params, lr=optim.learning_rate, betas=(optim.adam_beta1, optim.adam_beta2),
-                             eps=optim.adam_epsilon, fused=True)
-
-
-def parameter_groups_line(groups: list[dict], layerwise_lr_decay: float) -> str:
-    """The optimizer's parameter groups in one line: how many, the learning-rate range, which decay."""
-    rates = [g["lr"] for g in groups]
-    lr = f"lr {rates[0]:.3g}"
-    if min(rates) != max(rates):
-        lr = f"lr {min(rates):.3g} to {max(rates):.3g} (layer-wise decay {layerwise_lr_decay:g})"
-    tensors = sum(len(g["params"]) for g in groups)
-    decayed = [g for g in groups if g["weight_decay"]]
-    decay = "no weight decay"
-    if decayed:
-        decay = (f"weight decay {decayed[0]['weight_decay']:g} on {sum(len(g['params']) for g in decayed)} "
-                 "tensors, none on biases and norms")
-    return f"{len(groups)} parameter groups of {tensors} tensors: {lr}, {decay}"
-
-
-def build_scheduler(optimizer, optim: OptimConfig, total_steps: int):
-    """The learning rate as a function of the optimizer step (skipped updates count as steps)."""
-    schedules = transformers.optimization
-    warmup = optim.warmup_steps or int(math.ceil(optim.warmup_ratio * total_steps))
-    if optim.lr_scheduler_type == "linear":
-        return schedules.get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
-    if optim.lr_scheduler_type == "polynomial":
-        return schedules.get_polynomial_decay_schedule_with_warmup(
-            optimizer, warmup, total_steps, lr_end=optim.lr_end, power=optim.lr_power)
-    if optim.lr_scheduler_type == "cosine":
-        return schedules.get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
-    return schedules.get_constant_schedule_with_warmup(optimizer, warmup)
-
-
 def amp_context(precision: str, device):
     if precision == "fp16":
         return torch.autocast(device_type=device.type, dtype=torch.float16)
@@ -932,58 +862,8 @@ def amp_context(precision: str, device):
     return contextlib.nullcontext()
 
 
-@dataclass
-class Optimization:
-    """The optimizer, its schedule and (--fp16) the gradient scaler: what a checkpoint saves of them."""
-
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler | None
-
-    def state(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict() if self.scaler is not None else None}
-
-    def load(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-
-
-def start_optimization(optim: OptimConfig, precision: str, model, rt, total_steps: int) -> Optimization:
-    optimizer = build_optimizer(model, optim)
-    scaler = torch.amp.GradScaler(rt.device.type) if precision == "fp16" else None
-    if precision == "fp16":
-        logger.info("--fp16: torch.amp with a gradient scaler (--fp16_opt_level %s is ignored: apex is not used)",
-                    optim.fp16_opt_level)
-    return Optimization(optimizer, build_scheduler(optimizer, optim, total_steps), scaler)
-
-
-def resumed_position(resume_from: Path | None) -> dict:
-    """Where in the data training starts: the checkpoint's position (its tensors mapped, not read), or the
-    beginning."""
-    if resume_from is None:
-        return {"global_step": 0, "epoch": 0, "step_in_epoch": 0}
-    return dict(checkpoints.load_trainer_state(resume_from, mmap=True)["position"])
-
-
-def restore_position(resume_from: Path | None, optimization: Optimization, rt) -> dict:
-    """The position in the data to continue from, with the optimizer and every rank's random state."""
-    if resume_from is None:
-        return resumed_position(None)
-    state = checkpoints.load_trainer_state(resume_from)
-    optimization.load(state)
-    position = dict(state["position"])
-    if not process_group.restore_rng_states(state["rng"], rt):
-        logger.warning("checkpoint has RNG states of %d processes, this run has %d: dropout masks will differ "
-                       "from an unbroken run", len(state["rng"]), rt.world_size)
-    logger.info("resumed from %s at step %d (epoch %d, step %d of the epoch)", resume_from,
-                position["global_step"], position["epoch"], position["step_in_epoch"])
-    return position
-
-
-def save_checkpoint(saving: Saving, rt, model, optimization: Optimization, position: dict, protect: Path | None) -> None:
+def save_checkpoint(saving: Saving, rt, model, optimization: training_state.Optimization, position: dict,
+                    protect: Path | None) -> None:
     rng = process_group.gather_rng_states(rt)  # every rank's stream, so each resumes its own dropout masks
     if rt.is_main:
         state = {**optimization.state(), "rng": rng, "position": position}

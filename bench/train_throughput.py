@@ -66,6 +66,7 @@ from squad_internals import (  # noqa: E402
     packing,
     process_group,
     qa_model,
+    training_state,
 )
 
 LOOPS = ("classic", "trainer", "default", "fastest", "padded", "packed")
@@ -386,7 +387,7 @@ def run_cli(loop: str, config, lengths: np.ndarray, device, args) -> dict:
                                                logging_steps=args.steps, save_steps=0, precision=path.precision,
                                                report_first_step=compiled)
             summary = run_squad.train(model, features, run_squad.TrainBatches(args.batch_size, 1, strategy), rt,
-                                      loop=loop_config, optim=run_squad.OptimConfig.from_flags(flags))
+                                      loop=loop_config, optim=training_state.OptimConfig.from_flags(flags))
             window = summary["last_window"]
             mean_sq = float(np.square(features.lengths().astype(np.float64)).mean() / features.lengths().mean())
             tokens_per_s = window["tokens_per_s"]

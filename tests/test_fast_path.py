@@ -21,7 +21,7 @@ from squad_internals import batching, fast_path, qa_model
 # The loop's own files. (packing.py's CPU attention reads its segment bounds, which on a CPU are host memory;
 # on a GPU the packed kernels take them as a tensor.)
 PROJECT = {"run_squad.py", "batching.py", "train_log.py", "qa_model.py", "process_group.py", "checkpoints.py",
-           "output_folder.py"}
+           "output_folder.py", "training_state.py"}
 
 
 def flags(squad_dir: Path, tmp_path: Path, steps: int) -> list[str]:
