@@ -12,7 +12,8 @@ run, in the order of this file; everything else has its home in the modules name
 
 A batch goes from features to the model through batching.py (the epoch's plan, padded or packed arrays,
 pinned and built ahead, the head's inputs) and back (the head's outputs in the features' layout); fast_path.py
-decides the path (packing, precision, compilation, attention kernels). The plumbing has one home each:
+decides the path (packing, precision, compilation, attention kernels) from the facts device_path.py gathers,
+which also applies it (torch.compile, autocast). The plumbing has one home each:
 process_group.py (torchrun, Slurm, barriers, the stop signal, random state, the device), output_folder.py (what
 is in --output_dir), checkpoints.py (writing and reading model and trainer state, what a resume checks),
 folder_lock.py (one run per --output_dir), atomic_io.py (every write), qa_model.py (loading the model,
@@ -39,7 +40,6 @@ import contextlib
 import functools
 import json
 import logging
-import os
 import time
 import traceback
 from dataclasses import dataclass, field, replace
@@ -55,9 +55,9 @@ from squad_internals import (
     batching,
     checkpoints,
     decoding,
+    device_path,
     fast_path,
     folder_lock,
-    modeling_relative,
     output_folder,
     path_fallback,
     process_group,
@@ -216,7 +216,8 @@ def prepare_model(args, rt, data: RunData) -> RunSetup:
     setup = RunSetup(
         data.train_path, data.predict_path, config.model_type, beam_head,
         context_first=bool(args.context_first or tokenizer.padding_side == "left"), source=source,
-        choice=choose_path(flags, rt.device, config, args.trust_remote_code, resumed_packing(resume_from)), flags=flags,
+        choice=device_path.choose_path(flags, rt.device, config, args.trust_remote_code,
+                                       device_path.resumed_packing(resume_from)), flags=flags,
         identity=checkpoints.run_identity(data.train_path if args.do_train else None, tokenizer, rt.world_size),
         config=config, tokenizer=tokenizer, head=batching.make_head(beam_head), resume_from=resume_from)
     check_model_settings(args, setup)
@@ -280,7 +281,7 @@ def evaluate_models(args, rt, setup: RunSetup, evaluation: Evaluation) -> None:
         while True:  # an automatic choice that fails in inference is given up, and the model evaluated again
             model = load_model(args, setup, folder, eval_device=rt.device)
             if evaluation.config.compiled:
-                compile_model(model, Compilation.from_flags(args))
+                device_path.compile_model(model, device_path.Compilation.from_flags(args))
             try:
                 results = evaluate(model, evaluation, rt, prefix=prefix, model_folder=folder)
                 break
@@ -330,9 +331,9 @@ def give_up(args, setup: RunSetup, part: str, problem: str, where: str, rt) -> R
         raise path_fallback.PathUnavailable(fast_path.refusal(part, explicit, problem, where))
     logger.warning(fast_path.fallback_warning(part, problem, where))
     flags = setup.flags.safer(part)
-    resumed = resumed_packing(setup.resume_from) if part != "packing" else None
-    return replace(setup, flags=flags, choice=choose_path(flags, rt.device, setup.config, args.trust_remote_code,
-                                                          resumed))
+    resumed = device_path.resumed_packing(setup.resume_from) if part != "packing" else None
+    return replace(setup, flags=flags, choice=device_path.choose_path(flags, rt.device, setup.config,
+                                                                      args.trust_remote_code, resumed))
 
 
 @dataclass(frozen=True)
@@ -408,65 +409,14 @@ def first_step_failure(choice: fast_path.Choice, model, batches: TrainBatches, f
     if idx is not None:
         batch = batching.to_device(batches.batching.tensors(features, idx, with_labels=True), rt.device)
         exc = path_fallback.first_step_problem(model, batches.batching, batch,
-                                               amp_context(choice.precision, rt.device), rt.device)
+                                               device_path.amp_context(choice.precision, rt.device), rt.device)
     found = None if exc is None else (path_fallback.failure_kind(exc), path_fallback.what_failed(exc))
     return process_group.first_problem(rt, found)
 
 
-def choose_path(flags: fast_path.PathFlags, device: torch.device, config, remote_code: bool,
-                resumed_packed: bool | None = None) -> fast_path.Choice:
-    """Packing, precision and attention kernels for this family on this device (fast_path.py's rules)."""
-    bf16_gpu, flash_gpu = process_group.device_capabilities(device)
-    custom = (remote_code and bool(getattr(config, "auto_map", None))) or bool(getattr(config, "is_decoder", False))
-    facts = fast_path.Facts(cuda=device.type == "cuda", bf16_gpu=bf16_gpu, model_type=config.model_type,
-                            relative_positions=modeling_relative.is_relative_position_config(config),
-                            flash_gpu=flash_gpu, custom_code=custom, resumed_packed=resumed_packed,
-                            bf16_cpu=process_group.cpu_bf16() if device.type == "cpu" else "")
-    return fast_path.choose(flags, facts)
-
-
-def resumed_packing(resume_from: Path | None) -> bool | None:
-    """Whether the checkpoint being resumed was trained on packed batches (None: none, or not recorded; an
-    unreadable record is check_resume's to report)."""
-    if resume_from is None:
-        return None
-    try:
-        saved = json.loads((resume_from / output_folder.TRAINING_ARGS).read_text())
-    except (OSError, ValueError):
-        return None
-    value = saved.get("packed", saved.get("packing"))
-    return value if isinstance(value, bool) else None
-
-
-@dataclass(frozen=True)
-class Compilation:
-    """How torch.compile is called (--torch_compile_backend, --torch_compile_mode) and where its kernels are kept."""
-
-    backend: str = "inductor"
-    mode: str | None = None
-    kernel_cache: Path | None = None  # None: PyTorch's own (TORCHINDUCTOR_CACHE_DIR, else a folder in /tmp)
-
-    @classmethod
-    def from_flags(cls, args) -> Compilation:
-        """The kernels are kept beside the default feature cache, so the next run of a sweep reuses them; a
-        user's own --features_cache_dir or $TORCHINDUCTOR_CACHE_DIR is not second-guessed."""
-        cache = None
-        if args.features_cache_dir is None and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
-            cache = utils_squad.features_cache_dir(None).parent / "inductor"
-        return cls(args.torch_compile_backend, args.torch_compile_mode, cache)
-
-
-def compile_model(model, compilation: Compilation) -> None:
-    """torch.compile in place (parameters, state_dict and save_pretrained stay the model's). A kernel cache that
-    cannot be used is warned about once and left to PyTorch's default (compiling never depends on it)."""
-    if compilation.kernel_cache is not None and utils_squad.usable_cache_dir(compilation.kernel_cache) is not None:
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compilation.kernel_cache))
-    model.compile(backend=compilation.backend, mode=compilation.mode)
-
-
 def compile_for_training(args, setup: RunSetup, model, features, batches: TrainBatches) -> TrainBatches:
     """Compile the model; padded batches then take widths rounded to 64 (a handful of shapes to compile)."""
-    compile_model(model, Compilation.from_flags(args))
+    device_path.compile_model(model, device_path.Compilation.from_flags(args))
     if batches.batching.packed:
         return batches
     return replace(batches, batching=make_batching(args, setup, features, batches.batch_size, compiled=True))
@@ -604,7 +554,8 @@ def train_batches(args, setup: RunSetup, rt, model, features) -> TrainBatches:
         def fits(batch_size: int) -> bool:
             candidate = make_batching(args, setup, features, batch_size, compiled=may_compile)
             return qa_model.probe_memory(model.to(rt.device), candidate, features, rt.device,
-                                         amp_context(setup.choice.precision, rt.device), extra_copies=int(rt.distributed))
+                                         device_path.amp_context(setup.choice.precision, rt.device),
+                                         extra_copies=int(rt.distributed))
         size, accum = qa_model.find_batch_size(fits, size, accum, rt.distributed and rt.cpu_group)
         if size == 0:
             raise OutOfMemory(f"out of GPU memory with one feature per device of up to --max_seq_length "
@@ -770,7 +721,7 @@ def micro_batches(ddp, batcher, group, rt, precision: str, scaler, accum: int) -
         batch = batching.to_device(batch, rt.device)
         # Gradients are all-reduced once per optimizer step, on its last micro-batch.
         with ddp.no_sync() if rt.distributed and micro < len(group) - 1 else contextlib.nullcontext():
-            with amp_context(precision, rt.device):
+            with device_path.amp_context(precision, rt.device):
                 loss = batcher.forward(ddp, batch, training=True).loss / accum
             (scaler.scale(loss) if scaler is not None else loss).backward()
         losses.append((loss.detach(), seqs, tokens))
@@ -852,14 +803,6 @@ def total_optimizer_steps(loop: LoopConfig, rt, steps_per_epoch: int, num_featur
                          f"{batches.batch_size} x {batches.accumulation} x {rt.world_size} processes")
     total = loop.max_steps if loop.max_steps > 0 else int(steps_per_epoch * loop.num_train_epochs)
     return max(total, 1)
-
-
-def amp_context(precision: str, device):
-    if precision == "fp16":
-        return torch.autocast(device_type=device.type, dtype=torch.float16)
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def save_checkpoint(saving: Saving, rt, model, optimization: training_state.Optimization, position: dict,
@@ -1067,12 +1010,13 @@ def infer(model, features, batcher, rt, *, precision: str = "fp32", compiled: bo
     model.to(rt.device)
     model.eval()
     weights = next(model.parameters()).dtype
-    amp = amp_context(precision, rt.device) if weights == torch.float32 else contextlib.nullcontext()
+    amp = (device_path.amp_context(precision, rt.device) if weights == torch.float32
+           else contextlib.nullcontext())
     batches = batching.Prefetcher(batcher.plan(features.lengths())[rt.rank::rt.world_size],
                                   lambda idx: batching.pinned(batcher.tensors(features, idx, with_labels=False), rt.device))
     outputs = []
     try:
-        with torch.inference_mode(), contextlib.nullcontext() if compiled else eager_stance():
+        with torch.inference_mode(), contextlib.nullcontext() if compiled else device_path.eager_stance():
             for batch in batches:
                 batch = batching.to_device(batch, rt.device)
                 with amp:
@@ -1083,11 +1027,6 @@ def infer(model, features, batcher, rt, *, precision: str = "fp32", compiled: bo
                           f"pass --per_gpu_eval_batch_size {max(1, batcher.batch_size // 2)}") from exc
     finally:
         batches.close()
-
-
-def eager_stance():
-    """Compiled code runs eagerly inside (torch.compiler.set_stance, torch >= 2.6 as requirements.txt asks)."""
-    return torch.compiler.set_stance("force_eager")
 
 
 if __name__ == "__main__":
