@@ -6,7 +6,8 @@ transformers 5. Why a module of its own: it is the command the seed scripts run,
 run, in the order of this file; everything else has its home in the modules named below.
 
   check the command line               cli.py, before torch is imported (the block below)
-  run: file -> examples -> features    run (utils_squad.py reads, validates and featurizes, with a cache)
+  run: file -> examples -> features    run (input_data.py picks the files; utils_squad.py reads, validates and
+                                       featurizes, with a cache)
   train: optimizer steps               train (one loop: micro-batches, step, then log / evaluate / save / stop)
   evaluate: features -> answers        evaluate, infer (decoding.py decodes, squad_metrics.py scores)
 
@@ -58,6 +59,7 @@ from squad_internals import (
     device_path,
     fast_path,
     folder_lock,
+    input_data,
     output_folder,
     path_fallback,
     process_group,
@@ -191,12 +193,13 @@ def start_processes(args):
 
 def read_data(args, rt) -> RunData:
     """Every input file read and validated before any model is loaded or feature computed."""
-    train_path, predict_path = data_paths(args, rt)
+    train_path, predict_path = input_data.data_paths(args, rt)
     return RunData(
         train_path, predict_path,
-        train_examples=read_examples(train_path, args, is_training=True, require_answers=True)
+        train_examples=input_data.read_examples(train_path, args, is_training=True, require_answers=True)
         if args.do_train else None,
-        eval_examples=read_examples(predict_path, args, is_training=False, require_answers=not args.do_predict)
+        eval_examples=input_data.read_examples(predict_path, args, is_training=False,
+                                               require_answers=not args.do_predict)
         if cli.evaluating(args) else None)
 
 
@@ -236,8 +239,8 @@ def prepare_evaluation(args, rt, setup: RunSetup, data: RunData) -> Evaluation:
                                        parameters=0, steps=0)
         logger.info(choice.describe())
         compiled = choice.compile_evaluation
-    features = build_features(args, rt, setup.tokenizer, data.predict_path, data.eval_examples, setup.context_first,
-                              is_training=False)
+    features = input_data.build_features(args, rt, setup.tokenizer, data.predict_path, data.eval_examples,
+                                         setup.context_first, is_training=False)
     return Evaluation(data.eval_examples, features,
                       make_batching(args, setup, features, args.per_gpu_eval_batch_size, compiled=compiled),
                       EvalConfig.from_flags(args, setup, data.predict_path, score=not args.do_predict,
@@ -247,8 +250,8 @@ def prepare_evaluation(args, rt, setup: RunSetup, data: RunData) -> Evaluation:
 def train_and_save(args, rt, setup: RunSetup, data: RunData, evaluation: Evaluation | None):
     """Training on the path its first step ran on, then the final model. Returns the setup and evaluation of
     that path (an automatic choice given up there is given up for evaluation too)."""
-    features = build_features(args, rt, setup.tokenizer, data.train_path, data.train_examples, setup.context_first,
-                              is_training=True)
+    features = input_data.build_features(args, rt, setup.tokenizer, data.train_path, data.train_examples,
+                                         setup.context_first, is_training=True)
     checkpoints.check_resume(setup.resume_from, setup.run_args(args), setup.config, args.auto_find_batch_size)
     trained = prepare_training(args, setup, rt, features)
     setup, choice = trained.setup, trained.choice
@@ -438,72 +441,16 @@ def claim_output_dir(output_dir: Path, rt) -> None:
         raise folder_lock.FolderLocked(problem)
 
 
-def data_paths(args, rt) -> tuple[Path | None, Path | None]:
-    """--train_file/--predict_file (checked by cli.py) or --dataset_name's splits."""
-    train = cli.data_file(args, "--train_file")
-    if train is None and args.dataset_name and args.do_train:
-        train = dataset_file(args, rt, "train")
-    predict = cli.data_file(args, "--predict_file")
-    if predict is None and args.dataset_name and cli.evaluating(args):
-        predict = dataset_file(args, rt, "validation")
-    return train, predict
-
-
-def dataset_file(args, rt, split: str) -> Path:
-    """--dataset_name: rank 0 writes the split as JSON Lines beside the feature cache (not into --output_dir,
-    which holds only this run's results), so the normal reader and cache apply."""
-    cache = utils_squad.features_cache_dir(args.features_cache_dir)
-    target = cache / "datasets" / f"{Path(args.dataset_name).name}-{split}.jsonl"
-    if rt.is_main:
-        utils_squad.dataset_to_jsonl(args.dataset_name, split, target, args.cache_dir or None)
-    process_group.barrier(rt)
-    return target
-
-
-def read_examples(path: Path, args, is_training: bool, require_answers: bool):
-    """Read and validate one file (every problem is found here, before any model or feature)."""
-    examples, report = utils_squad.read_squad_examples(
-        path, version_2_with_negative=args.version_2_with_negative, is_training=is_training,
-        skip_bad_answers=args.skip_bad_answers,
-    )
-    if require_answers and not args.version_2_with_negative and not all(e.answers for e in examples):
-        missing = next(e.qas_id for e in examples if not e.answers)
-        raise InputError(f"{path}: question {missing}: no answers to score against (use --do_predict "
-                         "for predictions only, or --version_2_with_negative for SQuAD 2.0 data)")
-    logger.info("%s: %d questions, %d repaired answer offsets, %d skipped", path, len(examples),
-                report.repaired, report.skipped)
-    return examples
-
-
-def feature_settings(args, context_first: bool, is_training: bool) -> utils_squad.FeatureSettings:
-    return utils_squad.FeatureSettings(max_seq_length=args.max_seq_length, doc_stride=args.doc_stride,
-                                       max_query_length=args.max_query_length, context_first=context_first,
-                                       is_training=is_training)
-
-
 def check_model_settings(args, setup: RunSetup) -> None:
     """What needs the config and tokenizer, said before any feature is built."""
     try:
-        utils_squad.check_sequence_lengths(setup.tokenizer, feature_settings(args, setup.context_first, False))
+        utils_squad.check_sequence_lengths(setup.tokenizer,
+                                           input_data.feature_settings(args, setup.context_first, False))
     except utils_squad.FeatureSettingsError as exc:
         raise UsageError(f"--max_seq_length ({args.max_seq_length}) must be larger than --max_query_length "
                          f"({args.max_query_length}) + {exc.num_special} special tokens of this tokenizer") from exc
     if setup.choice.packing:
         qa_model.check_packing(setup.config)
-
-
-def build_features(args, rt, tokenizer, path: Path, examples, context_first: bool, is_training: bool):
-    """Featurize through the on-disk cache; rank 0 builds it while the other ranks wait."""
-    cache_dir = utils_squad.features_cache_dir(args.features_cache_dir)  # created, or done without, there
-    if not rt.is_main:
-        process_group.barrier(rt)
-    features = utils_squad.load_or_build_features(
-        path, examples, tokenizer, feature_settings(args, context_first, is_training), cache_dir=cache_dir,
-        overwrite_cache=args.overwrite_cache and rt.is_main, threads=args.threads,
-    )
-    if rt.is_main:
-        process_group.barrier(rt)
-    return features
 
 
 def make_batching(args, setup: RunSetup, features, batch_size: int, compiled: bool = False):
