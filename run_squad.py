@@ -9,7 +9,8 @@ run, in the order of this file; everything else has its home in the modules name
   run: file -> examples -> features    run (input_data.py picks the files; utils_squad.py reads, validates and
                                        featurizes, with a cache)
   train: optimizer steps               train (one loop: micro-batches, step, then log / evaluate / save / stop)
-  evaluate: features -> answers        evaluate, infer (decoding.py decodes, squad_metrics.py scores)
+  evaluate: features -> answers        evaluate, infer (decoding.py decodes, squad_metrics.py scores, eval_output.py
+                                       writes the scores and files)
 
 A batch goes from features to the model through batching.py (the epoch's plan, padded or packed arrays,
 pinned and built ahead, the head's inputs) and back (the head's outputs in the features' layout); fast_path.py
@@ -57,6 +58,7 @@ from squad_internals import (
     checkpoints,
     decoding,
     device_path,
+    eval_output,
     fast_path,
     folder_lock,
     input_data,
@@ -853,8 +855,9 @@ def evaluate(model, evaluation: Evaluation, rt, prefix: str, model_folder: str |
         logger.info("inference on %d features: %.1f s; decoding %d questions: %.2f s", len(features),
                     inferred - started, len(evaluation.examples), time.perf_counter() - inferred)
         if config.score:
-            results = score_predictions(evaluation.examples, predictions, decoded, config, prefix)
-        write_evaluation(config, prefix, evaluation.examples, predictions, decoded, results, head.beam, model_folder)
+            results = eval_output.score_predictions(evaluation.examples, predictions, decoded, config, prefix)
+        eval_output.write_evaluation(config, prefix, evaluation.examples, predictions, decoded, results, head.beam,
+                                     model_folder)
         logger.info("evaluated %d features in %.1f s", len(features), time.perf_counter() - started)
     process_group.barrier(rt)
     return results
@@ -884,66 +887,6 @@ def agreed_inference(model, evaluation: Evaluation, rt) -> dict:
     if problem is not None:
         raise InferenceFailed(*problem) from error
     return outputs
-
-
-def score_predictions(examples, predictions, decoded: decoding.Decoded, config: EvalConfig, prefix: str) -> dict:
-    """Official scores of the predictions file; for SQuAD 2.0 the sweep over the spans."""
-    gold, v2 = squad_metrics.gold_answers_from_examples(examples), config.settings.version_2_with_negative
-    # The scorer's --na-prob-thresh is the decoding threshold: a question whose null odds exceed it was
-    # predicted "" already, so EM/F1 describe exactly the predictions file just written (the official
-    # default of 1.0 would blank correct spans when the threshold is above 1).
-    results = dict(squad_metrics.squad_evaluate(
-        gold, predictions, na_probs=decoded.null_odds if v2 else None, na_prob_thresh=config.threshold,
-        version_2=v2, sweep_preds=decoded.best_spans if v2 else None))
-    logger.info("evaluation %s: %s", prefix, describe_scores(results))
-    return results
-
-
-def describe_scores(results: dict) -> str:
-    """The headline numbers for the log; every metric is in eval_results.json and, for --do_eval, in the one
-    JSON line on stdout (printed once, for scripts to parse)."""
-    text = output_folder.em_f1(results) + (f" on {results['total']} questions" if "total" in results else "")
-    if "HasAns_f1" in results and "NoAns_exact" in results:
-        text += f" (answerable F1 {results['HasAns_f1']:.2f}, unanswerable EM {results['NoAns_exact']:.2f})"
-    if "best_f1" in results:
-        text += f"; best F1 {results['best_f1']:.2f} at no-answer threshold {results['best_f1_thresh']:.4g}"
-    return text
-
-
-class EvaluationWriteError(Exception):
-    """The files of an evaluation could not be written (a full disk, ...): none of them was (exit code 1)."""
-
-
-def write_evaluation(config: EvalConfig, prefix: str, examples, predictions, decoded: decoding.Decoded,
-                     results: dict, beam: bool, model_folder: str | None) -> None:
-    """The files of one evaluation as one set (atomic_io.FileSet): predictions, n-best, null odds, the plot,
-    the tuned threshold (in the model folder) and eval_results, all written aside, then renamed in, the
-    results last. A failed write leaves every earlier file as it was."""
-    v2, output_dir = config.settings.version_2_with_negative, config.output_dir
-    try:
-        with atomic_io.file_set() as files:
-            paths = decoding.write_prediction_files(output_dir, prefix, predictions, decoded.nbest,
-                                                    decoded.null_odds if v2 or beam else None, files)
-            if results and v2 and squad_metrics.plots_available():
-                gold = squad_metrics.gold_answers_from_examples(examples)
-                files.write_path(output_dir / f"no_answer_{prefix}.png", lambda tmp: squad_metrics.plot_no_answer(
-                    gold, decoded.best_spans, decoded.null_odds, config.threshold, str(tmp)))
-            if results and v2 and model_folder is not None:
-                output_folder.write_threshold(Path(model_folder), results, prefix, config.predict_path, {
-                    "n_best_size": config.settings.n_best_size,
-                    "max_answer_length": config.settings.max_answer_length, **config.windows}, files)
-            if results:
-                output_folder.write_eval_results(output_dir, prefix, results, files)
-    except OSError as exc:
-        failed = Path(exc.filename) if exc.filename else output_dir
-        where = failed.name if failed.parent == output_dir else str(failed)
-        outcome = "the previous results are unchanged"
-        if isinstance(exc, atomic_io.PartlyReplaced):
-            outcome = (f"the set is partly replaced ({', '.join(p.name for p in exc.replaced)} already new, the rest "
-                       "the previous evaluation's)")
-        raise EvaluationWriteError(f"could not write the evaluation results of step {prefix} to {output_dir} "
-                                   f"({where}: {exc.strerror or exc}): {outcome}") from exc
-    logger.info("wrote %s", ", ".join(str(p) for p in paths.values()))
 
 
 def infer(model, features, batcher, rt, *, precision: str = "fp32", compiled: bool = True) -> dict:
