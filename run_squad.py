@@ -155,7 +155,7 @@ class RunSetup:
     head: object = None  # batching.SpanHead or BeamHead
     resume_from: Path | None = None  # the checkpoint training continues from
 
-    def run_args(self, args, batches: TrainBatches | None = None) -> dict:
+    def run_args(self, args, batches: batching.TrainBatches | None = None) -> dict:
         """The flags as training_args.json records them, with the derived paths and model type, and the
         micro-batches training used (--auto_find_batch_size may have changed them; the global batch is the
         same): passed back as flags, they reproduce the run. With the path taken and the run's identity
@@ -347,7 +347,7 @@ class PreparedTraining:
 
     setup: RunSetup
     model: torch.nn.Module
-    batches: TrainBatches
+    batches: batching.TrainBatches
     choice: fast_path.Choice  # the path, compilation included
     notes: tuple[str, ...] = ()  # the automatic choices given up, for the end of training
 
@@ -369,7 +369,7 @@ def prepare_training(args, setup: RunSetup, rt, features) -> PreparedTraining:
         logger.info(choice.describe())
         if choice.compile_training:
             batches = compile_for_training(args, setup, model, features, batches)
-        failure = first_step_failure(choice, model, batches, features, rt, position, args.seed)
+        failure = path_fallback.first_step_failure(choice, model, batches, features, rt, position, args.seed)
         if failure is None:
             return PreparedTraining(setup, model, batches, choice, tuple(notes))
         kind, problem = failure
@@ -381,7 +381,8 @@ def prepare_training(args, setup: RunSetup, rt, features) -> PreparedTraining:
         process_group.set_rng_state(rng)  # the safer path starts where this one did
 
 
-def training_compilation(args, setup: RunSetup, rt, model, features, batches: TrainBatches) -> fast_path.Choice:
+def training_compilation(args, setup: RunSetup, rt, model, features,
+                         batches: batching.TrainBatches) -> fast_path.Choice:
     """The path with compilation decided for this run's length; an automatic compilation is first probed
     (path_fallback.compile_problem) and given up, with a warning, where it cannot run."""
     loop, cuda = LoopConfig.from_flags(args, setup, None), rt.device.type == "cuda"
@@ -400,26 +401,8 @@ def training_compilation(args, setup: RunSetup, rt, model, features, batches: Tr
     return choice
 
 
-def first_step_failure(choice: fast_path.Choice, model, batches: TrainBatches, features, rt, position: dict,
-                       seed: int) -> tuple[str, str] | None:
-    """The first micro-batch of this run (its first, or the resumed position's) tried on the path: None, or
-    (what kind of failure: compile, memory or path; what failed), the same on every rank. The classic path is
-    not tried: it has nothing to fall back to, and its errors are the run's own."""
-    if not choice.risky():
-        return None
-    plan = batching.epoch_plan(batches.batching, features.lengths(), seed + position["epoch"], rt.rank,
-                               rt.world_size, batches.accumulation)
-    idx = plan[min(position["step_in_epoch"], len(plan) - 1)][0] if plan else None
-    exc = None
-    if idx is not None:
-        batch = batching.to_device(batches.batching.tensors(features, idx, with_labels=True), rt.device)
-        exc = path_fallback.first_step_problem(model, batches.batching, batch,
-                                               device_path.amp_context(choice.precision, rt.device), rt.device)
-    found = None if exc is None else (path_fallback.failure_kind(exc), path_fallback.what_failed(exc))
-    return process_group.first_problem(rt, found)
-
-
-def compile_for_training(args, setup: RunSetup, model, features, batches: TrainBatches) -> TrainBatches:
+def compile_for_training(args, setup: RunSetup, model, features,
+                         batches: batching.TrainBatches) -> batching.TrainBatches:
     """Compile the model; padded batches then take widths rounded to 64 (a handful of shapes to compile)."""
     device_path.compile_model(model, device_path.Compilation.from_flags(args))
     if batches.batching.packed:
@@ -473,22 +456,7 @@ def load_model(args, setup: RunSetup, path: str, eval_device=None):
     return model
 
 
-@dataclass(frozen=True)
-class TrainBatches:
-    """Micro-batches per device and per optimizer step: the flags', a resumed checkpoint's, or what
-    --auto_find_batch_size found (the same global batch either way), and the batching built for them."""
-
-    batch_size: int
-    accumulation: int
-    batching: batching.PaddedBatches | batching.PackedBatches
-
-    def describe(self, max_seq_length: int) -> str:
-        if self.batching.packed:
-            return f"packs of {self.batching.tokens} tokens (--per_gpu_train_batch_size {self.batch_size})"
-        return f"--per_gpu_train_batch_size {self.batch_size} and --max_seq_length {max_seq_length}"
-
-
-def train_batches(args, setup: RunSetup, rt, model, features) -> TrainBatches:
+def train_batches(args, setup: RunSetup, rt, model, features) -> batching.TrainBatches:
     """The flags' micro-batches, or with --auto_find_batch_size the largest that fits (a resumed run keeps
     its checkpoint's: the data plan must not change under it)."""
     size, accum = args.per_gpu_train_batch_size, args.gradient_accumulation_steps
@@ -509,7 +477,7 @@ def train_batches(args, setup: RunSetup, rt, model, features) -> TrainBatches:
         if size == 0:
             raise OutOfMemory(f"out of GPU memory with one feature per device of up to --max_seq_length "
                               f"{args.max_seq_length} tokens: shorten --max_seq_length or use a bigger GPU")
-    return TrainBatches(size, accum, make_batching(args, setup, features, size))
+    return batching.TrainBatches(size, accum, make_batching(args, setup, features, size))
 
 
 # --------------------------------------------------------------------------------------------
@@ -554,9 +522,9 @@ class Saving:
     run_args: dict  # training_args.json
 
 
-def train(model, features, batches: TrainBatches, rt, *, loop: LoopConfig, optim: training_state.OptimConfig,
-          saving: Saving | None = None, resume_from: Path | None = None, evaluation: Evaluation | None = None,
-          compiled: bool = False) -> dict:
+def train(model, features, batches: batching.TrainBatches, rt, *, loop: LoopConfig,
+          optim: training_state.OptimConfig, saving: Saving | None = None, resume_from: Path | None = None,
+          evaluation: Evaluation | None = None, compiled: bool = False) -> dict:
     """Optimizer steps, each over its micro-batches, then step, then log / evaluate / save / stop, with no host
     synchronisation inside a step. Returns the summary (speed, memory, the last step, path notes)."""
     ddp, accum, batcher = wrap_for_processes(model, rt), batches.accumulation, batches.batching
@@ -690,7 +658,7 @@ def evaluate_during_training(model, evaluation: Evaluation, rt, step: int, out: 
     model.train()
 
 
-def out_of_memory_advice(batches: TrainBatches, max_seq_length: int, step: int) -> str:
+def out_of_memory_advice(batches: batching.TrainBatches, max_seq_length: int, step: int) -> str:
     smaller = qa_model.smaller_batch(batches.batch_size)
     advice = ("shorten --max_seq_length or use a bigger GPU" if smaller == batches.batch_size else
               f"keep the same global batch with --per_gpu_train_batch_size {smaller} --gradient_accumulation_steps "
@@ -698,7 +666,7 @@ def out_of_memory_advice(batches: TrainBatches, max_seq_length: int, step: int) 
     return f"out of GPU memory at step {step} with {batches.describe(max_seq_length)}: {advice}"
 
 
-def epoch_plans(loop: LoopConfig, rt, features, batches: TrainBatches):
+def epoch_plans(loop: LoopConfig, rt, features, batches: batching.TrainBatches):
     """The plan of an epoch, as a function of the epoch (a deterministic function of the seed)."""
     lengths = features.lengths()
 
@@ -710,12 +678,12 @@ def epoch_plans(loop: LoopConfig, rt, features, batches: TrainBatches):
     return plan_of_epoch
 
 
-def count_optimizer_steps(loop: LoopConfig, rt, features, batches: TrainBatches) -> int:
+def count_optimizer_steps(loop: LoopConfig, rt, features, batches: batching.TrainBatches) -> int:
     """The number of optimizer steps training will run (its first epoch planned to count them)."""
     return total_optimizer_steps(loop, rt, len(epoch_plans(loop, rt, features, batches)(0)), len(features), batches)
 
 
-def prefetched_steps(loop: LoopConfig, rt, features, batches: TrainBatches):
+def prefetched_steps(loop: LoopConfig, rt, features, batches: batching.TrainBatches):
     """The number of optimizer steps, and a function giving those from a position on, their batches built
     (and on a GPU pinned, for a non-blocking copy) in a background thread while the steps before run."""
     lengths, batcher = features.lengths(), batches.batching
@@ -745,7 +713,7 @@ def wrap_for_processes(model, rt):
 
 
 def total_optimizer_steps(loop: LoopConfig, rt, steps_per_epoch: int, num_features: int,
-                          batches: TrainBatches) -> int:
+                          batches: batching.TrainBatches) -> int:
     """max_steps, else num_train_epochs times the first epoch's steps (packs per epoch vary a little)."""
     if steps_per_epoch == 0:
         raise InputError(f"{loop.train_file}: too few features ({num_features}) for one optimizer step of "
@@ -783,7 +751,7 @@ def log_first_step(rt, meter) -> None:
                 time.perf_counter() - meter.start)
 
 
-def announce_training(rt, batches: TrainBatches, num_features: int, total_steps: int) -> None:
+def announce_training(rt, batches: batching.TrainBatches, num_features: int, total_steps: int) -> None:
     logger.info("training: %d features, %d processes x %d per device x %d accumulation, %d optimizer steps%s",
                 num_features, rt.world_size, batches.batch_size, batches.accumulation, total_steps,
                 f"; packs of {batches.batching.tokens} tokens" if batches.batching.packed else "")

@@ -388,7 +388,7 @@ def run_cli(loop: str, config, lengths: np.ndarray, device, args) -> dict:
             loop_config = run_squad.LoopConfig(Path(out), max_steps=2 * args.steps, seed=args.seed,
                                                logging_steps=args.steps, save_steps=0, precision=path.precision,
                                                report_first_step=compiled)
-            summary = run_squad.train(model, features, run_squad.TrainBatches(args.batch_size, 1, strategy), rt,
+            summary = run_squad.train(model, features, batching.TrainBatches(args.batch_size, 1, strategy), rt,
                                       loop=loop_config, optim=training_state.OptimConfig.from_flags(flags))
             window = summary["last_window"]
             mean_sq = float(np.square(features.lengths().astype(np.float64)).mean() / features.lengths().mean())
