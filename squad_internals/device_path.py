@@ -1,10 +1,10 @@
-"""The fast path on this device, the torch side of fast_path.py's rules: the facts they read, gathered from the
-device, the config and a resumed checkpoint (choose_path, resumed_packing), and what a choice does to the model
-and its arithmetic (torch.compile in place, autocast for the precision, compiled code run eagerly).
+"""The fast path on this device, the torch side of fast_path.py's rules: the facts they read, gathered from
+the device, the config and a resumed checkpoint (choose_path, resumed_packing), and what a choice does to the
+model and its arithmetic (torch.compile in place, autocast for the precision, compiled code run eagerly).
 
 Why a module of its own: fast_path.py holds the rules without torch, so that they are tested on any machine;
-training, the first step tried, evaluation and the benchmarks apply the chosen path through these few
-functions, one home instead of a copy in each.
+the preparation of a run, training, the first step tried (path_fallback.py), evaluation and the benchmarks
+apply the chosen path through these few functions.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """What an evaluation gives once its answers are decoded: the official scores of the predictions (for SQuAD
 2.0 with the sweep over the no-answer threshold), their headline in the log, and its files written as one set.
 
-Why a module of its own: run_squad.evaluate() reads as inference, decoding, scores and files; how the scorer is
-called (its threshold the decoding's, so that EM/F1 describe the predictions file) and how a set of files is
-written so that a failure leaves the previous one are one concern, read apart from it. The configuration comes
-from run_squad.EvalConfig, which stays beside evaluate(): these functions read its fields, not its type.
+Why a module of its own: run_squad.evaluate() reads as inference, decoding, scores and files; how the scorer
+is called (its threshold the decoding's, so that EM/F1 describe the predictions file) and how a set of files
+is written so that a failure leaves the previous one are one concern, read apart from it. The configuration
+comes from run_squad.EvalConfig, which stays beside evaluate(): these functions read its fields, not its type.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ logger = logging.getLogger("run_squad")
 
 
 def score_predictions(examples, predictions, decoded: decoding.Decoded, config, prefix: str) -> dict:
-    """Official scores of the predictions file; for SQuAD 2.0 the sweep over the spans. config: run_squad.EvalConfig
-    (its decoding settings and no-answer threshold)."""
+    """Official scores of the predictions file; for SQuAD 2.0 the sweep over the spans. config:
+    run_squad.EvalConfig (its decoding settings and no-answer threshold)."""
     gold, v2 = squad_metrics.gold_answers_from_examples(examples), config.settings.version_2_with_negative
     # The scorer's --na-prob-thresh is the decoding threshold: a question whose null odds exceed it was
     # predicted "" already, so EM/F1 describe exactly the predictions file just written (the official

@@ -1,6 +1,6 @@
-"""The run's input data: which files (--train_file / --predict_file, or --dataset_name's splits written as JSON
-Lines), their questions read and validated, and their features built through the on-disk cache, rank 0 first
-while the other ranks wait.
+"""The run's input data: which files (--train_file / --predict_file, or --dataset_name's splits written as
+JSON Lines), their questions read and validated, and their features built through the on-disk cache, rank 0
+first while the other ranks wait.
 
 Why a module of its own: utils_squad.py reads, validates and featurizes one file for anyone (qa_pipeline
 too); what the command line adds around it (which file a flag names, a question without answers to score

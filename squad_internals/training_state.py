@@ -1,6 +1,6 @@
-"""What training keeps beside the model's weights, and a checkpoint with them: AdamW over the model's parameter
-groups, its learning-rate schedule and (--fp16) the gradient scaler, built from the optimization flags; and,
-when a run resumes, their state, its position in the data and every rank's random state given back.
+"""What training keeps beside the model's weights, and a checkpoint with them: AdamW over the model's
+parameter groups, its learning-rate schedule and (--fp16) the gradient scaler, built from the optimization
+flags; and, when a run resumes, their state, its position in the data and every rank's random state given back.
 
 Why a module of its own: run_squad.train() reads as its loop; how the optimizer is built (parameter groups,
 layer-wise decay, the fused kernel that skips a non-finite update on the device), which schedule, and what a
