@@ -6,18 +6,22 @@ transformers 5. Why a module of its own: it is the command the seed scripts run,
 run, in the order of this file; everything else has its home in the modules named below.
 
   check the command line               cli.py, before torch is imported (the block below)
-  run: file -> examples -> features    run (utils_squad.py reads, validates and featurizes, with a cache)
+  run: file -> examples -> features    run (input_data.py picks the files; utils_squad.py reads, validates and
+                                       featurizes, with a cache)
   train: optimizer steps               train (one loop: micro-batches, step, then log / evaluate / save / stop)
-  evaluate: features -> answers        evaluate, infer (decoding.py decodes, squad_metrics.py scores)
+  evaluate: features -> answers        evaluate, infer (decoding.py decodes, squad_metrics.py scores, eval_output.py
+                                       writes the scores and files)
 
 A batch goes from features to the model through batching.py (the epoch's plan, padded or packed arrays,
 pinned and built ahead, the head's inputs) and back (the head's outputs in the features' layout); fast_path.py
-decides the path (packing, precision, compilation, attention kernels). The plumbing has one home each:
+decides the path (packing, precision, compilation, attention kernels) from the facts device_path.py gathers,
+which also applies it (torch.compile, autocast). The plumbing has one home each:
 process_group.py (torchrun, Slurm, barriers, the stop signal, random state, the device), output_folder.py (what
 is in --output_dir), checkpoints.py (writing and reading model and trainer state, what a resume checks),
 folder_lock.py (one run per --output_dir), atomic_io.py (every write), qa_model.py (loading the model,
 parameter groups, the memory probe), packing.py (packed attention), train_log.py (what training reports, read
-from the device on logging steps).
+from the device on logging steps), training_state.py (the optimizer and its schedule, and what a resumed run is
+given back).
 
 Exit codes: 0 success, 2 bad input or flags, 3 interrupted with a checkpoint written, 1 anything else; interrupted
 anywhere else (or by a second Ctrl-C) the process ends by the signal (the shell reports 130 / 143). What a run
@@ -38,15 +42,12 @@ import contextlib
 import functools
 import json
 import logging
-import math
-import os
 import time
 import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-import transformers
 from tqdm.auto import tqdm
 
 import squad_metrics
@@ -56,14 +57,17 @@ from squad_internals import (
     batching,
     checkpoints,
     decoding,
+    device_path,
+    eval_output,
     fast_path,
     folder_lock,
-    modeling_relative,
+    input_data,
     output_folder,
     path_fallback,
     process_group,
     qa_model,
     train_log,
+    training_state,
 )
 from squad_internals.cli import InputError, UsageError
 
@@ -151,7 +155,7 @@ class RunSetup:
     head: object = None  # batching.SpanHead or BeamHead
     resume_from: Path | None = None  # the checkpoint training continues from
 
-    def run_args(self, args, batches: TrainBatches | None = None) -> dict:
+    def run_args(self, args, batches: batching.TrainBatches | None = None) -> dict:
         """The flags as training_args.json records them, with the derived paths and model type, and the
         micro-batches training used (--auto_find_batch_size may have changed them; the global batch is the
         same): passed back as flags, they reproduce the run. With the path taken and the run's identity
@@ -189,12 +193,13 @@ def start_processes(args):
 
 def read_data(args, rt) -> RunData:
     """Every input file read and validated before any model is loaded or feature computed."""
-    train_path, predict_path = data_paths(args, rt)
+    train_path, predict_path = input_data.data_paths(args, rt)
     return RunData(
         train_path, predict_path,
-        train_examples=read_examples(train_path, args, is_training=True, require_answers=True)
+        train_examples=input_data.read_examples(train_path, args, is_training=True, require_answers=True)
         if args.do_train else None,
-        eval_examples=read_examples(predict_path, args, is_training=False, require_answers=not args.do_predict)
+        eval_examples=input_data.read_examples(predict_path, args, is_training=False,
+                                               require_answers=not args.do_predict)
         if cli.evaluating(args) else None)
 
 
@@ -216,7 +221,8 @@ def prepare_model(args, rt, data: RunData) -> RunSetup:
     setup = RunSetup(
         data.train_path, data.predict_path, config.model_type, beam_head,
         context_first=bool(args.context_first or tokenizer.padding_side == "left"), source=source,
-        choice=choose_path(flags, rt.device, config, args.trust_remote_code, resumed_packing(resume_from)), flags=flags,
+        choice=device_path.choose_path(flags, rt.device, config, args.trust_remote_code,
+                                       device_path.resumed_packing(resume_from)), flags=flags,
         identity=checkpoints.run_identity(data.train_path if args.do_train else None, tokenizer, rt.world_size),
         config=config, tokenizer=tokenizer, head=batching.make_head(beam_head), resume_from=resume_from)
     check_model_settings(args, setup)
@@ -235,8 +241,8 @@ def prepare_evaluation(args, rt, setup: RunSetup, data: RunData) -> Evaluation:
                                        parameters=0, steps=0)
         logger.info(choice.describe())
         compiled = choice.compile_evaluation
-    features = build_features(args, rt, setup.tokenizer, data.predict_path, data.eval_examples, setup.context_first,
-                              is_training=False)
+    features = input_data.build_features(args, rt, setup.tokenizer, data.predict_path, data.eval_examples,
+                                         setup.context_first, is_training=False)
     return Evaluation(data.eval_examples, features,
                       make_batching(args, setup, features, args.per_gpu_eval_batch_size, compiled=compiled),
                       EvalConfig.from_flags(args, setup, data.predict_path, score=not args.do_predict,
@@ -246,8 +252,8 @@ def prepare_evaluation(args, rt, setup: RunSetup, data: RunData) -> Evaluation:
 def train_and_save(args, rt, setup: RunSetup, data: RunData, evaluation: Evaluation | None):
     """Training on the path its first step ran on, then the final model. Returns the setup and evaluation of
     that path (an automatic choice given up there is given up for evaluation too)."""
-    features = build_features(args, rt, setup.tokenizer, data.train_path, data.train_examples, setup.context_first,
-                              is_training=True)
+    features = input_data.build_features(args, rt, setup.tokenizer, data.train_path, data.train_examples,
+                                         setup.context_first, is_training=True)
     checkpoints.check_resume(setup.resume_from, setup.run_args(args), setup.config, args.auto_find_batch_size)
     trained = prepare_training(args, setup, rt, features)
     setup, choice = trained.setup, trained.choice
@@ -261,7 +267,7 @@ def train_and_save(args, rt, setup: RunSetup, data: RunData, evaluation: Evaluat
                     setup.run_args(args, trained.batches))
     summary = train(trained.model, features, trained.batches, rt,
                     loop=LoopConfig.from_flags(args, setup, data.train_path, report_first_step=choice.compile_training),
-                    optim=OptimConfig.from_flags(args), saving=saving, resume_from=setup.resume_from,
+                    optim=training_state.OptimConfig.from_flags(args), saving=saving, resume_from=setup.resume_from,
                     evaluation=evaluation if args.evaluate_during_training else None,
                     compiled=choice.compile_training)
     logger.info("path taken: %s", "; ".join([choice.short(), *trained.notes, *summary["path_notes"]]))
@@ -280,7 +286,7 @@ def evaluate_models(args, rt, setup: RunSetup, evaluation: Evaluation) -> None:
         while True:  # an automatic choice that fails in inference is given up, and the model evaluated again
             model = load_model(args, setup, folder, eval_device=rt.device)
             if evaluation.config.compiled:
-                compile_model(model, Compilation.from_flags(args))
+                device_path.compile_model(model, device_path.Compilation.from_flags(args))
             try:
                 results = evaluate(model, evaluation, rt, prefix=prefix, model_folder=folder)
                 break
@@ -330,9 +336,9 @@ def give_up(args, setup: RunSetup, part: str, problem: str, where: str, rt) -> R
         raise path_fallback.PathUnavailable(fast_path.refusal(part, explicit, problem, where))
     logger.warning(fast_path.fallback_warning(part, problem, where))
     flags = setup.flags.safer(part)
-    resumed = resumed_packing(setup.resume_from) if part != "packing" else None
-    return replace(setup, flags=flags, choice=choose_path(flags, rt.device, setup.config, args.trust_remote_code,
-                                                          resumed))
+    resumed = device_path.resumed_packing(setup.resume_from) if part != "packing" else None
+    return replace(setup, flags=flags, choice=device_path.choose_path(flags, rt.device, setup.config,
+                                                                      args.trust_remote_code, resumed))
 
 
 @dataclass(frozen=True)
@@ -341,7 +347,7 @@ class PreparedTraining:
 
     setup: RunSetup
     model: torch.nn.Module
-    batches: TrainBatches
+    batches: batching.TrainBatches
     choice: fast_path.Choice  # the path, compilation included
     notes: tuple[str, ...] = ()  # the automatic choices given up, for the end of training
 
@@ -355,7 +361,7 @@ def prepare_training(args, setup: RunSetup, rt, features) -> PreparedTraining:
     (path_fallback.first_step_problem: undone afterwards). A part of the path chosen automatically that fails
     there is given up for the next safer one, with one warning, and everything is prepared again from the same
     random state, as if the safer path had been chosen from the start; an explicit one is refused."""
-    rng, notes, position = process_group.rng_state(), [], resumed_position(setup.resume_from)
+    rng, notes, position = process_group.rng_state(), [], training_state.resumed_position(setup.resume_from)
     while True:
         model = load_model(args, setup, str(setup.resume_from or args.model_name_or_path)).to(rt.device)
         batches = train_batches(args, setup, rt, model, features)
@@ -363,7 +369,7 @@ def prepare_training(args, setup: RunSetup, rt, features) -> PreparedTraining:
         logger.info(choice.describe())
         if choice.compile_training:
             batches = compile_for_training(args, setup, model, features, batches)
-        failure = first_step_failure(choice, model, batches, features, rt, position, args.seed)
+        failure = path_fallback.first_step_failure(choice, model, batches, features, rt, position, args.seed)
         if failure is None:
             return PreparedTraining(setup, model, batches, choice, tuple(notes))
         kind, problem = failure
@@ -375,7 +381,8 @@ def prepare_training(args, setup: RunSetup, rt, features) -> PreparedTraining:
         process_group.set_rng_state(rng)  # the safer path starts where this one did
 
 
-def training_compilation(args, setup: RunSetup, rt, model, features, batches: TrainBatches) -> fast_path.Choice:
+def training_compilation(args, setup: RunSetup, rt, model, features,
+                         batches: batching.TrainBatches) -> fast_path.Choice:
     """The path with compilation decided for this run's length; an automatic compilation is first probed
     (path_fallback.compile_problem) and given up, with a warning, where it cannot run."""
     loop, cuda = LoopConfig.from_flags(args, setup, None), rt.device.type == "cuda"
@@ -394,79 +401,10 @@ def training_compilation(args, setup: RunSetup, rt, model, features, batches: Tr
     return choice
 
 
-def first_step_failure(choice: fast_path.Choice, model, batches: TrainBatches, features, rt, position: dict,
-                       seed: int) -> tuple[str, str] | None:
-    """The first micro-batch of this run (its first, or the resumed position's) tried on the path: None, or
-    (what kind of failure: compile, memory or path; what failed), the same on every rank. The classic path is
-    not tried: it has nothing to fall back to, and its errors are the run's own."""
-    if not choice.risky():
-        return None
-    plan = batching.epoch_plan(batches.batching, features.lengths(), seed + position["epoch"], rt.rank,
-                               rt.world_size, batches.accumulation)
-    idx = plan[min(position["step_in_epoch"], len(plan) - 1)][0] if plan else None
-    exc = None
-    if idx is not None:
-        batch = batching.to_device(batches.batching.tensors(features, idx, with_labels=True), rt.device)
-        exc = path_fallback.first_step_problem(model, batches.batching, batch,
-                                               amp_context(choice.precision, rt.device), rt.device)
-    found = None if exc is None else (path_fallback.failure_kind(exc), path_fallback.what_failed(exc))
-    return process_group.first_problem(rt, found)
-
-
-def choose_path(flags: fast_path.PathFlags, device: torch.device, config, remote_code: bool,
-                resumed_packed: bool | None = None) -> fast_path.Choice:
-    """Packing, precision and attention kernels for this family on this device (fast_path.py's rules)."""
-    bf16_gpu, flash_gpu = process_group.device_capabilities(device)
-    custom = (remote_code and bool(getattr(config, "auto_map", None))) or bool(getattr(config, "is_decoder", False))
-    facts = fast_path.Facts(cuda=device.type == "cuda", bf16_gpu=bf16_gpu, model_type=config.model_type,
-                            relative_positions=modeling_relative.is_relative_position_config(config),
-                            flash_gpu=flash_gpu, custom_code=custom, resumed_packed=resumed_packed,
-                            bf16_cpu=process_group.cpu_bf16() if device.type == "cpu" else "")
-    return fast_path.choose(flags, facts)
-
-
-def resumed_packing(resume_from: Path | None) -> bool | None:
-    """Whether the checkpoint being resumed was trained on packed batches (None: none, or not recorded; an
-    unreadable record is check_resume's to report)."""
-    if resume_from is None:
-        return None
-    try:
-        saved = json.loads((resume_from / output_folder.TRAINING_ARGS).read_text())
-    except (OSError, ValueError):
-        return None
-    value = saved.get("packed", saved.get("packing"))
-    return value if isinstance(value, bool) else None
-
-
-@dataclass(frozen=True)
-class Compilation:
-    """How torch.compile is called (--torch_compile_backend, --torch_compile_mode) and where its kernels are kept."""
-
-    backend: str = "inductor"
-    mode: str | None = None
-    kernel_cache: Path | None = None  # None: PyTorch's own (TORCHINDUCTOR_CACHE_DIR, else a folder in /tmp)
-
-    @classmethod
-    def from_flags(cls, args) -> Compilation:
-        """The kernels are kept beside the default feature cache, so the next run of a sweep reuses them; a
-        user's own --features_cache_dir or $TORCHINDUCTOR_CACHE_DIR is not second-guessed."""
-        cache = None
-        if args.features_cache_dir is None and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
-            cache = utils_squad.features_cache_dir(None).parent / "inductor"
-        return cls(args.torch_compile_backend, args.torch_compile_mode, cache)
-
-
-def compile_model(model, compilation: Compilation) -> None:
-    """torch.compile in place (parameters, state_dict and save_pretrained stay the model's). A kernel cache that
-    cannot be used is warned about once and left to PyTorch's default (compiling never depends on it)."""
-    if compilation.kernel_cache is not None and utils_squad.usable_cache_dir(compilation.kernel_cache) is not None:
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compilation.kernel_cache))
-    model.compile(backend=compilation.backend, mode=compilation.mode)
-
-
-def compile_for_training(args, setup: RunSetup, model, features, batches: TrainBatches) -> TrainBatches:
+def compile_for_training(args, setup: RunSetup, model, features,
+                         batches: batching.TrainBatches) -> batching.TrainBatches:
     """Compile the model; padded batches then take widths rounded to 64 (a handful of shapes to compile)."""
-    compile_model(model, Compilation.from_flags(args))
+    device_path.compile_model(model, device_path.Compilation.from_flags(args))
     if batches.batching.packed:
         return batches
     return replace(batches, batching=make_batching(args, setup, features, batches.batch_size, compiled=True))
@@ -488,72 +426,16 @@ def claim_output_dir(output_dir: Path, rt) -> None:
         raise folder_lock.FolderLocked(problem)
 
 
-def data_paths(args, rt) -> tuple[Path | None, Path | None]:
-    """--train_file/--predict_file (checked by cli.py) or --dataset_name's splits."""
-    train = cli.data_file(args, "--train_file")
-    if train is None and args.dataset_name and args.do_train:
-        train = dataset_file(args, rt, "train")
-    predict = cli.data_file(args, "--predict_file")
-    if predict is None and args.dataset_name and cli.evaluating(args):
-        predict = dataset_file(args, rt, "validation")
-    return train, predict
-
-
-def dataset_file(args, rt, split: str) -> Path:
-    """--dataset_name: rank 0 writes the split as JSON Lines beside the feature cache (not into --output_dir,
-    which holds only this run's results), so the normal reader and cache apply."""
-    cache = utils_squad.features_cache_dir(args.features_cache_dir)
-    target = cache / "datasets" / f"{Path(args.dataset_name).name}-{split}.jsonl"
-    if rt.is_main:
-        utils_squad.dataset_to_jsonl(args.dataset_name, split, target, args.cache_dir or None)
-    process_group.barrier(rt)
-    return target
-
-
-def read_examples(path: Path, args, is_training: bool, require_answers: bool):
-    """Read and validate one file (every problem is found here, before any model or feature)."""
-    examples, report = utils_squad.read_squad_examples(
-        path, version_2_with_negative=args.version_2_with_negative, is_training=is_training,
-        skip_bad_answers=args.skip_bad_answers,
-    )
-    if require_answers and not args.version_2_with_negative and not all(e.answers for e in examples):
-        missing = next(e.qas_id for e in examples if not e.answers)
-        raise InputError(f"{path}: question {missing}: no answers to score against (use --do_predict "
-                         "for predictions only, or --version_2_with_negative for SQuAD 2.0 data)")
-    logger.info("%s: %d questions, %d repaired answer offsets, %d skipped", path, len(examples),
-                report.repaired, report.skipped)
-    return examples
-
-
-def feature_settings(args, context_first: bool, is_training: bool) -> utils_squad.FeatureSettings:
-    return utils_squad.FeatureSettings(max_seq_length=args.max_seq_length, doc_stride=args.doc_stride,
-                                       max_query_length=args.max_query_length, context_first=context_first,
-                                       is_training=is_training)
-
-
 def check_model_settings(args, setup: RunSetup) -> None:
     """What needs the config and tokenizer, said before any feature is built."""
     try:
-        utils_squad.check_sequence_lengths(setup.tokenizer, feature_settings(args, setup.context_first, False))
+        utils_squad.check_sequence_lengths(setup.tokenizer,
+                                           input_data.feature_settings(args, setup.context_first, False))
     except utils_squad.FeatureSettingsError as exc:
         raise UsageError(f"--max_seq_length ({args.max_seq_length}) must be larger than --max_query_length "
                          f"({args.max_query_length}) + {exc.num_special} special tokens of this tokenizer") from exc
     if setup.choice.packing:
         qa_model.check_packing(setup.config)
-
-
-def build_features(args, rt, tokenizer, path: Path, examples, context_first: bool, is_training: bool):
-    """Featurize through the on-disk cache; rank 0 builds it while the other ranks wait."""
-    cache_dir = utils_squad.features_cache_dir(args.features_cache_dir)  # created, or done without, there
-    if not rt.is_main:
-        process_group.barrier(rt)
-    features = utils_squad.load_or_build_features(
-        path, examples, tokenizer, feature_settings(args, context_first, is_training), cache_dir=cache_dir,
-        overwrite_cache=args.overwrite_cache and rt.is_main, threads=args.threads,
-    )
-    if rt.is_main:
-        process_group.barrier(rt)
-    return features
 
 
 def make_batching(args, setup: RunSetup, features, batch_size: int, compiled: bool = False):
@@ -574,22 +456,7 @@ def load_model(args, setup: RunSetup, path: str, eval_device=None):
     return model
 
 
-@dataclass(frozen=True)
-class TrainBatches:
-    """Micro-batches per device and per optimizer step: the flags', a resumed checkpoint's, or what
-    --auto_find_batch_size found (the same global batch either way), and the batching built for them."""
-
-    batch_size: int
-    accumulation: int
-    batching: batching.PaddedBatches | batching.PackedBatches
-
-    def describe(self, max_seq_length: int) -> str:
-        if self.batching.packed:
-            return f"packs of {self.batching.tokens} tokens (--per_gpu_train_batch_size {self.batch_size})"
-        return f"--per_gpu_train_batch_size {self.batch_size} and --max_seq_length {max_seq_length}"
-
-
-def train_batches(args, setup: RunSetup, rt, model, features) -> TrainBatches:
+def train_batches(args, setup: RunSetup, rt, model, features) -> batching.TrainBatches:
     """The flags' micro-batches, or with --auto_find_batch_size the largest that fits (a resumed run keeps
     its checkpoint's: the data plan must not change under it)."""
     size, accum = args.per_gpu_train_batch_size, args.gradient_accumulation_steps
@@ -604,12 +471,13 @@ def train_batches(args, setup: RunSetup, rt, model, features) -> TrainBatches:
         def fits(batch_size: int) -> bool:
             candidate = make_batching(args, setup, features, batch_size, compiled=may_compile)
             return qa_model.probe_memory(model.to(rt.device), candidate, features, rt.device,
-                                         amp_context(setup.choice.precision, rt.device), extra_copies=int(rt.distributed))
+                                         device_path.amp_context(setup.choice.precision, rt.device),
+                                         extra_copies=int(rt.distributed))
         size, accum = qa_model.find_batch_size(fits, size, accum, rt.distributed and rt.cpu_group)
         if size == 0:
             raise OutOfMemory(f"out of GPU memory with one feature per device of up to --max_seq_length "
                               f"{args.max_seq_length} tokens: shorten --max_seq_length or use a bigger GPU")
-    return TrainBatches(size, accum, make_batching(args, setup, features, size))
+    return batching.TrainBatches(size, accum, make_batching(args, setup, features, size))
 
 
 # --------------------------------------------------------------------------------------------
@@ -644,34 +512,6 @@ class LoopConfig:
 
 
 @dataclass(frozen=True)
-class OptimConfig:
-    """AdamW, its learning-rate schedule and gradient clipping (the optimization flags)."""
-
-    learning_rate: float = 5e-5
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
-    layerwise_lr_decay: float = 1.0
-    lr_scheduler_type: str = "linear"
-    warmup_steps: int = 0
-    warmup_ratio: float = 0.0
-    lr_end: float = 1e-7
-    lr_power: float = 1.0
-    max_grad_norm: float = 1.0  # 0: no clipping
-    fp16_opt_level: str = "O1"  # accepted for apex scripts, only logged
-
-    @property
-    def clip_norm(self) -> float:
-        return self.max_grad_norm if self.max_grad_norm > 0 else float("inf")  # 0: no clipping
-
-    @classmethod
-    def from_flags(cls, args) -> OptimConfig:
-        """Every field is the flag of the same name (the defaults above are the parser's: a test ties them)."""
-        return cls(**{name: getattr(args, name) for name in cls.__dataclass_fields__})
-
-
-@dataclass(frozen=True)
 class Saving:
     """Where and how often checkpoints are written, and what goes with the weights."""
 
@@ -682,15 +522,15 @@ class Saving:
     run_args: dict  # training_args.json
 
 
-def train(model, features, batches: TrainBatches, rt, *, loop: LoopConfig, optim: OptimConfig,
-          saving: Saving | None = None, resume_from: Path | None = None, evaluation: Evaluation | None = None,
-          compiled: bool = False) -> dict:
+def train(model, features, batches: batching.TrainBatches, rt, *, loop: LoopConfig,
+          optim: training_state.OptimConfig, saving: Saving | None = None, resume_from: Path | None = None,
+          evaluation: Evaluation | None = None, compiled: bool = False) -> dict:
     """Optimizer steps, each over its micro-batches, then step, then log / evaluate / save / stop, with no host
     synchronisation inside a step. Returns the summary (speed, memory, the last step, path notes)."""
     ddp, accum, batcher = wrap_for_processes(model, rt), batches.accumulation, batches.batching
     total_steps, prefetch = prefetched_steps(loop, rt, features, batches)
-    optimization = start_optimization(optim, loop.precision, model, rt, total_steps)
-    position = start = restore_position(resume_from, optimization, rt)
+    optimization = training_state.start_optimization(optim, loop.precision, model, rt, total_steps)
+    position = start = training_state.restore_position(resume_from, optimization, rt)
     announce_training(rt, batches, len(features), total_steps)
     if rt.is_main:
         output_folder.clean_output_dir(loop.output_dir, resume_from)  # a killed run's leftovers
@@ -753,7 +593,7 @@ class StepContext:
     model: torch.nn.Module
     rt: object
     loop: LoopConfig
-    optimization: Optimization
+    optimization: training_state.Optimization
     meter: train_log.Meter
     writer: object
     stop: process_group.StopFlag
@@ -798,7 +638,7 @@ def micro_batches(ddp, batcher, group, rt, precision: str, scaler, accum: int) -
         batch = batching.to_device(batch, rt.device)
         # Gradients are all-reduced once per optimizer step, on its last micro-batch.
         with ddp.no_sync() if rt.distributed and micro < len(group) - 1 else contextlib.nullcontext():
-            with amp_context(precision, rt.device):
+            with device_path.amp_context(precision, rt.device):
                 loss = batcher.forward(ddp, batch, training=True).loss / accum
             (scaler.scale(loss) if scaler is not None else loss).backward()
         losses.append((loss.detach(), seqs, tokens))
@@ -818,7 +658,7 @@ def evaluate_during_training(model, evaluation: Evaluation, rt, step: int, out: 
     model.train()
 
 
-def out_of_memory_advice(batches: TrainBatches, max_seq_length: int, step: int) -> str:
+def out_of_memory_advice(batches: batching.TrainBatches, max_seq_length: int, step: int) -> str:
     smaller = qa_model.smaller_batch(batches.batch_size)
     advice = ("shorten --max_seq_length or use a bigger GPU" if smaller == batches.batch_size else
               f"keep the same global batch with --per_gpu_train_batch_size {smaller} --gradient_accumulation_steps "
@@ -826,7 +666,7 @@ def out_of_memory_advice(batches: TrainBatches, max_seq_length: int, step: int) 
     return f"out of GPU memory at step {step} with {batches.describe(max_seq_length)}: {advice}"
 
 
-def epoch_plans(loop: LoopConfig, rt, features, batches: TrainBatches):
+def epoch_plans(loop: LoopConfig, rt, features, batches: batching.TrainBatches):
     """The plan of an epoch, as a function of the epoch (a deterministic function of the seed)."""
     lengths = features.lengths()
 
@@ -838,12 +678,12 @@ def epoch_plans(loop: LoopConfig, rt, features, batches: TrainBatches):
     return plan_of_epoch
 
 
-def count_optimizer_steps(loop: LoopConfig, rt, features, batches: TrainBatches) -> int:
+def count_optimizer_steps(loop: LoopConfig, rt, features, batches: batching.TrainBatches) -> int:
     """The number of optimizer steps training will run (its first epoch planned to count them)."""
     return total_optimizer_steps(loop, rt, len(epoch_plans(loop, rt, features, batches)(0)), len(features), batches)
 
 
-def prefetched_steps(loop: LoopConfig, rt, features, batches: TrainBatches):
+def prefetched_steps(loop: LoopConfig, rt, features, batches: batching.TrainBatches):
     """The number of optimizer steps, and a function giving those from a position on, their batches built
     (and on a GPU pinned, for a non-blocking copy) in a background thread while the steps before run."""
     lengths, batcher = features.lengths(), batches.batching
@@ -873,7 +713,7 @@ def wrap_for_processes(model, rt):
 
 
 def total_optimizer_steps(loop: LoopConfig, rt, steps_per_epoch: int, num_features: int,
-                          batches: TrainBatches) -> int:
+                          batches: batching.TrainBatches) -> int:
     """max_steps, else num_train_epochs times the first epoch's steps (packs per epoch vary a little)."""
     if steps_per_epoch == 0:
         raise InputError(f"{loop.train_file}: too few features ({num_features}) for one optimizer step of "
@@ -882,108 +722,8 @@ def total_optimizer_steps(loop: LoopConfig, rt, steps_per_epoch: int, num_featur
     return max(total, 1)
 
 
-def build_optimizer(model, optim: OptimConfig):
-    """AdamW, fused: one kernel for the whole update, which also skips it on the device when told found_inf."""
-    groups = qa_model.parameter_groups(model, optim.learning_rate, optim.weight_decay, optim.layerwise_lr_decay)
-    logger.info("%s", parameter_groups_line(groups, optim.layerwise_lr_decay))
-    for g in groups:  # the detail few readers need: --verbose_logging
-        depth = f" (depth {g['depth']})" if optim.layerwise_lr_decay < 1.0 else ""
-        logger.debug("parameter group%s: lr %.3g, weight decay %g, %d tensors, e.g. %s",
-                     depth, g["lr"], g["weight_decay"], len(g["params"]), g["names"][0])
-    params = [{k: v for k, v in g.items() if k not in ("names", "depth")} for g in groups]
-    return torch.optim.AdamW(params, lr=optim.learning_rate, betas=(optim.adam_beta1, optim.adam_beta2),
-                             eps=optim.adam_epsilon, fused=True)
-
-
-def parameter_groups_line(groups: list[dict], layerwise_lr_decay: float) -> str:
-    """The optimizer's parameter groups in one line: how many, the learning-rate range, which decay."""
-    rates = [g["lr"] for g in groups]
-    lr = f"lr {rates[0]:.3g}"
-    if min(rates) != max(rates):
-        lr = f"lr {min(rates):.3g} to {max(rates):.3g} (layer-wise decay {layerwise_lr_decay:g})"
-    tensors = sum(len(g["params"]) for g in groups)
-    decayed = [g for g in groups if g["weight_decay"]]
-    decay = "no weight decay"
-    if decayed:
-        decay = (f"weight decay {decayed[0]['weight_decay']:g} on {sum(len(g['params']) for g in decayed)} "
-                 "tensors, none on biases and norms")
-    return f"{len(groups)} parameter groups of {tensors} tensors: {lr}, {decay}"
-
-
-def build_scheduler(optimizer, optim: OptimConfig, total_steps: int):
-    """The learning rate as a function of the optimizer step (skipped updates count as steps)."""
-    schedules = transformers.optimization
-    warmup = optim.warmup_steps or int(math.ceil(optim.warmup_ratio * total_steps))
-    if optim.lr_scheduler_type == "linear":
-        return schedules.get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
-    if optim.lr_scheduler_type == "polynomial":
-        return schedules.get_polynomial_decay_schedule_with_warmup(
-            optimizer, warmup, total_steps, lr_end=optim.lr_end, power=optim.lr_power)
-    if optim.lr_scheduler_type == "cosine":
-        return schedules.get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
-    return schedules.get_constant_schedule_with_warmup(optimizer, warmup)
-
-
-def amp_context(precision: str, device):
-    if precision == "fp16":
-        return torch.autocast(device_type=device.type, dtype=torch.float16)
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-@dataclass
-class Optimization:
-    """The optimizer, its schedule and (--fp16) the gradient scaler: what a checkpoint saves of them."""
-
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler | None
-
-    def state(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict() if self.scaler is not None else None}
-
-    def load(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-
-
-def start_optimization(optim: OptimConfig, precision: str, model, rt, total_steps: int) -> Optimization:
-    optimizer = build_optimizer(model, optim)
-    scaler = torch.amp.GradScaler(rt.device.type) if precision == "fp16" else None
-    if precision == "fp16":
-        logger.info("--fp16: torch.amp with a gradient scaler (--fp16_opt_level %s is ignored: apex is not used)",
-                    optim.fp16_opt_level)
-    return Optimization(optimizer, build_scheduler(optimizer, optim, total_steps), scaler)
-
-
-def resumed_position(resume_from: Path | None) -> dict:
-    """Where in the data training starts: the checkpoint's position (its tensors mapped, not read), or the
-    beginning."""
-    if resume_from is None:
-        return {"global_step": 0, "epoch": 0, "step_in_epoch": 0}
-    return dict(checkpoints.load_trainer_state(resume_from, mmap=True)["position"])
-
-
-def restore_position(resume_from: Path | None, optimization: Optimization, rt) -> dict:
-    """The position in the data to continue from, with the optimizer and every rank's random state."""
-    if resume_from is None:
-        return resumed_position(None)
-    state = checkpoints.load_trainer_state(resume_from)
-    optimization.load(state)
-    position = dict(state["position"])
-    if not process_group.restore_rng_states(state["rng"], rt):
-        logger.warning("checkpoint has RNG states of %d processes, this run has %d: dropout masks will differ "
-                       "from an unbroken run", len(state["rng"]), rt.world_size)
-    logger.info("resumed from %s at step %d (epoch %d, step %d of the epoch)", resume_from,
-                position["global_step"], position["epoch"], position["step_in_epoch"])
-    return position
-
-
-def save_checkpoint(saving: Saving, rt, model, optimization: Optimization, position: dict, protect: Path | None) -> None:
+def save_checkpoint(saving: Saving, rt, model, optimization: training_state.Optimization, position: dict,
+                    protect: Path | None) -> None:
     rng = process_group.gather_rng_states(rt)  # every rank's stream, so each resumes its own dropout masks
     if rt.is_main:
         state = {**optimization.state(), "rng": rng, "position": position}
@@ -1011,7 +751,7 @@ def log_first_step(rt, meter) -> None:
                 time.perf_counter() - meter.start)
 
 
-def announce_training(rt, batches: TrainBatches, num_features: int, total_steps: int) -> None:
+def announce_training(rt, batches: batching.TrainBatches, num_features: int, total_steps: int) -> None:
     logger.info("training: %d features, %d processes x %d per device x %d accumulation, %d optimizer steps%s",
                 num_features, rt.world_size, batches.batch_size, batches.accumulation, total_steps,
                 f"; packs of {batches.batching.tokens} tokens" if batches.batching.packed else "")
@@ -1083,8 +823,9 @@ def evaluate(model, evaluation: Evaluation, rt, prefix: str, model_folder: str |
         logger.info("inference on %d features: %.1f s; decoding %d questions: %.2f s", len(features),
                     inferred - started, len(evaluation.examples), time.perf_counter() - inferred)
         if config.score:
-            results = score_predictions(evaluation.examples, predictions, decoded, config, prefix)
-        write_evaluation(config, prefix, evaluation.examples, predictions, decoded, results, head.beam, model_folder)
+            results = eval_output.score_predictions(evaluation.examples, predictions, decoded, config, prefix)
+        eval_output.write_evaluation(config, prefix, evaluation.examples, predictions, decoded, results, head.beam,
+                                     model_folder)
         logger.info("evaluated %d features in %.1f s", len(features), time.perf_counter() - started)
     process_group.barrier(rt)
     return results
@@ -1116,66 +857,6 @@ def agreed_inference(model, evaluation: Evaluation, rt) -> dict:
     return outputs
 
 
-def score_predictions(examples, predictions, decoded: decoding.Decoded, config: EvalConfig, prefix: str) -> dict:
-    """Official scores of the predictions file; for SQuAD 2.0 the sweep over the spans."""
-    gold, v2 = squad_metrics.gold_answers_from_examples(examples), config.settings.version_2_with_negative
-    # The scorer's --na-prob-thresh is the decoding threshold: a question whose null odds exceed it was
-    # predicted "" already, so EM/F1 describe exactly the predictions file just written (the official
-    # default of 1.0 would blank correct spans when the threshold is above 1).
-    results = dict(squad_metrics.squad_evaluate(
-        gold, predictions, na_probs=decoded.null_odds if v2 else None, na_prob_thresh=config.threshold,
-        version_2=v2, sweep_preds=decoded.best_spans if v2 else None))
-    logger.info("evaluation %s: %s", prefix, describe_scores(results))
-    return results
-
-
-def describe_scores(results: dict) -> str:
-    """The headline numbers for the log; every metric is in eval_results.json and, for --do_eval, in the one
-    JSON line on stdout (printed once, for scripts to parse)."""
-    text = output_folder.em_f1(results) + (f" on {results['total']} questions" if "total" in results else "")
-    if "HasAns_f1" in results and "NoAns_exact" in results:
-        text += f" (answerable F1 {results['HasAns_f1']:.2f}, unanswerable EM {results['NoAns_exact']:.2f})"
-    if "best_f1" in results:
-        text += f"; best F1 {results['best_f1']:.2f} at no-answer threshold {results['best_f1_thresh']:.4g}"
-    return text
-
-
-class EvaluationWriteError(Exception):
-    """The files of an evaluation could not be written (a full disk, ...): none of them was (exit code 1)."""
-
-
-def write_evaluation(config: EvalConfig, prefix: str, examples, predictions, decoded: decoding.Decoded,
-                     results: dict, beam: bool, model_folder: str | None) -> None:
-    """The files of one evaluation as one set (atomic_io.FileSet): predictions, n-best, null odds, the plot,
-    the tuned threshold (in the model folder) and eval_results, all written aside, then renamed in, the
-    results last. A failed write leaves every earlier file as it was."""
-    v2, output_dir = config.settings.version_2_with_negative, config.output_dir
-    try:
-        with atomic_io.file_set() as files:
-            paths = decoding.write_prediction_files(output_dir, prefix, predictions, decoded.nbest,
-                                                    decoded.null_odds if v2 or beam else None, files)
-            if results and v2 and squad_metrics.plots_available():
-                gold = squad_metrics.gold_answers_from_examples(examples)
-                files.write_path(output_dir / f"no_answer_{prefix}.png", lambda tmp: squad_metrics.plot_no_answer(
-                    gold, decoded.best_spans, decoded.null_odds, config.threshold, str(tmp)))
-            if results and v2 and model_folder is not None:
-                output_folder.write_threshold(Path(model_folder), results, prefix, config.predict_path, {
-                    "n_best_size": config.settings.n_best_size,
-                    "max_answer_length": config.settings.max_answer_length, **config.windows}, files)
-            if results:
-                output_folder.write_eval_results(output_dir, prefix, results, files)
-    except OSError as exc:
-        failed = Path(exc.filename) if exc.filename else output_dir
-        where = failed.name if failed.parent == output_dir else str(failed)
-        outcome = "the previous results are unchanged"
-        if isinstance(exc, atomic_io.PartlyReplaced):
-            outcome = (f"the set is partly replaced ({', '.join(p.name for p in exc.replaced)} already new, the rest "
-                       "the previous evaluation's)")
-        raise EvaluationWriteError(f"could not write the evaluation results of step {prefix} to {output_dir} "
-                                   f"({where}: {exc.strerror or exc}): {outcome}") from exc
-    logger.info("wrote %s", ", ".join(str(p) for p in paths.values()))
-
-
 def infer(model, features, batcher, rt, *, precision: str = "fp32", compiled: bool = True) -> dict:
     """The head's arrays for this rank's share of the batches, copied to the host once at the end.
 
@@ -1187,12 +868,13 @@ def infer(model, features, batcher, rt, *, precision: str = "fp32", compiled: bo
     model.to(rt.device)
     model.eval()
     weights = next(model.parameters()).dtype
-    amp = amp_context(precision, rt.device) if weights == torch.float32 else contextlib.nullcontext()
+    amp = (device_path.amp_context(precision, rt.device) if weights == torch.float32
+           else contextlib.nullcontext())
     batches = batching.Prefetcher(batcher.plan(features.lengths())[rt.rank::rt.world_size],
                                   lambda idx: batching.pinned(batcher.tensors(features, idx, with_labels=False), rt.device))
     outputs = []
     try:
-        with torch.inference_mode(), contextlib.nullcontext() if compiled else eager_stance():
+        with torch.inference_mode(), contextlib.nullcontext() if compiled else device_path.eager_stance():
             for batch in batches:
                 batch = batching.to_device(batch, rt.device)
                 with amp:
@@ -1203,11 +885,6 @@ def infer(model, features, batcher, rt, *, precision: str = "fp32", compiled: bo
                           f"pass --per_gpu_eval_batch_size {max(1, batcher.batch_size // 2)}") from exc
     finally:
         batches.close()
-
-
-def eager_stance():
-    """Compiled code runs eagerly inside (torch.compiler.set_stance, torch >= 2.6 as requirements.txt asks)."""
-    return torch.compiler.set_stance("force_eager")
 
 
 if __name__ == "__main__":

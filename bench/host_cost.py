@@ -38,6 +38,7 @@ import run_squad  # noqa: E402
 from squad_internals import (  # noqa: E402
     batching,
     process_group,
+    training_state,
 )
 
 VOCAB = 1000
@@ -98,8 +99,8 @@ def train_loop(model, features, strategy, steps: int, seed: int, batch_size: int
     rt = process_group.Runtime(rank=0, world_size=1, local_rank=-1, device=torch.device("cpu"))
     with tempfile.TemporaryDirectory() as out:
         loop = run_squad.LoopConfig(Path(out), max_steps=steps, seed=seed, logging_steps=steps, save_steps=0)
-        summary = run_squad.train(model, features, run_squad.TrainBatches(batch_size, 1, strategy), rt,
-                                  loop=loop, optim=run_squad.OptimConfig(learning_rate=1e-4))
+        summary = run_squad.train(model, features, batching.TrainBatches(batch_size, 1, strategy), rt,
+                                  loop=loop, optim=training_state.OptimConfig(learning_rate=1e-4))
     return summary["seconds"] / steps
 
 

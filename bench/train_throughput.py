@@ -62,10 +62,12 @@ from squad_internals import (  # noqa: E402
     atomic_io,
     batching,
     cli,
+    device_path,
     fast_path,
     packing,
     process_group,
     qa_model,
+    training_state,
 )
 
 LOOPS = ("classic", "trainer", "default", "fastest", "padded", "packed")
@@ -345,13 +347,13 @@ def cli_args(args, output_dir: str):
 
 
 def loop_path(loop: str, config, device, args, parameters: int) -> fast_path.Choice:
-    """The path of a run_squad loop: the command line's own choice (run_squad.choose_path) for the default and
+    """The path of a run_squad loop: the command line's own choice (device_path.choose_path) for the default and
     fastest loops, forced for the others."""
     cuda = device.type == "cuda"
     if loop in ("padded", "packed"):
         choice = fast_path.Choice(loop == "packed", "bf16" if cuda else "fp32", cuda, (f"{loop} (forced)",))
         return fast_path.compilation(choice, "on" if args.compile else "off", cuda, args.mode == "train", parameters, 0)
-    choice = run_squad.choose_path(fast_path.PathFlags.from_args(cli_args(args, "unused")), device, config, False)
+    choice = device_path.choose_path(fast_path.PathFlags.from_args(cli_args(args, "unused")), device, config, False)
     training = args.mode == "train"
     compile_flag = "on" if loop == "fastest" or (args.compile and not training) else "auto"
     return fast_path.compilation(choice, compile_flag, cuda, training, parameters, args.full_run_steps)
@@ -373,7 +375,8 @@ def run_cli(loop: str, config, lengths: np.ndarray, device, args) -> dict:
             qa_model.enable_packing(model, attention_dropout=args.packed_attention_dropout == "on")
         compiled = path.compile_training if train else path.compile_evaluation
         if compiled:
-            run_squad.compile_model(model, run_squad.Compilation(mode="reduce-overhead" if loop == "fastest" else None))
+            device_path.compile_model(model, device_path.Compilation(mode="reduce-overhead" if loop == "fastest"
+                                                                     else None))
         rt = process_group.Runtime(rank=0, world_size=1, local_rank=-1, device=device)
         strategy = batching.make_batching(batching.SpanHead(), config, features, args.batch_size,
                                           packed=path.packing, pack_tokens=args.pack_tokens,
@@ -385,8 +388,8 @@ def run_cli(loop: str, config, lengths: np.ndarray, device, args) -> dict:
             loop_config = run_squad.LoopConfig(Path(out), max_steps=2 * args.steps, seed=args.seed,
                                                logging_steps=args.steps, save_steps=0, precision=path.precision,
                                                report_first_step=compiled)
-            summary = run_squad.train(model, features, run_squad.TrainBatches(args.batch_size, 1, strategy), rt,
-                                      loop=loop_config, optim=run_squad.OptimConfig.from_flags(flags))
+            summary = run_squad.train(model, features, batching.TrainBatches(args.batch_size, 1, strategy), rt,
+                                      loop=loop_config, optim=training_state.OptimConfig.from_flags(flags))
             window = summary["last_window"]
             mean_sq = float(np.square(features.lengths().astype(np.float64)).mean() / features.lengths().mean())
             tokens_per_s = window["tokens_per_s"]

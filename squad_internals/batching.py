@@ -20,7 +20,8 @@ device), ``collect()`` those on the host, ``decode()`` the answers (decoding.py)
 Every batch carries ``source_index``: the position of each of its tokens in the features' flat arrays (-1 for
 padding), so outputs of any batching go back to the features the same way. Training walks optimizer steps
 (``epoch_plan``, ``optimizer_steps``: a deterministic function of the seed, so resuming is the plan from a
-position on); ``Prefetcher`` builds the next step's tensors while the current one runs.
+position on) of ``TrainBatches`` (micro-batches per device and per step, and the batching built for them);
+``Prefetcher`` builds the next step's tensors while the current one runs.
 """
 
 from __future__ import annotations
@@ -588,6 +589,22 @@ class Prefetcher:
 # --------------------------------------------------------------------------------------------
 # Training: optimizer steps over epochs
 # --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainBatches:
+    """Micro-batches per device and per optimizer step: the flags', a resumed checkpoint's, or what
+    --auto_find_batch_size found (the same global batch either way), and the batching built for them."""
+
+    batch_size: int
+    accumulation: int
+    batching: PaddedBatches | PackedBatches
+
+    def describe(self, max_seq_length: int) -> str:
+        if self.batching.packed:
+            return f"packs of {self.batching.tokens} tokens (--per_gpu_train_batch_size {self.batch_size})"
+        return f"--per_gpu_train_batch_size {self.batch_size} and --max_seq_length {max_seq_length}"
+
 
 
 def epoch_plan(strategy, lengths: np.ndarray, seed: int, rank: int, world_size: int, accum: int) -> list[list]:

@@ -5,7 +5,7 @@ Why a module of its own: the seed scripts' flags do not name the fast path, so t
 configuration it can show correct for the model family and the device; a flag given explicitly always wins,
 and each choice has its way back (`--packing off`, `--torch_compile off`, `--fp32`, `--sdpa_kernels torch`).
 The rules are plain data measured on an H200 (bench/RESULTS.md, ../shared/measurements) and pure functions
-over facts, so they are tested on any machine. No torch here: run_squad.py gathers the facts.
+over facts, so they are tested on any machine. No torch here: device_path.py gathers the facts.
 
 The rules (CUDA; on a CPU every default but precision stays the classic one: padded, eager):
   precision  bf16 autocast on a GPU that computes bf16 natively (Ampere and newer), or a CPU that does (it

@@ -15,7 +15,7 @@ import traceback
 
 import torch
 
-from squad_internals import atomic_io, fast_path, process_group
+from squad_internals import atomic_io, batching, device_path, fast_path, process_group
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +112,26 @@ def first_step_problem(model, strategy, batch: dict, amp, device: torch.device) 
         finally:
             model.zero_grad(set_to_none=True)
     return None
+
+
+def first_step_failure(choice: fast_path.Choice, model, batches: batching.TrainBatches, features, rt,
+                       position: dict, seed: int) -> tuple[str, str] | None:
+    """The first micro-batch of this run (its first, or the resumed position's) tried on the path: None, or
+    (what kind of failure: compile, memory or path; what failed), the same on every rank. The classic path is
+    not tried: it has nothing to fall back to, and its errors are the run's own."""
+    if not choice.risky():
+        return None
+    plan = batching.epoch_plan(batches.batching, features.lengths(), seed + position["epoch"], rt.rank,
+                               rt.world_size, batches.accumulation)
+    idx = plan[min(position["step_in_epoch"], len(plan) - 1)][0] if plan else None
+    exc = None
+    if idx is not None:
+        batch = batching.to_device(batches.batching.tensors(features, idx, with_labels=True), rt.device)
+        exc = first_step_problem(model, batches.batching, batch, device_path.amp_context(choice.precision, rt.device),
+                                 rt.device)
+    found = None if exc is None else (failure_kind(exc), what_failed(exc))
+    return process_group.first_problem(rt, found)
+
 
 
 def uncompile(model) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 import run_squad
 from cli_helpers import REPO, without_torch
-from squad_internals import batching, cli, fast_path, output_folder, process_group, qa_model
+from squad_internals import batching, cli, fast_path, output_folder, process_group, qa_model, training_state
 
 # The classic script's 45 flags, each with a value where it takes one.
 CLASSIC_COMMAND = """
@@ -317,7 +317,7 @@ def test_parameter_groups_are_one_line_and_each_group_under_verbose_logging(tiny
                                           f"--train_file t --learning_rate 1e-3 {flags}"))
         caplog.clear()
         with caplog.at_level(level, logger="run_squad"):
-            optimizer = run_squad.build_optimizer(model, run_squad.OptimConfig.from_flags(args))
+            optimizer = training_state.build_optimizer(model, training_state.OptimConfig.from_flags(args))
         return optimizer, [(r.levelname, r.getMessage()) for r in caplog.records if "parameter group" in r.getMessage()]
 
     # The tiny BERT: 2 layers, so depths 0 (embeddings) to 3 (the head), each with and without decay.

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 import run_squad
-from squad_internals import cli, decoding
+from squad_internals import cli, decoding, training_state
 
 REQUIRED = ["--model_name_or_path", "m", "--output_dir", "o", "--do_train", "--train_file", "t"]
 SETUP = SimpleNamespace(choice=SimpleNamespace(precision="<derived>"))
@@ -50,7 +50,7 @@ def flags_of(config_cls) -> dict[str, str]:
 # that a new field is either a flag (then its default is checked) or named as derived.
 DERIVED = {
     run_squad.LoopConfig: {"output_dir", "train_file", "precision", "report_first_step"},
-    run_squad.OptimConfig: set(),
+    training_state.OptimConfig: set(),
     run_squad.EvalConfig: {"output_dir", "settings", "score", "predict_path", "windows", "precision", "compiled"},
     decoding.DecodingSettings: set(),
 }
@@ -81,7 +81,7 @@ def test_default_flags_build_the_default_configs():
     """The whole round: the parser's defaults, through from_flags, give each config's own defaults."""
     args = cli.parse_args(REQUIRED)
     setup = SimpleNamespace(choice=SimpleNamespace(precision="fp32"))
-    assert run_squad.OptimConfig.from_flags(args) == run_squad.OptimConfig()
+    assert training_state.OptimConfig.from_flags(args) == training_state.OptimConfig()
     loop = run_squad.LoopConfig.from_flags(args, setup, Path("t"))
     assert loop == run_squad.LoopConfig(Path("o"), train_file="t")
     evaluation = run_squad.EvalConfig.from_flags(args, setup, None, score=True, compiled=False)

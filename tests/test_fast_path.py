@@ -16,12 +16,12 @@ from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 import run_squad
 import utils_squad
 from cli_helpers import common_flags, small_v2_file
-from squad_internals import batching, fast_path, qa_model
+from squad_internals import batching, device_path, fast_path, qa_model
 
 # The loop's own files. (packing.py's CPU attention reads its segment bounds, which on a CPU are host memory;
 # on a GPU the packed kernels take them as a tensor.)
 PROJECT = {"run_squad.py", "batching.py", "train_log.py", "qa_model.py", "process_group.py", "checkpoints.py",
-           "output_folder.py"}
+           "output_folder.py", "training_state.py"}
 
 
 def flags(squad_dir: Path, tmp_path: Path, steps: int) -> list[str]:
@@ -332,7 +332,7 @@ def test_a_cpu_run_takes_the_cpus_bf16_fact(tiny_bert_dir, monkeypatch, reported
     args = run_squad.cli.parse_args(["--model_name_or_path", str(tiny_bert_dir), "--output_dir", "o", "--do_eval",
                                      "--predict_file", "p.json", *flag])
     config = qa_model.load_config(qa_model.ModelSource(str(tiny_bert_dir)))
-    choice = run_squad.choose_path(fast_path.PathFlags.from_args(args), torch.device("cpu"), config, False)
+    choice = device_path.choose_path(fast_path.PathFlags.from_args(args), torch.device("cpu"), config, False)
     assert choice.precision == precision
     assert (bool(reported) and reported in choice.reasons[1]) == (precision == "bf16")
 

@@ -50,7 +50,7 @@ def tag_of(path: Path) -> str:
 # An evaluation's results, the tuned threshold in the model folder among them
 # --------------------------------------------------------------------------------------------
 
-# As run_squad.write_evaluation stages an evaluation's files (predictions, n-best, null odds, plot, threshold,
+# As eval_output.write_evaluation stages an evaluation's files (predictions, n-best, null odds, plot, threshold,
 # eval_results.txt and .json), with the project's own functions.
 EVAL_WRITER = """
 import sys

@@ -154,10 +154,10 @@ def test_other_skip_reasons_keep_their_own_lines(monkeypatch):
 
 
 def test_the_evaluation_summary_reads_both_squad_versions():
-    import run_squad
+    from squad_internals import eval_output
 
-    assert run_squad.describe_scores({"exact_match": 81.2, "f1": 88.5}) == "EM 81.20, F1 88.50"  # SQuAD 1.1
+    assert eval_output.describe_scores({"exact_match": 81.2, "f1": 88.5}) == "EM 81.20, F1 88.50"  # SQuAD 1.1
     v2 = {"exact": 67.5, "f1": 73.4, "total": 77, "HasAns_f1": 76.2, "NoAns_exact": 62.5, "best_f1": 79.0,
           "best_f1_thresh": 0.930854}
-    assert run_squad.describe_scores(v2) == ("EM 67.50, F1 73.40 on 77 questions (answerable F1 76.20, unanswerable "
-                                             "EM 62.50); best F1 79.00 at no-answer threshold 0.9309")
+    assert eval_output.describe_scores(v2) == ("EM 67.50, F1 73.40 on 77 questions (answerable F1 76.20, unanswerable "
+                                               "EM 62.50); best F1 79.00 at no-answer threshold 0.9309")
