@@ -26,6 +26,7 @@ if __name__ == "__main__":  # the flags, the model folder and every input line a
     command = cli.exit_now_if_bad(lambda: cli.check_pipeline_command(sys.argv[1:]))
 
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -508,40 +509,43 @@ INT8_REASON = ("int8: the encoder's Linear layers quantized dynamically, one sca
                "them and in the answer head (quantize='int8'; about 1 F1 below float32, bench/RESULTS.md)")
 
 
-def _check_quantize(quantize, device: torch.device, dtype) -> None:
-    """quantize is None or "int8"; int8 runs on a CPU and computes float32 around its int8 layers."""
+def _check_quantize(quantize, device: torch.device, dtype, subject: str = "quantize='int8'") -> None:
+    """quantize is None or "int8"; int8 layers run on a CPU, with float32 around them (subject: what is said to)."""
     if quantize is None:
         return
     if quantize not in QUANTIZATIONS:
         raise PipelineInputError(f"quantize must be None or 'int8', got {quantize!r}")
     if device.type != "cpu":
-        raise PipelineInputError(f"quantize='int8' runs on a CPU (got device {device}; a GPU computes bf16 or fp16)")
+        raise PipelineInputError(f"{subject} runs on a CPU (got device {device}; a GPU computes bf16 or fp16)")
     if _requested_dtype(dtype) not in (None, "float32"):
-        raise PipelineInputError(f"quantize='int8' computes float32 around its int8 layers: dtype {dtype!r} cannot "
-                                 "be combined with it")
+        raise PipelineInputError(f"{subject} computes float32 around its int8 layers: dtype {dtype!r} cannot be "
+                                 "combined with it")
 
 
-def quantized_int8(model):
-    """A copy of the model whose encoder's Linear layers (under its base_model_prefix: the answer head stays
-    float32) are quantized to int8 dynamically, one scale per output channel: int8 weights, each activation
-    quantized per call (torch.ao's quantize_dynamic). On the AVX512-BF16 CPU of bench/RESULTS.md: 2.3x float32's
-    answers and 1.5x bf16 autocast's, F1 -0.84 and -1.00 on two samples (per tensor, torch's default: -2.3 to -5.7).
-    The caller's model object is left as it is."""
+def quantized_int8(model, own_copy: bool = True):
+    """The model with its encoder's Linear layers (under its base_model_prefix: the answer head stays float32)
+    quantized to int8 dynamically, one scale per output channel: int8 weights, each activation quantized per call
+    (torch.ao's quantize_dynamic), on the CPU. own_copy: quantize a copy, leaving the caller's model object as it
+    is (a model the pipeline loaded itself is quantized in place). XLNet computes its attention with einsums of
+    plain parameters: only its feed-forward layers become int8. Measured on BERT (MiniLM) only: on the AVX512-BF16
+    CPU of bench/RESULTS.md, 2.3x / 2.1x float32's answers at batch 1 / 32 and 1.4x / 1.2x bf16's, F1 -1.00 /
+    -0.44 and -0.84 on two samples (per tensor, torch's default: -2.3 to -5.7)."""
     try:
         from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
     except ImportError:
         raise PipelineInputError(f"quantize='int8' needs torch.ao.quantization, which torch {torch.__version__} "
                                  "lacks") from None
-    import copy
-
     prefix = f"{model.base_model_prefix}."
     layers = {name: per_channel_dynamic_qconfig for name, module in model.named_modules()
               if isinstance(module, torch.nn.Linear) and name.startswith(prefix)}
-    copied = copy.deepcopy(model).float()
+    if not layers:
+        raise PipelineInputError(f"quantize='int8': {type(model).__name__} has no Linear layer under its encoder "
+                                 f"({model.base_model_prefix}) to quantize")
+    model = (copy.deepcopy(model) if own_copy else model).to("cpu", torch.float32)
     with warnings.catch_warnings():  # asked for by name: torch.ao's deprecation notices would only be noise here
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
-        return quantize_dynamic(copied, layers, dtype=torch.qint8, inplace=True)
+        return quantize_dynamic(model, layers, dtype=torch.qint8, inplace=True)
 
 
 def _has_quantized_layers(model) -> bool:
@@ -620,31 +624,20 @@ class QuestionAnsweringPipeline:
                  quantize: str | None = None):
         if model is None:
             raise ValueError("QuestionAnsweringPipeline needs a model folder (or model= and tokenizer=)")
-        if quantize is not None:  # float32 around the int8 layers, on the CPU (a folder's default device then)
-            device = "cpu" if device is None and _is_path(model) else device
-            _check_quantize(quantize, _device_of(device, None if _is_path(model) else model), dtype)
-            dtype = "float32"
         if _is_path(model):
             folder = _model_folder(model, tokenizer=tokenizer is None)  # a tokenizer given apart is checked apart
-            self.device = _device_of(device)
-            self.precision = _precision_of(dtype, self.device)
+            self.device = _device_of("cpu" if quantize is not None and device is None else device)
+            _check_quantize(quantize, self.device, dtype)
+            self.precision = _precision_of("float32" if quantize is not None else dtype, self.device)
             self.model, self.beam = self._load_model(folder, self.precision.weights)
         else:
             folder = _origin_folder(model)
             self.device = _device_of(device, model)
-            self.precision = _precision_of(dtype, self.device)
-            own = next(model.parameters()).dtype
-            if dtype is None and own != torch.float32:  # half-precision weights compute as they are
-                self.precision = Precision(own, None, f"{str(own).removeprefix('torch.')} (the model object's own "
-                                                      "weights; dtype= to choose)")
-            elif dtype is None and _has_quantized_layers(model):  # their kernels take float32, not autocast's bf16
-                self.precision = Precision(torch.float32, None, "float32 around the model object's own quantized "
-                                                                "layers")
-            # a model object keeps its weights unless a dtype is asked for (autocast alone leaves them as they are)
-            self.model = model if dtype is None else model.to(dtype=self.precision.weights)
+            self.model, self.precision = self._object_model(model, dtype, quantize)
             self.beam = isinstance(model, (transformers.XLNetForQuestionAnswering, transformers.XLMForQuestionAnswering))
-        if quantize is not None:
-            self.model, self.precision = quantized_int8(self.model), Precision(torch.float32, None, INT8_REASON)
+        if quantize is not None:  # a copy of a model object: the caller's stays as it is
+            self.model = quantized_int8(self.model, own_copy=not _is_path(model))
+            self.precision = Precision(torch.float32, None, INT8_REASON)
         self.tokenizer = self._load_tokenizer(tokenizer, folder)
         self.model.to(self.device).eval()
         self.model_type = self.model.config.model_type
@@ -664,6 +657,22 @@ class QuestionAnsweringPipeline:
         except PipelineInputError as exc:
             self.threshold_problem = exc
         logger.info("path: %s", self.precision.reason)
+
+    def _object_model(self, model, dtype, quantize):
+        """A model object and its precision: kept as it is unless a dtype is asked for; without one, its own
+        half-precision weights compute as they are. Quantized layers (its own, or quantize's to come) take
+        float32 on the CPU, never autocast's bf16."""
+        if quantize is not None or _has_quantized_layers(model):
+            _check_quantize(quantize or "int8", self.device, dtype,
+                            "quantize='int8'" if quantize is not None else "a model with quantized layers")
+            return model, Precision(torch.float32, None, "float32 around the model object's own quantized layers")
+        precision = _precision_of(dtype, self.device)
+        own = next(model.parameters()).dtype
+        if dtype is None and own != torch.float32:
+            return model, Precision(own, None, f"{str(own).removeprefix('torch.')} (the model object's own weights; "
+                                               "dtype= to choose)")
+        # a model object keeps its weights unless a dtype is asked for (autocast alone leaves them as they are)
+        return (model if dtype is None else model.to(dtype=precision.weights)), precision
 
     @staticmethod
     def _load_model(folder: Path, dtype):

@@ -101,6 +101,7 @@ BAD_INPUT = (utils_squad.SquadDataError, utils_squad.FeatureSettingsError, squad
 def main(argv: list[str] | None = None) -> int:
     verbose = "--verbose_logging" in (argv if argv is not None else sys.argv[1:])
     handlers, output_dir, code = cli.install_interrupt_handlers(), None, cli.EXIT_FAILURE
+    threads = torch.get_num_threads()  # a run on a CPU sets its own (prepare_model); an in-process caller's come back
     try:
         args = cli.check_run_squad_command(argv)
         output_dir = Path(args.output_dir)
@@ -114,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         # A refused or failed run leaves no empty folder behind (the output folder, the feature cache).
         atomic_io.remove_created_folders(keep=code == cli.EXIT_OK)
         cli.restore_handlers(handlers)
+        torch.set_num_threads(threads)
 
 
 def report_end(exc: BaseException, verbose: bool, output_dir: Path | None) -> int:

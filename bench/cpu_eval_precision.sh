@@ -23,7 +23,7 @@ for round in $(seq "${ROUNDS:-1}"); do
   [ -n "${SKIP_RUNS:-}" ] && break  # SKIP_RUNS=1: only the comparison of runs already in OUT
   for precision in fp32 bf16; do
     start=$(date +%s.%N)
-    python run_squad.py --model_name_or_path "$MODEL" --do_eval "${VERSION_FLAGS[@]}" --do_lower_case \
+    python run_squad.py --model_name_or_path "$MODEL" --do_eval ${VERSION_FLAGS[@]+"${VERSION_FLAGS[@]}"} --do_lower_case \
       --predict_file "$DEV" --max_seq_length 256 --doc_stride 128 --per_gpu_eval_batch_size 32 \
       --no_cuda "--$precision" --output_dir "$OUT/$precision" --overwrite_output_dir > "$OUT/$precision.log" 2>&1 \
       || { echo "run $precision failed: see $OUT/$precision.log" >&2; exit 1; }

@@ -606,7 +606,6 @@ class TrainBatches:
         return f"--per_gpu_train_batch_size {self.batch_size} and --max_seq_length {max_seq_length}"
 
 
-
 def epoch_plan(strategy, lengths: np.ndarray, seed: int, rank: int, world_size: int, accum: int) -> list[list]:
     """One epoch as optimizer steps, each a list of `accum` micro-batches of this rank: a deterministic
     function of the seed, so resuming at step k of an epoch is plan[k:]. Every rank gets the same number

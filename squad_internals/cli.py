@@ -615,7 +615,7 @@ def build_pipeline_parser() -> Parser:
                         "natively, AMX or AVX512-BF16; float32 elsewhere). float16 needs a GPU.")
     p.add_argument("--quantize", default=None, choices=("int8",),
                    help="int8: the encoder's Linear layers quantized dynamically (per output channel), float32 around "
-                        "them; CPU only, about 2x float32's speed and 1 F1 lower (bench/RESULTS.md).")
+                        "them; CPU only, 2.1-2.3x float32's speed and up to 1 F1 lower, measured (bench/RESULTS.md).")
     return p
 
 

@@ -133,7 +133,6 @@ def first_step_failure(choice: fast_path.Choice, model, batches: batching.TrainB
     return process_group.first_problem(rt, found)
 
 
-
 def uncompile(model) -> None:
     """The model's own forward again (undoes nn.Module.compile, which only sets this attribute)."""
     model._compiled_call_impl = None

@@ -67,6 +67,9 @@ def adopt_slurm_variables(env: dict) -> None:
     env.setdefault("RANK", env["SLURM_PROCID"])
     env.setdefault("WORLD_SIZE", env["SLURM_NTASKS"])
     env.setdefault("LOCAL_RANK", env.get("SLURM_LOCALID", "0"))
+    tasks_here = re.match(r"\d+", env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_NTASKS_PER_NODE") or "")
+    if tasks_here:  # "2(x3),1": this step's tasks per node, the first nodes' count (the usual even layout)
+        env.setdefault("LOCAL_WORLD_SIZE", tasks_here.group())
     env.setdefault("MASTER_PORT", "29500")
     if "MASTER_ADDR" not in env:
         env["MASTER_ADDR"] = first_slurm_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1"))
@@ -133,9 +136,10 @@ def cpu_bf16(cpuinfo: str = "/proc/cpuinfo") -> str:
 
 
 def cgroup_cpus(cgroup_root: str = "/sys/fs/cgroup", self_cgroup: str = "/proc/self/cgroup") -> float | None:
-    """The CPUs this process's cgroup may use (its CFS quota / period: 1.5 for "150000 100000"), None when it
-    has no quota or none can be read: cgroup v2's cpu.max, else v1's cpu.cfs_quota_us and cpu.cfs_period_us,
-    in the process's own cgroup (named by /proc/self/cgroup), then at the root (a container's usual view)."""
+    """The CPUs this process's cgroups allow (a CFS quota / period: 1.5 for "150000 100000"), None when no
+    quota applies or none can be read: the smallest over the process's own cgroup (named by /proc/self/cgroup)
+    and each of its parents up to the root (a container's usual view), cgroup v2's cpu.max and v1's
+    cpu.cfs_quota_us / cpu.cfs_period_us alike, since a limit at any level holds below it."""
     try:
         with open(self_cgroup, encoding="utf-8") as own:
             paths = {controllers: path.strip() for _, controllers, path in
@@ -143,17 +147,21 @@ def cgroup_cpus(cgroup_root: str = "/sys/fs/cgroup", self_cgroup: str = "/proc/s
     except OSError:
         paths = {}
     v1_path = next((path for names, path in paths.items() if "cpu" in names.split(",")), "/")
-    folders = [(f"{cgroup_root}{paths.get('', '/')}", "v2"), (cgroup_root, "v2")]
-    folders += [(f"{cgroup_root}/{mount}{path}", "v1") for mount in ("cpu", "cpu,cpuacct") for path in (v1_path, "/")]
-    for folder, version in dict.fromkeys(folders):
-        quota = _cfs_quota(Path(folder), version)
-        if quota is not False:
-            return quota
-    return None
+    folders = [(f"{cgroup_root}{path}", "v2") for path in _and_parents(paths.get("", "/"))]
+    folders += [(f"{cgroup_root}/{mount}{path}", "v1") for mount in ("cpu", "cpu,cpuacct") for path in _and_parents(v1_path)]
+    limits = [quota for folder, version in dict.fromkeys(folders)
+              if (quota := _cfs_quota(Path(folder), version)) not in (None, False)]
+    return min(limits) if limits else None
+
+
+def _and_parents(path: str) -> list[str]:
+    """"/a/b" -> ["/a/b", "/a", ""]: a cgroup path and its parents, the root as ""."""
+    parts = [part for part in path.split("/") if part]
+    return ["/" + "/".join(parts[:n]) if n else "" for n in range(len(parts), -1, -1)]
 
 
 def _cfs_quota(folder: Path, version: str) -> float | None | bool:
-    """One cgroup folder's CPUs (None: no quota), False when it holds no readable quota."""
+    """One cgroup folder's CPUs (None: no quota at this level), False when it holds no readable quota."""
     try:
         if version == "v2":
             quota, period = (folder / "cpu.max").read_text().split()[:2]
@@ -164,29 +172,43 @@ def _cfs_quota(folder: Path, version: str) -> float | None | bool:
         return False
 
 
-def cpu_threads(environ=os.environ, cgroup_root: str = "/sys/fs/cgroup",
-                self_cgroup: str = "/proc/self/cgroup") -> tuple[int, str]:
-    """The threads for this process's CPU work (torch's intra-op threads) and why: OMP_NUM_THREADS when set;
-    else the cores it may run on (its affinity), fewer where its cgroup's CPU quota allows fewer, since a
-    container given 2 CPUs of a 64-core host would otherwise run 64 threads, throttled at every step. The
-    tokenizer's own threads (Rust's available_parallelism) follow the same quota and never run beside torch's."""
-    given = environ.get("OMP_NUM_THREADS", "").strip()
-    if given.isdigit() and int(given) > 0:
-        return int(given), "OMP_NUM_THREADS"
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+def physical_cores(cpus: set[int], sys_root: str = "/sys") -> int:
+    """The physical cores among these logical CPUs (SMT siblings counted once, as torch's own default counts),
+    from each CPU's topology in sysfs; the number of CPUs where it cannot be read."""
+    try:
+        return len({tuple((Path(sys_root, f"devices/system/cpu/cpu{cpu}/topology") / name).read_text().strip()
+                          for name in ("physical_package_id", "core_id")) for cpu in cpus}) or len(cpus)
+    except OSError:
+        return len(cpus)
+
+
+def cpu_threads(environ=os.environ, cpus: set[int] | None = None, sys_root: str = "/sys",
+                cgroup_root: str = "/sys/fs/cgroup", self_cgroup: str = "/proc/self/cgroup") -> tuple[int, str]:
+    """The threads for this process's CPU work (torch's intra-op threads) and why: OMP_NUM_THREADS or
+    MKL_NUM_THREADS when set (torchrun sets the first to 1 for several processes on a machine); else the
+    physical cores this process may run on (its affinity, cpus when given), fewer where its cgroups' CPU quota
+    allows fewer (a container given 2 CPUs of a 64-core host would otherwise run 64 threads, throttled at every
+    step), shared among the processes of the machine (LOCAL_WORLD_SIZE, set from Slurm's tasks per node too).
+    The tokenizer's own threads (Rust's available_parallelism) never run beside torch's."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        given = environ.get(name, "").strip()
+        if given.isdigit() and int(given) > 0:
+            return int(given), name
+    if cpus is None:
+        cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    cores = physical_cores(cpus, sys_root)
+    why = f"the {cores} physical cores this process may use"
     quota = cgroup_cpus(cgroup_root, self_cgroup)
     if quota is not None and int(quota) < cores:
         cores, why = max(1, int(quota)), f"this cgroup's CPU quota, {quota:g} CPUs"
-    else:
-        why = f"the {cores} cores this process may use"
-    local = environ.get("LOCAL_WORLD_SIZE", "").strip()  # processes sharing this machine (torchrun's variable)
+    local = environ.get("LOCAL_WORLD_SIZE", "").strip()  # processes sharing this machine
     if local.isdigit() and int(local) > 1:
         cores, why = max(1, cores // int(local)), f"{why}, shared by {local} processes"
     return cores, f"{why}; OMP_NUM_THREADS to choose"
 
 
 def use_cpu_threads() -> str:
-    """torch's intra-op threads set by cpu_threads; the phrase the path line gives."""
+    """torch's intra-op threads set by cpu_threads; the phrase the log gives."""
     threads, why = cpu_threads()
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)

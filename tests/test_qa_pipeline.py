@@ -249,6 +249,27 @@ def test_int8_quantizes_the_encoder_per_channel_and_answers_as_torch_ao_does(qa)
     assert same >= 0.8 * len(inputs), (same, len(inputs))
 
 
+def test_int8_leaves_a_model_object_as_it_is_and_its_quantized_layers_compute_float32(qa, monkeypatch):
+    """quantize='int8' on a bf16 model object quantizes a float32 copy (the caller's keeps its dtype and layers);
+    a model object already quantized computes float32 even where the CPU's default is bf16 autocast, and is
+    refused with a half dtype or a GPU, in one line each."""
+    monkeypatch.setattr(qa_pipeline.process_group, "cpu_bf16", lambda: "avx512_bf16")  # bf16's default, injected
+    import copy
+
+    half = copy.deepcopy(qa.model).to(torch.bfloat16)
+    int8 = QuestionAnsweringPipeline(model=half, tokenizer=str(MODEL), quantize="int8", null_threshold=None)
+    assert next(half.parameters()).dtype == torch.bfloat16 and type(half.qa_outputs) is torch.nn.Linear
+    assert type(int8.model.bert.encoder.layer[0].attention.self.query) is torch.ao.nn.quantized.dynamic.Linear
+    assert int8.model.qa_outputs.weight.dtype == torch.float32 and int8.precision.autocast is None
+    quantized = quantized_by_hand(qa.model)
+    mine = QuestionAnsweringPipeline(model=quantized, tokenizer=str(MODEL), null_threshold=None)
+    assert (mine.precision.weights, mine.precision.autocast) == (torch.float32, None)
+    assert mine.answer([(QUESTION, CONTEXT)])[0][0]["answer"]
+    with pytest.raises(PipelineInputError, match="a model with quantized layers computes float32 around its int8 "
+                                                 "layers: dtype 'bfloat16' cannot be combined with it"):
+        QuestionAnsweringPipeline(model=quantized, tokenizer=str(MODEL), dtype="bfloat16")
+
+
 def test_int8_refusals_are_one_line():
     with pytest.raises(PipelineInputError, match="quantize must be None or 'int8', got 'int4'"):
         QuestionAnsweringPipeline(str(MODEL), quantize="int4")
@@ -257,6 +278,10 @@ def test_int8_refusals_are_one_line():
     with pytest.raises(PipelineInputError, match="runs on a CPU"):  # no GPU needed: the rule reads the device
         qa_pipeline._check_quantize("int8", torch.device("cuda"), None)
     qa_pipeline._check_quantize("int8", torch.device("cpu"), "fp32")  # float32 asked: the same path
+    no_encoder = torch.nn.Sequential(torch.nn.Linear(4, 2))
+    no_encoder.base_model_prefix = "bert"
+    with pytest.raises(PipelineInputError, match=r"Sequential has no Linear layer under its encoder \(bert\)"):
+        qa_pipeline.quantized_int8(no_encoder)
 
 
 def test_bad_calls_are_value_errors(qa):
@@ -569,6 +594,15 @@ def test_cli_quantize_int8_answers_and_refuses_what_it_cannot_combine(qa):
         done = run_cli(str(MODEL), "--quantize", "int8", *flags, stdin=GOOD)
         assert done.returncode == 2 and done.stdout == "" and len(done.stderr.splitlines()) == 1, done.stderr
         assert message in done.stderr
+
+
+def test_the_command_sets_the_cpu_threads_by_the_rule(monkeypatch, tmp_path, capsys):
+    calls = []
+    monkeypatch.setattr(qa_pipeline.process_group, "use_cpu_threads", lambda: calls.append("set") or "")
+    path = tmp_path / "in.jsonl"
+    path.write_text(GOOD + "\n")
+    assert qa_pipeline.main([str(MODEL), "--input", str(path), "--dtype", "float32"]) == 0
+    assert calls == ["set"] and json.loads(capsys.readouterr().out)["answer"]
 
 
 def test_help_and_bad_input_do_not_import_torch(tmp_path):

@@ -81,6 +81,7 @@ def test_a_run_logged_to_a_file_is_plain_and_says_each_thing_once(tiny_encoder_d
         "2 unused (pooler.dense.bias, pooler.dense.weight)")
     assert "Built 302 training features from 302 questions (239 with the answer span in the window)" in log
     assert "Built 77 evaluation features from 77 questions\n" in log
+    assert log.count("run_squad: 1 CPU thread: OMP_NUM_THREADS\n") == 1  # the thread rule, said once
     results = json.loads((out / "eval_results.json").read_text())["2"]
     summary = [line for line in log.splitlines() if "run_squad: evaluation 2: " in line]
     assert len(summary) == 1 and summary[0].endswith(
