@@ -632,7 +632,7 @@ class QuestionAnsweringPipeline:
             self.model, self.beam = self._load_model(folder, self.precision.weights)
         else:
             folder = _origin_folder(model)
-            self.device = _device_of(device, model)
+            self.device = _device_of("cpu" if quantize is not None and device is None else device, model)
             self.model, self.precision = self._object_model(model, dtype, quantize)
             self.beam = isinstance(model, (transformers.XLNetForQuestionAnswering, transformers.XLMForQuestionAnswering))
         if quantize is not None:  # a copy of a model object: the caller's stays as it is
@@ -663,8 +663,10 @@ class QuestionAnsweringPipeline:
         half-precision weights compute as they are. Quantized layers (its own, or quantize's to come) take
         float32 on the CPU, never autocast's bf16."""
         if quantize is not None or _has_quantized_layers(model):
-            _check_quantize(quantize or "int8", self.device, dtype,
+            _check_quantize("int8" if quantize is None else quantize, self.device, dtype,
                             "quantize='int8'" if quantize is not None else "a model with quantized layers")
+            if quantize is not None and _has_quantized_layers(model):
+                raise PipelineInputError("quantize='int8': the model object is quantized already (quantize=None)")
             return model, Precision(torch.float32, None, "float32 around the model object's own quantized layers")
         precision = _precision_of(dtype, self.device)
         own = next(model.parameters()).dtype

@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         # A refused or failed run leaves no empty folder behind (the output folder, the feature cache).
         atomic_io.remove_created_folders(keep=code == cli.EXIT_OK)
         cli.restore_handlers(handlers)
-        torch.set_num_threads(threads)
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
 
 def report_end(exc: BaseException, verbose: bool, output_dir: Path | None) -> int:

@@ -67,9 +67,6 @@ def adopt_slurm_variables(env: dict) -> None:
     env.setdefault("RANK", env["SLURM_PROCID"])
     env.setdefault("WORLD_SIZE", env["SLURM_NTASKS"])
     env.setdefault("LOCAL_RANK", env.get("SLURM_LOCALID", "0"))
-    tasks_here = re.match(r"\d+", env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_NTASKS_PER_NODE") or "")
-    if tasks_here:  # "2(x3),1": this step's tasks per node, the first nodes' count (the usual even layout)
-        env.setdefault("LOCAL_WORLD_SIZE", tasks_here.group())
     env.setdefault("MASTER_PORT", "29500")
     if "MASTER_ADDR" not in env:
         env["MASTER_ADDR"] = first_slurm_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1"))
@@ -182,16 +179,25 @@ def physical_cores(cpus: set[int], sys_root: str = "/sys") -> int:
         return len(cpus)
 
 
+def online_cpus(sys_root: str = "/sys") -> int | None:
+    """The machine's online logical CPUs ("0-63" or "0-3,8-11" in sysfs), None where it cannot be read."""
+    try:
+        ranges = Path(sys_root, "devices/system/cpu/online").read_text().strip().split(",")
+        return sum(int(r.split("-")[-1]) - int(r.split("-")[0]) + 1 for r in ranges if r)
+    except (OSError, ValueError):
+        return None
+
+
 def cpu_threads(environ=os.environ, cpus: set[int] | None = None, sys_root: str = "/sys",
                 cgroup_root: str = "/sys/fs/cgroup", self_cgroup: str = "/proc/self/cgroup") -> tuple[int, str]:
-    """The threads for this process's CPU work (torch's intra-op threads) and why: OMP_NUM_THREADS or
-    MKL_NUM_THREADS when set (torchrun sets the first to 1 for several processes on a machine); else the
-    physical cores this process may run on (its affinity, cpus when given), fewer where its cgroups' CPU quota
-    allows fewer (a container given 2 CPUs of a 64-core host would otherwise run 64 threads, throttled at every
-    step), shared among the processes of the machine (LOCAL_WORLD_SIZE, set from Slurm's tasks per node too).
-    The tokenizer's own threads (Rust's available_parallelism) never run beside torch's."""
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        given = environ.get(name, "").strip()
+    """The threads for this process's CPU work (torch's intra-op threads) and why: MKL_NUM_THREADS or
+    OMP_NUM_THREADS when set, as torch reads them (torchrun sets the second to 1 for several processes on a
+    machine); else the physical cores this process may run on (its affinity, cpus when given), fewer where a
+    cgroup CPU quota allows fewer (a container given 2 CPUs of a 64-core host would otherwise run 64 threads,
+    throttled at every step), shared among the processes of the machine (LOCAL_WORLD_SIZE) unless the process is
+    bound to CPUs of its own (srun's binding, taskset). The tokenizer's threads never run beside torch's."""
+    for name in ("MKL_NUM_THREADS", "OMP_NUM_THREADS"):
+        given = environ.get(name, "").split(",")[0].strip()  # OpenMP's "4,2" nests: the outer count is torch's
         if given.isdigit() and int(given) > 0:
             return int(given), name
     if cpus is None:
@@ -200,9 +206,10 @@ def cpu_threads(environ=os.environ, cpus: set[int] | None = None, sys_root: str 
     why = f"the {cores} physical cores this process may use"
     quota = cgroup_cpus(cgroup_root, self_cgroup)
     if quota is not None and int(quota) < cores:
-        cores, why = max(1, int(quota)), f"this cgroup's CPU quota, {quota:g} CPUs"
+        cores, why = max(1, int(quota)), f"a cgroup CPU quota of {quota:g} CPUs"
     local = environ.get("LOCAL_WORLD_SIZE", "").strip()  # processes sharing this machine
-    if local.isdigit() and int(local) > 1:
+    unbound = len(cpus) >= (online_cpus(sys_root) or len(cpus))
+    if local.isdigit() and int(local) > 1 and unbound:
         cores, why = max(1, cores // int(local)), f"{why}, shared by {local} processes"
     return cores, f"{why}; OMP_NUM_THREADS to choose"
 

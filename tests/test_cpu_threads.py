@@ -21,19 +21,22 @@ def cgroup_tree(tmp_path, files: dict[str, str], own: str = "0::/\n"):
 
 
 def topology(tmp_path, cores: list[tuple[int, int]]) -> str:
-    """A fake /sys whose CPU n sits on (package, core) cores[n]."""
+    """A fake /sys whose CPU n sits on (package, core) cores[n], all of them online."""
     for cpu, (package, core) in enumerate(cores):
         folder = tmp_path / "sys" / f"devices/system/cpu/cpu{cpu}/topology"
         folder.mkdir(parents=True)
         (folder / "physical_package_id").write_text(f"{package}\n")
         (folder / "core_id").write_text(f"{core}\n")
+    (tmp_path / "sys/devices/system/cpu/online").write_text(f"0-{len(cores) - 1}\n")
     return str(tmp_path / "sys")
 
 
-def machine(tmp_path, cpus: int = 8, files: dict[str, str] | None = None, own: str = "0::/\n") -> dict:
-    """cpu_threads' facts: cpus logical CPUs, one per core, and a cgroup tree."""
-    return {"cpus": set(range(cpus)), "sys_root": topology(tmp_path, [(0, n) for n in range(cpus)]),
-            **cgroup_tree(tmp_path, files or {}, own)}
+def machine(tmp_path, cpus: int = 8, files: dict[str, str] | None = None, own: str = "0::/\n",
+            allowed: set[int] | None = None) -> dict:
+    """cpu_threads' facts: cpus logical CPUs, one per core, the process allowed on all (or allowed), a cgroup
+    tree."""
+    return {"cpus": set(range(cpus)) if allowed is None else allowed,
+            "sys_root": topology(tmp_path, [(0, n) for n in range(cpus)]), **cgroup_tree(tmp_path, files or {}, own)}
 
 
 @pytest.mark.parametrize(("files", "own", "expected"), [
@@ -57,11 +60,14 @@ def test_cgroup_cpus_reads_the_smallest_quota_on_the_path(tmp_path, files, own, 
     assert process_group.cgroup_cpus(**cgroup_tree(tmp_path, files, own)) == expected
 
 
-def test_omp_or_mkl_num_threads_decides_when_set(tmp_path):
-    facts = machine(tmp_path, files={"cpu.max": "100000 100000\n"})
-    assert process_group.cpu_threads({"OMP_NUM_THREADS": "3"}, **facts) == (3, "OMP_NUM_THREADS")
-    assert process_group.cpu_threads({"MKL_NUM_THREADS": "5"}, **facts) == (5, "MKL_NUM_THREADS")
-    assert process_group.cpu_threads({"OMP_NUM_THREADS": "0"}, **facts)[0] == 1  # not a count: the quota decides
+def test_mkl_or_omp_num_threads_decides_when_set(tmp_path):
+    facts = machine(tmp_path, files={"cpu.max": "300000 100000\n"})
+    assert process_group.cpu_threads({"OMP_NUM_THREADS": "5"}, **facts) == (5, "OMP_NUM_THREADS")
+    assert process_group.cpu_threads({"OMP_NUM_THREADS": "5,2"}, **facts) == (5, "OMP_NUM_THREADS")  # nested
+    assert process_group.cpu_threads({"MKL_NUM_THREADS": "6", "OMP_NUM_THREADS": "5"}, **facts) == (
+        6, "MKL_NUM_THREADS")  # torch's order
+    assert process_group.cpu_threads({"OMP_NUM_THREADS": "0"}, **facts) == (  # not a count: the rule decides
+        3, "a cgroup CPU quota of 3 CPUs; OMP_NUM_THREADS to choose")
 
 
 def test_the_physical_cores_this_process_may_use_without_a_quota(tmp_path):
@@ -78,17 +84,18 @@ def test_smt_siblings_count_once_and_only_the_cpus_given(tmp_path):
 
 def test_a_quota_below_the_cores_gives_fewer_threads(tmp_path):
     facts = machine(tmp_path, cpus=8, files={"cpu.max": "150000 100000\n"})
-    assert process_group.cpu_threads({}, **facts) == (1, "this cgroup's CPU quota, 1.5 CPUs; OMP_NUM_THREADS to choose")
+    assert process_group.cpu_threads({}, **facts) == (1, "a cgroup CPU quota of 1.5 CPUs; OMP_NUM_THREADS to choose")
     more = machine(tmp_path / "more", cpus=8, files={"cpu.max": "1200000 100000\n"})
     assert process_group.cpu_threads({}, **more)[0] == 8  # a quota above the cores: the cores
 
 
-def test_processes_sharing_the_machine_share_its_cores(tmp_path):
+def test_processes_sharing_the_machine_share_its_cores_unless_bound(tmp_path):
     assert process_group.cpu_threads({"LOCAL_WORLD_SIZE": "4"}, **machine(tmp_path, cpus=8)) == (
         2, "the 8 physical cores this process may use, shared by 4 processes; OMP_NUM_THREADS to choose")
-    env = {"SLURM_PROCID": "1", "SLURM_NTASKS": "8", "SLURM_STEP_TASKS_PER_NODE": "4(x2)"}
-    process_group.adopt_slurm_variables(env)  # srun: its tasks per node are the processes sharing a machine
-    assert env["LOCAL_WORLD_SIZE"] == "4"
+    bound = machine(tmp_path / "bound", cpus=16, allowed=set(range(8, 16)))  # srun -n2 -c8 bound this task to 8
+    assert process_group.cpu_threads({"LOCAL_WORLD_SIZE": "2"}, **bound) == (
+        8, "the 8 physical cores this process may use; OMP_NUM_THREADS to choose")
+    assert process_group.online_cpus(str(tmp_path / "absent")) is None
 
 
 def test_use_cpu_threads_sets_torch_and_says_why(monkeypatch):

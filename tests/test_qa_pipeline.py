@@ -258,7 +258,8 @@ def test_int8_leaves_a_model_object_as_it_is_and_its_quantized_layers_compute_fl
 
     half = copy.deepcopy(qa.model).to(torch.bfloat16)
     int8 = QuestionAnsweringPipeline(model=half, tokenizer=str(MODEL), quantize="int8", null_threshold=None)
-    assert next(half.parameters()).dtype == torch.bfloat16 and type(half.qa_outputs) is torch.nn.Linear
+    assert next(half.parameters()).dtype == torch.bfloat16
+    assert type(half.bert.encoder.layer[0].attention.self.query) is torch.nn.Linear
     assert type(int8.model.bert.encoder.layer[0].attention.self.query) is torch.ao.nn.quantized.dynamic.Linear
     assert int8.model.qa_outputs.weight.dtype == torch.float32 and int8.precision.autocast is None
     quantized = quantized_by_hand(qa.model)
@@ -268,6 +269,15 @@ def test_int8_leaves_a_model_object_as_it_is_and_its_quantized_layers_compute_fl
     with pytest.raises(PipelineInputError, match="a model with quantized layers computes float32 around its int8 "
                                                  "layers: dtype 'bfloat16' cannot be combined with it"):
         QuestionAnsweringPipeline(model=quantized, tokenizer=str(MODEL), dtype="bfloat16")
+    with pytest.raises(PipelineInputError, match="the model object is quantized already"):
+        QuestionAnsweringPipeline(model=quantized, tokenizer=str(MODEL), quantize="int8")
+    for falsy in (False, "", 0):  # not None, not "int8": refused, never taken for int8
+        with pytest.raises(PipelineInputError, match="quantize must be None or 'int8'"):
+            QuestionAnsweringPipeline(model=qa.model, tokenizer=str(MODEL), quantize=falsy)
+    on_a_gpu = object.__new__(QuestionAnsweringPipeline)
+    on_a_gpu.device = torch.device("cuda")  # no GPU needed: the rule reads the device's type
+    with pytest.raises(PipelineInputError, match="a model with quantized layers runs on a CPU"):
+        on_a_gpu._object_model(quantized, None, None)
 
 
 def test_int8_refusals_are_one_line():
