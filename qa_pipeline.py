@@ -624,19 +624,20 @@ class QuestionAnsweringPipeline:
                  quantize: str | None = None):
         if model is None:
             raise ValueError("QuestionAnsweringPipeline needs a model folder (or model= and tokenizer=)")
-        if _is_path(model):
-            folder = _model_folder(model, tokenizer=tokenizer is None)  # a tokenizer given apart is checked apart
-            self.device = _device_of("cpu" if quantize is not None and device is None else device)
-            _check_quantize(quantize, self.device, dtype)
+        if quantize is not None and device is None:
+            device = "cpu"  # int8 layers run on the CPU: a model's default device then
+        path = _is_path(model)  # a folder; a tokenizer given apart is checked apart
+        folder = _model_folder(model, tokenizer=tokenizer is None) if path else _origin_folder(model)
+        self.device = _device_of(device, None if path else model)
+        _check_quantize(quantize, self.device, dtype)
+        if path:
             self.precision = _precision_of("float32" if quantize is not None else dtype, self.device)
             self.model, self.beam = self._load_model(folder, self.precision.weights)
         else:
-            folder = _origin_folder(model)
-            self.device = _device_of("cpu" if quantize is not None and device is None else device, model)
             self.model, self.precision = self._object_model(model, dtype, quantize)
             self.beam = isinstance(model, (transformers.XLNetForQuestionAnswering, transformers.XLMForQuestionAnswering))
         if quantize is not None:  # a copy of a model object: the caller's stays as it is
-            self.model = quantized_int8(self.model, own_copy=not _is_path(model))
+            self.model = quantized_int8(self.model, own_copy=not path)
             self.precision = Precision(torch.float32, None, INT8_REASON)
         self.tokenizer = self._load_tokenizer(tokenizer, folder)
         self.model.to(self.device).eval()
@@ -662,12 +663,13 @@ class QuestionAnsweringPipeline:
         """A model object and its precision: kept as it is unless a dtype is asked for; without one, its own
         half-precision weights compute as they are. Quantized layers (its own, or quantize's to come) take
         float32 on the CPU, never autocast's bf16."""
-        if quantize is not None or _has_quantized_layers(model):
-            _check_quantize("int8" if quantize is None else quantize, self.device, dtype,
-                            "quantize='int8'" if quantize is not None else "a model with quantized layers")
-            if quantize is not None and _has_quantized_layers(model):
+        if _has_quantized_layers(model):
+            if quantize is not None:
                 raise PipelineInputError("quantize='int8': the model object is quantized already (quantize=None)")
+            _check_quantize("int8", self.device, dtype, "a model with quantized layers")
             return model, Precision(torch.float32, None, "float32 around the model object's own quantized layers")
+        if quantize is not None:  # quantized_int8 makes the float32 copy
+            return model, Precision(torch.float32, None, INT8_REASON)
         precision = _precision_of(dtype, self.device)
         own = next(model.parameters()).dtype
         if dtype is None and own != torch.float32:

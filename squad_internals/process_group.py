@@ -207,9 +207,8 @@ def cpu_threads(environ=os.environ, cpus: set[int] | None = None, sys_root: str 
     quota = cgroup_cpus(cgroup_root, self_cgroup)
     if quota is not None and int(quota) < cores:
         cores, why = max(1, int(quota)), f"a cgroup CPU quota of {quota:g} CPUs"
-    local = environ.get("LOCAL_WORLD_SIZE", "").strip()  # processes sharing this machine
-    unbound = len(cpus) >= (online_cpus(sys_root) or len(cpus))
-    if local.isdigit() and int(local) > 1 and unbound:
+    local = environ.get("LOCAL_WORLD_SIZE", "").strip()  # processes sharing this machine, unless each is bound
+    if local.isdigit() and int(local) > 1 and len(cpus) >= (online_cpus(sys_root) or len(cpus)):
         cores, why = max(1, cores // int(local)), f"{why}, shared by {local} processes"
     return cores, f"{why}; OMP_NUM_THREADS to choose"
 

@@ -242,14 +242,14 @@ def test_automatic_packing_that_fails_in_the_first_step_trains_padded_from_the_s
     assert '"packed": false' in (runs["auto"] / "training_args.json").read_text()
 
 
-def test_explicit_packing_that_fails_in_the_first_step_is_one_line(tiny_bert_dir, squad_dir, tmp_path, capsys,
-                                                                  packed_attention_raises):
+@pytest.mark.parametrize("stage, where", [("train", "the first training step"), ("eval", "evaluation")])
+def test_explicit_packing_that_fails_is_one_line(tiny_bert_dir, squad_dir, tmp_path, capsys, packed_attention_raises,
+                                                 stage, where):
     out = tmp_path / "out"
-    err, last = refused([*common_flags(tiny_bert_dir, out), *train_flags(squad_dir, tmp_path), "--packing"], out,
-                        capsys)
-    assert last == (
-        "error: --packing on: packed attention failed in the first training step (RuntimeError: no packed kernel "
-        "for this device (test)); --packing off for padded batches")
+    flags = train_flags(squad_dir, tmp_path) if stage == "train" else eval_flags(squad_dir, tmp_path)
+    err, last = refused([*common_flags(tiny_bert_dir, out), *flags, "--packing"], out, capsys)
+    assert last == (f"error: --packing on: packed attention failed in {where} (RuntimeError: no packed kernel "
+                    "for this device (test)); --packing off for padded batches")
     assert "Traceback" not in err
 
 
@@ -370,17 +370,6 @@ def test_automatic_packing_that_fails_in_evaluation_evaluates_padded(tiny_bert_d
         "with padded batches (--packing off chooses that explicitly)"]
     for name in ("predictions_final.json", "null_odds_final.json", "eval_results.json"):
         assert (runs["auto"] / name).read_bytes() == (runs["padded"] / name).read_bytes(), name
-
-
-def test_explicit_packing_that_fails_in_evaluation_is_one_line(tiny_bert_dir, squad_dir, tmp_path, capsys,
-                                                              packed_attention_raises):
-    out = tmp_path / "out"
-    err, last = refused([*common_flags(tiny_bert_dir, out), *eval_flags(squad_dir, tmp_path), "--packing"], out,
-                        capsys)
-    assert last == (
-        "error: --packing on: packed attention failed in evaluation (RuntimeError: no packed kernel for this "
-        "device (test)); --packing off for padded batches")
-    assert "Traceback" not in err
 
 
 def test_out_of_memory_in_the_first_step_tried_is_the_runs_own_one_line(tiny_bert_dir, squad_dir, tmp_path,
